@@ -1,0 +1,160 @@
+"""``YAMLConfig``: a loaded, validated config that lazily builds every training component.
+
+Follows RT-DETR's ``YAMLConfig`` (lyuwenyu/RT-DETR, Apache-2.0): the same keys
+(``model``, ``criterion``, ``postprocessor``, ``optimizer``, ``lr_scheduler``, ``ema``,
+``scaler``, ``train_dataloader``, ``val_dataloader``, ...) and keyword overrides deep-merged into
+the loaded file, e.g. ``YAMLConfig(path, PResNet={'pretrained': False})``.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rtdetr_spartan.core.registry import registered_names
+from rtdetr_spartan.core.workspace import ConfigError, create
+from rtdetr_spartan.core.yaml_utils import load_yaml, merge_dict
+
+logger = logging.getLogger(__name__)
+
+# Packages whose import registers the buildable classes.
+_REGISTERING_PACKAGES = ("rtdetr_spartan.nn", "rtdetr_spartan.zoo", "rtdetr_spartan.data",
+                         "rtdetr_spartan.optim", "rtdetr_spartan.solver")
+
+# Top-level keys that are settings rather than registered sections.
+RUNTIME_KEYS = frozenset({
+    "task", "num_classes", "use_focal_loss", "remap_mscoco_category", "eval_spatial_size",
+    "model", "criterion", "postprocessor", "optimizer", "lr_scheduler", "lr_warmup_scheduler",
+    "ema", "use_ema", "scaler", "use_amp", "amp_dtype", "sync_bn", "find_unused_parameters",
+    "epochs", "clip_max_norm", "output_dir", "train_dataloader", "val_dataloader", "evaluator",
+    "seed", "print_freq", "log_step", "checkpoint_freq", "checkpoint_step", "summary_dir",
+    "device", "tuning", "resume", "batch_size_reference", "bn_sync_every_epoch", "base_lr_batch",
+    "label_smoothing", "mixup", "num_top_queries", "eval_backend", "num_workers",
+})
+
+
+def import_registered_modules() -> None:
+    """Import every package that registers config-buildable names."""
+    for package in _REGISTERING_PACKAGES:
+        importlib.import_module(package)
+
+
+def _rename_deprecated(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    if "epoches" in cfg:
+        logger.warning("%s: 'epoches' is deprecated, use 'epochs'", path)
+        if "epochs" not in cfg:
+            cfg["epochs"] = cfg["epoches"]
+        del cfg["epoches"]
+    return cfg
+
+
+def _check_top_level(cfg: dict[str, Any], path: Path) -> None:
+    """A top-level key close to a known name but not one is almost always a typo."""
+    known = set(RUNTIME_KEYS) | set(registered_names())
+    for key in cfg:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
+        if close:
+            raise ConfigError(f"{path}: unknown top-level key '{key}'; did you mean "
+                              f"{', '.join(repr(c) for c in close)}?")
+        logger.warning("%s: top-level key '%s' is not used by any registered component", path, key)
+
+
+class YAMLConfig:
+    """A config file plus overrides; components are built on first access and cached.
+
+    ``build(key)`` builds a fresh, independent object every call; the properties
+    (``cfg.model`` ...) build once per ``YAMLConfig``.
+    """
+
+    def __init__(self, cfg_path: str | Path, **overrides: Any) -> None:
+        import_registered_modules()
+        self.path = Path(cfg_path)
+        cfg = merge_dict(load_yaml(self.path), overrides)
+        self.yaml_cfg: dict[str, Any] = _rename_deprecated(cfg, self.path)
+        _check_top_level(self.yaml_cfg, self.path)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return copy.deepcopy(self.yaml_cfg.get(key, default))
+
+    def build(self, key: str, **extra: Any) -> Any:
+        """Build the component named by top-level ``key`` (a registered name or a typed dict)."""
+        if key not in self.yaml_cfg or self.yaml_cfg[key] is None:
+            raise ConfigError(f"{self.path}: no '{key}' in the config")
+        return create(self.yaml_cfg[key], self.yaml_cfg, path=key, **extra)
+
+    # Settings -------------------------------------------------------------------------------
+    @property
+    def epochs(self) -> int:
+        return int(self.yaml_cfg.get("epochs", 1))
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.yaml_cfg.get("output_dir", "outputs"))
+
+    @property
+    def clip_max_norm(self) -> float:
+        return float(self.yaml_cfg.get("clip_max_norm", 0.0))
+
+    @property
+    def use_ema(self) -> bool:
+        return bool(self.yaml_cfg.get("use_ema", False))
+
+    @property
+    def use_amp(self) -> bool:
+        return bool(self.yaml_cfg.get("use_amp", False))
+
+    @property
+    def task(self) -> str:
+        return str(self.yaml_cfg.get("task", "detection"))
+
+    # Components ----------------------------------------------------------------------------
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        return self.build("model")
+
+    @cached_property
+    def criterion(self) -> torch.nn.Module:
+        return self.build("criterion")
+
+    @cached_property
+    def postprocessor(self) -> torch.nn.Module:
+        return self.build("postprocessor")
+
+    @cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        from rtdetr_spartan.optim.param_groups import param_groups_from_config
+
+        groups = param_groups_from_config(self.yaml_cfg["optimizer"], self.model)
+        return self.build("optimizer", params=groups)
+
+    @cached_property
+    def lr_scheduler(self) -> Any:
+        return self.build("lr_scheduler", optimizer=self.optimizer)
+
+    @cached_property
+    def ema(self) -> Any:
+        if not self.use_ema:
+            return None
+        return self.build("ema", model=self.model)
+
+    @cached_property
+    def scaler(self) -> Any:
+        if "scaler" not in self.yaml_cfg:
+            return None
+        return self.build("scaler")
+
+    @cached_property
+    def train_dataloader(self) -> Any:
+        return self.build("train_dataloader")
+
+    @cached_property
+    def val_dataloader(self) -> Any:
+        return self.build("val_dataloader")

@@ -1,0 +1,1 @@
+"""Distributed helpers, logging, checkpoints and meters."""

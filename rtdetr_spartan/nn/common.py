@@ -1,0 +1,99 @@
+# Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
+"""Layers shared by the backbones and the encoder: activations, conv + norm + act, frozen BN."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = ["ConvNormLayer", "FrozenBatchNorm2d", "freeze_batch_norm", "get_activation"]
+
+# torchvision's FrozenBatchNorm2d has the reference's buffer names (weight, bias, running_mean,
+# running_var), its eps (1e-5), its forward (x * w * rsqrt(var + eps) + b - mean * scale) and also
+# drops `num_batches_tracked` on load, so it is used as is.
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "hardswish": nn.Hardswish,
+    "hardsigmoid": nn.Hardsigmoid,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+    "none": nn.Identity,
+}
+
+
+def get_activation(act: str | nn.Module | None, inplace: bool = True) -> nn.Module:
+    """An activation module from its name (case-insensitive), a module, or None (identity).
+
+    As in the reference, activations that support it run in place by default.
+    """
+    if act is None:
+        return nn.Identity()
+    if isinstance(act, nn.Module):
+        module = act
+    elif isinstance(act, str) and act.lower() in _ACTIVATIONS:
+        module = _ACTIVATIONS[act.lower()]()
+    else:
+        raise ValueError(f"unknown activation {act!r}; expected None, an nn.Module or one of "
+                         f"{sorted(_ACTIVATIONS)}")
+    if hasattr(module, "inplace"):
+        module.inplace = inplace
+    return module
+
+
+class ConvNormLayer(nn.Module):
+    """Conv2d -> BatchNorm2d -> activation; state-dict names ``conv.*`` and ``norm.*``.
+
+    Padding defaults to ``(kernel_size - 1) // 2`` ("same" for odd kernels at stride 1).
+    """
+
+    def __init__(self, ch_in: int, ch_out: int, kernel_size: int, stride: int,
+                 padding: int | None = None, bias: bool | None = False,
+                 act: str | nn.Module | None = None) -> None:
+        super().__init__()
+        pad = (kernel_size - 1) // 2 if padding is None else padding
+        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=pad, bias=bool(bias))
+        self.norm = nn.BatchNorm2d(ch_out)
+        self.act = get_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, ch_in, H, W] -> [B, ch_out, H', W'] with H' = (H + 2 pad - k) // stride + 1."""
+        return self.act(self.norm(self.conv(x)))
+
+
+def _frozen_copy(bn: nn.BatchNorm2d | nn.SyncBatchNorm) -> FrozenBatchNorm2d:
+    frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
+    reference = bn.running_mean if bn.running_mean is not None else bn.weight
+    if reference is not None:
+        frozen = frozen.to(device=reference.device, dtype=reference.dtype)
+    with torch.no_grad():
+        if bn.affine:
+            frozen.weight.copy_(bn.weight)
+            frozen.bias.copy_(bn.bias)
+        if bn.track_running_stats:
+            frozen.running_mean.copy_(bn.running_mean)
+            frozen.running_var.copy_(bn.running_var)
+    return frozen
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d / SyncBatchNorm in ``module`` by a FrozenBatchNorm2d in place.
+
+    Affine parameters and running statistics are copied, so the frozen layer computes what the
+    original computes in eval mode. Module order (hence state-dict order) is kept. Returns
+    ``module``, or the frozen replacement when ``module`` itself is a batch norm.
+    """
+    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        return _frozen_copy(module)
+    for name, child in module.named_children():
+        replacement = freeze_batch_norm(child)
+        if replacement is not child:
+            setattr(module, name, replacement)
+    return module

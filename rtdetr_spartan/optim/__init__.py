@@ -1,0 +1,19 @@
+"""Optimizers, schedulers, EMA and parameter groups; torch's own classes are registered so that
+configs name them (``type: AdamW``, ``type: MultiStepLR``, ``type: GradScaler``)."""
+from __future__ import annotations
+
+import torch
+
+from rtdetr_spartan.core import register
+from rtdetr_spartan.optim.ema import ModelEMA, unwrap_model
+from rtdetr_spartan.optim.param_groups import param_groups_from_config
+
+for _cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+    register(_cls)
+for _cls in (torch.optim.lr_scheduler.MultiStepLR, torch.optim.lr_scheduler.StepLR,
+             torch.optim.lr_scheduler.CosineAnnealingLR, torch.optim.lr_scheduler.OneCycleLR,
+             torch.optim.lr_scheduler.LinearLR, torch.optim.lr_scheduler.LambdaLR):
+    register(_cls)
+register(torch.amp.GradScaler)
+
+__all__ = ["ModelEMA", "unwrap_model", "param_groups_from_config"]
