@@ -36,15 +36,20 @@ def _signature_params(target: Any) -> tuple[list[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _check_keys(target: Any, kwargs: Mapping[str, Any], path: str) -> None:
+def _check_keys(target: Any, kwargs: Mapping[str, Any], inline: Mapping[str, Any], name: str,
+                path: str) -> None:
+    """Reject keywords the constructor does not take, naming the YAML key that holds them:
+    ``path.key`` for keys written inline in a ``{type: ...}`` dict, ``Name.key`` for keys of the
+    top-level section ``Name``."""
     names, open_ended = _signature_params(target)
     if open_ended:
         return
     for key in kwargs:
         if key not in names:
+            where = f"{path}.{key}" if key in inline or path == name else f"{name}.{key} (building {path})"
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"{path}.{key}: {target.__name__} takes no argument '{key}'{hint} "
+            raise ConfigError(f"{where}: {target.__name__} takes no argument '{key}'{hint} "
                               f"(valid: {', '.join(names)})")
 
 
@@ -92,10 +97,11 @@ def create(spec: str | Mapping[str, Any], cfg: Mapping[str, Any], path: str | No
     for key in share_names(target):
         if key in cfg:
             kwargs[key] = copy.deepcopy(cfg[key])
-    _check_keys(target, kwargs, path)
+    _check_keys(target, kwargs, own, name, path)
     for key in inject_names(target):
         if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = _build_injected(kwargs[key], cfg, f"{path}.{key}")
+            key_path = f"{path}.{key}" if key in own or path == name else f"{name}.{key}"
+            kwargs[key] = _build_injected(kwargs[key], cfg, key_path)
     kwargs.update(extra)
     try:
         return target(**kwargs)

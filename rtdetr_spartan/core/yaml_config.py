@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 _REGISTERING_PACKAGES = ("rtdetr_spartan.nn", "rtdetr_spartan.zoo", "rtdetr_spartan.data",
                          "rtdetr_spartan.optim", "rtdetr_spartan.solver")
 
+# Reference key names still accepted, with a warning.
+DEPRECATED_KEYS = {"epoches": "epochs"}
+
 # Top-level keys that are settings rather than registered sections.
 RUNTIME_KEYS = frozenset({
     "task", "num_classes", "use_focal_loss", "remap_mscoco_category", "eval_spatial_size",
@@ -46,11 +49,11 @@ def import_registered_modules() -> None:
 
 
 def _rename_deprecated(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
-    if "epoches" in cfg:
-        logger.warning("%s: 'epoches' is deprecated, use 'epochs'", path)
-        if "epochs" not in cfg:
-            cfg["epochs"] = cfg["epoches"]
-        del cfg["epoches"]
+    for old, new in DEPRECATED_KEYS.items():
+        if old in cfg:
+            logger.warning("%s: '%s' is deprecated, use '%s'", path, old, new)
+            value = cfg.pop(old)
+            cfg.setdefault(new, value)
     return cfg
 
 
@@ -77,7 +80,7 @@ class YAMLConfig:
     def __init__(self, cfg_path: str | Path, **overrides: Any) -> None:
         import_registered_modules()
         self.path = Path(cfg_path)
-        cfg = merge_dict(load_yaml(self.path), overrides)
+        cfg = merge_dict(load_yaml(self.path, _rename_deprecated), overrides)
         self.yaml_cfg: dict[str, Any] = _rename_deprecated(cfg, self.path)
         _check_top_level(self.yaml_cfg, self.path)
 

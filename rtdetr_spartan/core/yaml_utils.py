@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -53,19 +53,26 @@ def _include_list(value: Any, path: Path) -> list[str]:
     raise ValueError(f"{path}: '{INCLUDE_KEY}' must be a path or a list of paths, got {value!r}")
 
 
-def load_yaml(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Load ``path`` with its ``__include__`` files resolved (recursively, cycles rejected)."""
+def load_yaml(path: str | Path, transform: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
+              _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load ``path`` with its ``__include__`` files resolved (recursively, cycles rejected).
+
+    ``transform(cfg, file)`` is applied to each file's own keys before merging (used to rename
+    deprecated keys file by file, so that a deprecated key still wins over included files).
+    """
     path = Path(path).resolve()
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ValueError(f"__include__ cycle: {chain}")
     own = _read_yaml(path)
+    if transform is not None:
+        own = transform(own, path)
     merged: dict[str, Any] = {}
     for rel in _include_list(own.pop(INCLUDE_KEY, None), path):
         target = (path.parent / rel).resolve()
         if not target.is_file():
             raise FileNotFoundError(f"{path} includes '{rel}', but {target} does not exist")
-        merged = merge_dict(merged, load_yaml(target, (*_stack, path)))
+        merged = merge_dict(merged, load_yaml(target, transform, (*_stack, path)))
     return merge_dict(merged, own)
 
 

@@ -1,1 +1,27 @@
+"""Data: COCO detection dataset and category mapping, detection transforms, loaders, generated
+shapes datasets, the COCO evaluator and ImageFolder classification data. Importing the package
+registers its config names."""
+from rtdetr_spartan.data import categories, classification, coco, coco_eval, dataloader, shapes, transforms
+from rtdetr_spartan.data.coco import CocoDetection, ImageReadError
+from rtdetr_spartan.data.coco_eval import CocoEvaluator, to_category_ids
+from rtdetr_spartan.data.dataloader import BatchImageCollateFunction, DataLoader, default_collate_fn, set_epoch
+from rtdetr_spartan.data.transforms import Compose
 
+__all__ = [
+    "categories",
+    "classification",
+    "coco",
+    "coco_eval",
+    "dataloader",
+    "shapes",
+    "transforms",
+    "CocoDetection",
+    "ImageReadError",
+    "CocoEvaluator",
+    "to_category_ids",
+    "BatchImageCollateFunction",
+    "DataLoader",
+    "default_collate_fn",
+    "set_epoch",
+    "Compose",
+]

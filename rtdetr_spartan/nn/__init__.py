@@ -1,1 +1,4 @@
+"""Network building blocks and backbones."""
+from rtdetr_spartan.nn import backbones
 
+__all__ = ["backbones"]

@@ -6,7 +6,7 @@ State-dict names equal the reference's, so its checkpoints load unchanged.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -271,7 +271,8 @@ class HybridEncoder(nn.Module):
             tokens = feat.flatten(2).permute(0, 2, 1)  # [B, H*W, C]
             pos_embed = self._position_embedding(idx, h, w, feat.device).to(tokens.dtype)
             memory = encoder(tokens, pos_embed=pos_embed)
-            proj_feats[idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w).contiguous()
+            memory = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w)
+            proj_feats[idx] = memory.contiguous()
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """feats: [B, in_channels[i], H_i, W_i] per level -> [B, hidden_dim, H_i, W_i] per level."""
@@ -282,7 +283,7 @@ class HybridEncoder(nn.Module):
         if self.num_encoder_layers > 0:
             self._encode(proj_feats)
 
-        # Top-down FPN: inner_outs[0] is always the coarsest map processed so far.
+        # Top-down FPN: inner_outs[0] is always the finest map fused so far.
         levels = len(self.in_channels)
         inner_outs = [proj_feats[-1]]
         for step, idx in enumerate(range(levels - 1, 0, -1)):
@@ -298,5 +299,6 @@ class HybridEncoder(nn.Module):
         outs = [inner_outs[0]]
         for step in range(levels - 1):
             downsampled = self.downsample_convs[step](outs[-1])
-            outs.append(self.pan_blocks[step](torch.cat([downsampled, inner_outs[step + 1]], dim=1)))
+            fused = torch.cat([downsampled, inner_outs[step + 1]], dim=1)
+            outs.append(self.pan_blocks[step](fused))
         return outs

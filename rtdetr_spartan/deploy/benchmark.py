@@ -1,0 +1,156 @@
+"""Size, compute and speed of a config's detector: parameters, GFLOPs, latency, throughput.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as 2
+FLOPs (FLOPs = 2 x MACs) and only counts matrix products and convolutions (not elementwise ops,
+grid sampling or top-k, which are a small share here). They are reported per image.
+Latency covers the whole deploy graph (model + postprocessor) on one batch: median of ``runs``
+timed calls after ``warmup`` untimed ones.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from rtdetr_spartan.deploy.export import DeployModel, export_onnx, sample_inputs
+from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
+from rtdetr_spartan.deploy.metadata import ModelInfo
+from rtdetr_spartan.deploy.runtime import session_options
+from rtdetr_spartan.misc.checkpoint import load_model_weights
+
+__all__ = ["BACKENDS", "BenchmarkResult", "benchmark", "count_flops", "cpu_name", "time_calls"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+
+
+@dataclass
+class BenchmarkResult:
+    """One benchmark run; ``gflops`` per image (2 x GMACs), latencies in milliseconds per batch."""
+
+    config: str
+    backend: str
+    size: int
+    batch: int
+    threads: int
+    params: int
+    gflops: float
+    gmacs: float
+    latency_ms: float
+    latency_mean_ms: float
+    latency_min_ms: float
+    throughput: float
+    runs: int
+    warmup: int
+    cpu: str
+    torch_version: str
+    onnxruntime_version: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def cpu_name() -> str:
+    """The processor's marketing name (``/proc/cpuinfo`` on Linux), else ``platform`` info."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def count_flops(module: DeployModel, size: int) -> float:
+    """FLOPs (2 x MACs) of one ``size`` x ``size`` image through ``module``.
+
+    Attention runs with PyTorch's math SDPA kernel here: the counter has no formula for the
+    fused CPU attention kernels, so it would silently drop the attention products (Q K^T, A V).
+    """
+    images, sizes = sample_inputs((size, size), 1)
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        module(images, sizes)
+    return float(counter.get_total_flops())
+
+
+def time_calls(call: Callable[[], object], runs: int, warmup: int) -> list[float]:
+    """Wall-clock milliseconds of ``runs`` calls after ``warmup`` untimed calls."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor) -> Callable[[], object]:
+    def call() -> object:
+        with torch.inference_mode():
+            return module(images, sizes)
+    return call
+
+
+def _onnxruntime_call(module: DeployModel, info: ModelInfo, images: torch.Tensor, sizes: torch.Tensor,
+                      threads: int, optimization: str, work_dir: Path) -> Callable[[], object]:
+    """Export ``module`` as ``info`` says and return a call of an onnxruntime session on it."""
+    import onnxruntime as ort
+
+    path = export_onnx(module, work_dir / "model.onnx", info, check=False, verify=False).path
+    session = ort.InferenceSession(str(path), session_options(threads, optimization),
+                                   providers=["CPUExecutionProvider"])
+    feed = {"images": images.numpy(), "orig_target_sizes": sizes.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str = "torch",
+              threads: int | None = None, runs: int = 20, warmup: int = 5, overrides: Sequence[str] = (),
+              checkpoint: str | Path | None = None, optimization: str = "all") -> BenchmarkResult:
+    """Build the config's detector and measure it on ``batch`` random ``size`` x ``size`` images.
+
+    ``threads``: PyTorch intra-op threads (``torch.set_num_threads``, process-wide) or the
+    onnxruntime session's; default: the number of cores.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    cfg = load_config(config, overrides)
+    model = cfg.build("model")
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint, strict=True)
+    params = sum(p.numel() for p in model.parameters())
+    module = DeployModel(model, cfg.build("postprocessor")).eval()
+    flops = count_flops(module, size)
+    images, sizes = sample_inputs((size, size), batch)
+    # Fixed shapes, except the batch axis when the batch is not the traced one (1).
+    info = model_info_from_config(cfg, (size, size), dynamic_batch=batch > 1, dynamic_size=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        call = (_torch_call(module, images, sizes) if backend == "torch" else
+                _onnxruntime_call(module, info, images, sizes, threads, optimization, Path(tmp)))
+        times = time_calls(call, runs, warmup)
+    median = statistics.median(times)
+    ort_version = None
+    if backend == "onnxruntime":
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    return BenchmarkResult(
+        config=Path(config).name, backend=backend, size=size, batch=batch, threads=threads, params=params,
+        gflops=round(flops / 1e9, 3), gmacs=round(flops / 2e9, 3), latency_ms=round(median, 3),
+        latency_mean_ms=round(float(np.mean(times)), 3), latency_min_ms=round(min(times), 3),
+        throughput=round(batch * 1000.0 / median, 3), runs=runs, warmup=warmup, cpu=cpu_name(),
+        torch_version=torch.__version__, onnxruntime_version=ort_version)

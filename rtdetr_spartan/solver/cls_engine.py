@@ -1,0 +1,198 @@
+"""One classification training epoch, one top-k evaluation pass, and the cross-rank averaging
+of BatchNorm statistics.
+
+Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0): soft-target cross-entropy on
+MixUp/CutMix targets, top-1/top-5 accuracy reduced across ranks, BatchNorm running statistics
+averaged across ranks after every epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, ContextManager, Iterable, Sequence
+
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from rtdetr_spartan.core import register
+from rtdetr_spartan.misc import dist
+from rtdetr_spartan.misc.meters import MetricLogger
+
+__all__ = ["ClassificationPostProcessor", "SoftTargetCrossEntropy", "all_reduce_batchnorm_stats",
+           "evaluate", "train_one_epoch"]
+
+logger = logging.getLogger(__name__)
+
+
+@register()
+class SoftTargetCrossEntropy(nn.Module):
+    """Cross-entropy against probability rows (MixUp/CutMix) or class indices.
+
+    ``logits``: ``[B, C]``; ``targets``: ``[B, C]`` float rows summing to 1, or ``[B]`` int64.
+    Returns the batch mean (float32 even when the logits are half precision).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"SoftTargetCrossEntropy.label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
+
+@register()
+class ClassificationPostProcessor(nn.Module):
+    """Top-k classes of each image: ``logits [B, C]`` -> ``{"labels": [B, k] int64, "scores":
+    [B, k] softmax probabilities}``, best first (``k = min(topk, C)``)."""
+
+    def __init__(self, topk: int = 5) -> None:
+        super().__init__()
+        if topk < 1:
+            raise ValueError(f"ClassificationPostProcessor.topk must be >= 1, got {topk}")
+        self.topk = topk
+
+    def forward(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        scores, labels = logits.float().softmax(-1).topk(min(self.topk, logits.shape[-1]), dim=-1)
+        return {"labels": labels, "scores": scores}
+
+
+def _progress(iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
+    """A tqdm bar (with ETA) on rank 0; the plain iterable elsewhere."""
+    return tqdm(iterable, total=total, desc=desc, disable=not dist.is_main_process(),
+                dynamic_ncols=True, leave=False)
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager[Any]:
+    return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+
+
+def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+          scaler: torch.amp.GradScaler | None, clip_max_norm: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    if clip_max_norm > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def _mean_loss(loss: torch.Tensor, epoch: int, iteration: int) -> float:
+    """The loss averaged over ranks; every rank raises together when it is not finite."""
+    value = float(dist.reduce_dict({"loss": loss})["loss"].item())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite loss {value} at epoch {epoch}, iteration {iteration} "
+                                 f"(rank {dist.get_rank()}: {loss.item()})")
+    return value
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable[Any],
+                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int, *,
+                    lr_scheduler: Any = None, clip_max_norm: float = 0.0, ema: Any = None,
+                    scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
+                    print_freq: int = 50, writer: Any = None) -> dict[str, float]:
+    """One pass over ``data_loader`` of ``(images [B, 3, H, W], targets [B, C] or [B])``.
+
+    ``lr_scheduler``, when given, is stepped after every optimizer step (per-iteration
+    schedules); per-epoch schedulers are stepped by the caller. Returns the rank-averaged mean
+    ``loss`` and the last ``lr``.
+    """
+    model.train()
+    meters = MetricLogger()
+    total = len(data_loader)  # type: ignore[arg-type]
+    bar = _progress(data_loader, total, f"epoch {epoch}")
+    for iteration, (images, targets) in enumerate(bar):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            logits = model(images)
+        loss = criterion(logits, targets)
+        loss_value = _mean_loss(loss, epoch, iteration)
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
+        _step(loss, model, optimizer, scaler, clip_max_norm)
+        if ema is not None:
+            ema.update(model)
+        if lr_scheduler is not None:
+            lr_scheduler.step()
+        meters.update(loss=loss_value, lr=lr)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        if print_freq > 0 and (iteration % print_freq == 0 or iteration == total - 1):
+            logger.info("epoch %d [%d/%d] loss %.4f lr %.3e", epoch, iteration + 1, total, loss_value, lr)
+            if writer is not None:
+                writer.add_scalar("Loss/train", loss_value, epoch * total + iteration)
+                writer.add_scalar("Lr/pg_0", lr, epoch * total + iteration)
+    meters.synchronize_between_processes()
+    stats = meters.global_averages()
+    stats["lr"] = meters.meters["lr"].value if "lr" in meters.meters else math.nan
+    return stats
+
+
+def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
+    """Number of rows whose label is among the top ``k`` logits, for each ``k`` (capped at C)."""
+    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices
+    hits = top == labels[:, None]
+    return [hits[:, :k].any(dim=-1).sum() for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data_loader: Iterable[Any], device: torch.device, *,
+             amp_dtype: torch.dtype | None = None, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy (in %) and mean cross-entropy over the whole validation set.
+
+    Batches are ``(images [B, 3, H, W], labels [B] int64)``; each rank evaluates its shard and
+    the counts are summed over ranks, so the result is exact and equal on every rank.
+    Returns ``{"top1": ..., "top5": ..., "loss": ..., "num_images": ...}``.
+    """
+    model.eval()
+    sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=device)  # images, loss, hits...
+    total = len(data_loader)  # type: ignore[arg-type]
+    for images, labels in _progress(data_loader, total, "eval"):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        sums[0] += labels.numel()
+        sums[1] += F.cross_entropy(logits, labels, reduction="sum").double()
+        sums[2:] += torch.stack(_topk_correct(logits, labels, topk)).double()
+    if dist.is_dist_initialized():
+        tdist.all_reduce(sums)
+    count = max(1.0, float(sums[0]))
+    result = {f"top{k}": 100.0 * float(sums[2 + i]) / count for i, k in enumerate(topk)}
+    result.update(loss=float(sums[1]) / count, num_images=int(sums[0]))
+    return result
+
+
+@torch.no_grad()
+def all_reduce_batchnorm_stats(module: nn.Module) -> int:
+    """Average the running mean/var of every BatchNorm layer of ``module`` over all ranks.
+
+    Each rank's BatchNorm statistics drift apart (different data, no SyncBatchNorm on the CPU);
+    averaging them after an epoch makes every rank evaluate and save the same model. Returns the
+    number of tensors averaged (0 in one process).
+    """
+    if dist.get_world_size() < 2:
+        return 0
+    tensors = [buf for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for buf in (m.running_mean, m.running_var) if buf is not None]
+    if not tensors:
+        return 0
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    tdist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return len(tensors)

@@ -1,0 +1,57 @@
+# Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
+"""The RT-DETR detector: backbone -> hybrid encoder -> transformer decoder."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtdetr_spartan.core import register
+
+__all__ = ["RTDETR"]
+
+
+@register()
+class RTDETR(nn.Module):
+    """Thin composition of the three parts.
+
+    ``multi_scale``: in training, each batch is resized to a square side drawn uniformly from
+    this list (torch's global RNG); boxes are normalized, so targets need no change.
+    """
+
+    __inject__ = ["backbone", "encoder", "decoder"]
+
+    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module,
+                 multi_scale: Sequence[int] | None = None) -> None:
+        super().__init__()
+        # Attribute order is the reference's state-dict order: backbone, decoder, encoder.
+        self.backbone = backbone
+        self.decoder = decoder
+        self.encoder = encoder
+        self.multi_scale = tuple(multi_scale) if multi_scale else None
+
+    def _resize_for_training(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.multi_scale):
+            return x
+        side = int(self.multi_scale[int(torch.randint(len(self.multi_scale), ()))])
+        return F.interpolate(x, size=[side, side])
+
+    def forward(self, x: torch.Tensor,
+                targets: Sequence[Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+        """x: [B, 3, H, W] float images; targets (training): per image ``labels`` [n] and
+        ``boxes`` [n, 4] cxcywh normalized. Returns the decoder's dict (``pred_logits``
+        [B, Q, classes], ``pred_boxes`` [B, Q, 4] cxcywh normalized, plus training extras)."""
+        x = self._resize_for_training(x)
+        return self.decoder(self.encoder(self.backbone(x)), targets)
+
+    def deploy(self) -> RTDETR:
+        """Eval mode, with every submodule that can fuse itself for inference converted."""
+        self.eval()
+        for module in list(self.modules()):
+            convert = getattr(module, "convert_to_deploy", None)
+            if module is not self and callable(convert):
+                convert()
+        return self

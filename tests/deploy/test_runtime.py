@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY
+from rtdetr_spartan.data.transforms import Compose
+from rtdetr_spartan.deploy.compare import detection_difference
+from rtdetr_spartan.deploy.metadata import ModelInfo
+from rtdetr_spartan.deploy.runtime import OnnxPredictor, TorchPredictor, preprocess
+from tests.deploy.deploy_utils import R18_CONFIG, export_config
+
+SIZE = 128  # smallest stride-32 size with >= 300 anchors (num_queries)
+
+
+def _image(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.fixture(scope="module")
+def static_export(tmp_path_factory: pytest.TempPathFactory):
+    """R18 exported with a FIXED batch of 1 at a small size; returns (module, path)."""
+    path = tmp_path_factory.mktemp("runtime") / "r18_static.onnx"
+    module, _ = export_config(R18_CONFIG, (), path, SIZE, dynamic_batch=False)
+    return module, path
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_preprocess_equals_validation_transforms(mode: str) -> None:
+    image = _image(70, 50, seed=1, mode=mode)
+    validation = Compose([{"type": "Resize", "size": [SIZE, SIZE]}, {"type": "ToImage"},
+                          {"type": "ToDtype", "scale": True}])
+    expected = validation(image.convert("RGB"))
+    got = preprocess(image, (SIZE, SIZE))
+    assert got.dtype == torch.float32 and got.shape == (3, SIZE, SIZE)
+    assert torch.equal(got, expected.as_subclass(torch.Tensor))
+
+
+def test_onnx_predictor_matches_torch_with_batch_chunks(static_export) -> None:
+    module, path = static_export
+    predictor = OnnxPredictor(path, threads=1)
+    assert predictor.session.get_session_options().intra_op_num_threads == 1
+    assert predictor.input_size == (SIZE, SIZE) and predictor._fixed_batch == 1
+    images = [_image(120 + 10 * i, 90 - 5 * i, seed=i) for i in range(3)]
+    batch = np.stack([preprocess(im, (SIZE, SIZE)).numpy() for im in images])
+    sizes = np.array([im.size for im in images], dtype=np.int64)
+    got = predictor.run(batch, sizes)  # three runs of the batch-1 graph
+    torch_predictor = TorchPredictor(module, predictor.info)
+    ref = torch_predictor.run(batch, sizes)
+    assert got[0].shape == (3, 300)
+    assert detection_difference(ref, got, sizes) <= 1e-4
+
+
+def test_detections_carry_names_and_category_ids(static_export) -> None:
+    _, path = static_export
+    predictor = OnnxPredictor(path)
+    image = _image(160, 120, seed=7)
+    everything = predictor.predict([image], threshold=0.0)[0]
+    assert len(everything) == 300
+    scores = [d.score for d in everything]
+    assert scores == sorted(scores, reverse=True)
+    for det in everything[:20]:
+        assert det.category_id == MSCOCO_LABEL_TO_CATEGORY[det.label]
+        assert det.name == MSCOCO_CATEGORY_TO_NAME[det.category_id]
+        record = det.to_dict()
+        assert record["bbox"][2] == pytest.approx(det.box[2] - det.box[0])
+    threshold = float(np.median(scores))
+    kept = predictor.predict([image], threshold=threshold)[0]
+    assert 0 < len(kept) < 300 and all(d.score >= threshold for d in kept)
+
+
+def test_static_model_rejects_other_input_size(static_export) -> None:
+    _, path = static_export
+    with pytest.raises(ValueError, match="dynamic-size"):
+        OnnxPredictor(path, input_size=(SIZE * 2, SIZE))
+
+
+def test_missing_model_file_is_named(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        OnnxPredictor(tmp_path / "nope.onnx")
+
+
+def test_metadata_round_trip_and_errors() -> None:
+    info = ModelInfo((480, 640), 4, {0: 3, 1: 7}, {0: "square", 1: "circle"}, dynamic_size=True)
+    back = ModelInfo.from_metadata(info.to_metadata())
+    assert (back.input_size, back.num_classes, back.label_to_category, back.class_names) == \
+        ((480, 640), 4, {0: 3, 1: 7}, {0: "square", 1: "circle"})
+    assert back.dynamic_size and back.dynamic_batch and not back.remap_mscoco_category
+    assert back.class_name(3) == "class_3" and back.category_id(3) == 3
+    with pytest.raises(ValueError, match="m.onnx.*input_size"):
+        ModelInfo.from_metadata({"num_classes": "4"}, "m.onnx")
+    with pytest.raises(ValueError, match="malformed"):
+        ModelInfo.from_metadata({"num_classes": "4", "input_size": "[1]"}, "m.onnx")

@@ -1,0 +1,182 @@
+"""DetSolver on a tiny RT-DETR and a generated shapes dataset (single process, CPU)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torchvision.ops import box_convert
+
+from rtdetr_spartan.core import YAMLConfig
+from rtdetr_spartan.data import ImageReadError
+from rtdetr_spartan.misc.checkpoint import load_checkpoint
+from rtdetr_spartan.solver import TASKS, DetSolver, build_solver
+from tests.train_utils import (TINY_CONFIG, TINY_SPARTAN_CONFIG, dataset_overrides, make_tiny_dataset,
+                               read_json_lines)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("shapes"), train=4, val=3)
+
+
+def tiny_cfg(data_root: Path, output_dir: Path, config: Path = TINY_CONFIG, **overrides: Any) -> YAMLConfig:
+    base = {**dataset_overrides(data_root), "output_dir": str(output_dir), "device": "cpu",
+            "train_dataloader": {**dataset_overrides(data_root)["train_dataloader"], "batch_size": 2}}
+    return YAMLConfig(config, **{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def one_epoch(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A 1-epoch run; returns its output dir and fit()'s best record."""
+    out = tmp_path_factory.mktemp("run1")
+    best = DetSolver(tiny_cfg(shapes, out)).fit()
+    return out, best
+
+
+def test_tasks_registry_and_unknown_task(shapes: Path, tmp_path: Path) -> None:
+    assert TASKS["detection"] is DetSolver
+    with pytest.raises(ValueError, match="task 'segmentation' has no solver.*detection"):
+        build_solver(tiny_cfg(shapes, tmp_path, task="segmentation"))
+
+
+def test_fit_writes_checkpoints_log_and_eval_files(one_epoch: tuple[Path, dict[str, Any]]) -> None:
+    out, best = one_epoch
+    for name in ("last.pth", "best.pth", "log.txt", "eval/results.json", "eval/summary.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("checkpoint*.pth"))  # checkpoint_freq 0 in the tiny config
+    (record,) = read_json_lines(out / "log.txt")
+    assert record["epoch"] == 0 and len(record["test_coco_eval_bbox"]) == 12
+    assert record["train_loss"] > 0 and best == {"metric": "AP", "value": record["test_coco_eval_bbox"][0], "epoch": 0}
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert len(summary["stats"]) == 12 and summary["num_images"] == 3
+    assert {row["category_id"] for row in summary["per_class"]} == {3, 7, 11, 20}
+
+
+def test_fit_with_the_spartan_backbone(shapes: Path, tmp_path: Path) -> None:
+    solver = DetSolver(tiny_cfg(shapes, tmp_path, config=TINY_SPARTAN_CONFIG))
+    best = solver.fit()
+    assert type(solver.module.backbone).__name__ == "SpaRTAN" and best["epoch"] == 0
+    (record,) = read_json_lines(tmp_path / "log.txt")
+    assert record["train_loss"] > 0 and (tmp_path / "eval" / "results.json").is_file()
+
+
+def test_checkpoint_holds_the_full_state(one_epoch: tuple[Path, dict[str, Any]], shapes: Path) -> None:
+    out, _ = one_epoch
+    ckpt = load_checkpoint(out / "last.pth")
+    for key in ("model", "ema", "optimizer", "lr_scheduler", "rng", "config", "best"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 0 and ckpt["ema"]["updates"] == 2
+    assert ckpt["config"]["val_dataloader"]["dataset"]["img_folder"] == str(shapes / "val")
+    (rng,) = ckpt["rng"]  # one process
+    assert {"python", "numpy", "torch", "data"} <= set(rng)
+    assert ckpt["lr_scheduler"]["last_epoch"] == 1
+
+
+def test_results_are_original_pixels_and_category_ids(one_epoch: tuple[Path, dict[str, Any]], shapes: Path,
+                                                      tmp_path: Path) -> None:
+    """Recompute the detections of one validation image with the saved EMA weights."""
+    out, _ = one_epoch
+    results = json.loads((out / "eval" / "results.json").read_text())
+    cfg = tiny_cfg(shapes, tmp_path)
+    model = cfg.model.eval()
+    model.load_state_dict(load_checkpoint(out / "best.pth")["ema"]["module"])
+    dataset = cfg.val_dataloader.dataset
+    image, target = dataset[0]
+    assert image.shape[-1] == 64 and target["orig_size"].tolist() == [96, 96]
+    with torch.no_grad():
+        (det,) = cfg.postprocessor(model(image[None]), target["orig_size"][None])
+    image_id = int(target["image_id"])
+    mine = [r for r in results if r["image_id"] == image_id]
+    assert len(mine) == len(det["scores"])
+    expected_xywh = box_convert(det["boxes"], "xyxy", "xywh")
+    expected_ids = [dataset.label_to_category[int(label)] for label in det["labels"]]
+    assert [r["category_id"] for r in mine] == expected_ids
+    torch.testing.assert_close(torch.tensor([r["bbox"] for r in mine]), expected_xywh, rtol=1e-4, atol=1e-3)
+    assert {r["category_id"] for r in results} <= {3, 7, 11, 20}
+
+
+def _final_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    ckpt = load_checkpoint(path)
+    return {"model": ckpt["model"], "ema": ckpt["ema"]["module"]}
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
+    DetSolver(tiny_cfg(shapes, tmp_path / "straight", epochs=2, checkpoint_freq=1)).fit()
+    DetSolver(tiny_cfg(shapes, tmp_path / "split", epochs=1)).fit()
+    resumed = DetSolver(tiny_cfg(shapes, tmp_path / "resumed", epochs=2, resume=str(tmp_path / "split" / "last.pth")))
+    resumed.fit()
+    straight = _final_weights(tmp_path / "straight" / "last.pth")
+    split = _final_weights(tmp_path / "resumed" / "last.pth")
+    for part in ("model", "ema"):
+        assert straight[part].keys() == split[part].keys()
+        for name, tensor in straight[part].items():
+            assert torch.allclose(tensor.float(), split[part][name].float(), rtol=1e-5, atol=1e-6), (part, name)
+    assert [load_checkpoint(tmp_path / "straight" / f"checkpoint{e:04d}.pth")["epoch"] for e in (0, 1)] == [0, 1]
+    best = load_checkpoint(tmp_path / "straight" / "best.pth")
+    assert best["epoch"] == best["best"]["epoch"]  # best.pth is the state of the best epoch
+    # The run really continued: epoch 1 only, from the stored optimizer and EMA state.
+    assert [r["epoch"] for r in read_json_lines(tmp_path / "resumed" / "log.txt")] == [1]
+    assert load_checkpoint(tmp_path / "resumed" / "last.pth")["ema"]["updates"] == 4
+
+
+def test_tuning_loads_matching_weights_and_skips_the_rest(shapes: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    other = tiny_cfg(shapes, tmp_path, num_classes=6).model  # class heads of another size
+    torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
+    solver = DetSolver(tiny_cfg(shapes, tmp_path / "out", tuning=str(tmp_path / "other.pth")))
+    with caplog.at_level("INFO"):
+        solver.setup_eval()
+    own = solver.module.state_dict()
+    name = "backbone.conv1.conv1_1.conv.weight"
+    assert torch.equal(own[name], other.state_dict()[name])
+    assert torch.equal(solver.ema.module.state_dict()[name], other.state_dict()[name])
+    assert "shape mismatch" in caplog.text and "decoder.enc_score_head.weight" in caplog.text
+
+
+def test_resume_accepts_published_weight_layouts(one_epoch: tuple[Path, dict[str, Any]], shapes: Path,
+                                                 tmp_path: Path) -> None:
+    """``{'ema': {'module': sd}}`` (published RT-DETR files) and ``{'model': sd}`` evaluate with -r."""
+    trained = load_checkpoint(one_epoch[0] / "last.pth")
+    name = "decoder.enc_score_head.weight"
+    torch.save({"ema": {"module": trained["ema"]["module"]}}, tmp_path / "ema_only.pth")
+    torch.save({"model": trained["model"], "last_epoch": 5}, tmp_path / "model_only.pth")
+    for file, expected in (("ema_only.pth", trained["ema"]["module"]), ("model_only.pth", trained["model"])):
+        solver = DetSolver(tiny_cfg(shapes, tmp_path / "out", resume=str(tmp_path / file)))
+        solver.setup_eval()
+        assert torch.equal(solver.module.state_dict()[name], expected[name])
+        assert torch.equal(solver.eval_module.state_dict()[name], expected[name])  # EMA follows the file
+    assert solver.last_epoch == 5
+
+
+def test_resume_and_tuning_together_is_a_config_error(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'resume' .* and 'tuning' .* exclude each other"):
+        DetSolver(tiny_cfg(shapes, tmp_path, resume="a.pth", tuning="b.pth"))
+
+
+def test_nan_loss_raises_naming_epoch_and_iteration(shapes: Path, tmp_path: Path) -> None:
+    # An absurd learning rate blows the weights up after the first step.
+    cfg = tiny_cfg(shapes, tmp_path, optimizer={"lr": 1e30}, clip_max_norm=0.0)
+    with pytest.raises(FloatingPointError, match=r"at epoch 0, iteration 1\b"):
+        DetSolver(cfg).fit()
+    assert not (tmp_path / "last.pth").exists()
+
+
+def test_corrupt_image_error_names_the_file(shapes: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(shapes, data)
+    broken = sorted((data / "train").iterdir())[1]
+    broken.write_bytes(b"this is not a jpeg")
+    with pytest.raises(ImageReadError, match=broken.name):
+        DetSolver(tiny_cfg(data, tmp_path / "out")).fit()
+
+
+def test_val_only_writes_eval_files(shapes: Path, tmp_path: Path) -> None:
+    summary = DetSolver(tiny_cfg(shapes, tmp_path)).val()
+    assert len(summary["stats"]) == 12
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["stats"] == summary["stats"]
+    assert isinstance(json.loads((tmp_path / "eval" / "results.json").read_text()), list)
+    assert not (tmp_path / "last.pth").exists()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.make_shapes import get_args_parser, main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_main_writes_detection_dataset(tmp_path: Path) -> None:
+    argv = ["--out", str(tmp_path), "--train", "5", "--val", "3", "--size", "64", "--seed", "2", "--format", "png"]
+    assert main(argv) == 0
+    assert len(list((tmp_path / "train").glob("*.png"))) == 5 and len(list((tmp_path / "val").glob("*.png"))) == 3
+    coco = json.loads((tmp_path / "annotations" / "instances_val.json").read_text())
+    assert [img["id"] for img in coco["images"]] == [1, 2, 3]
+    assert all(img["width"] == img["height"] == 64 for img in coco["images"])
+
+
+def test_parser_defaults() -> None:
+    args = get_args_parser().parse_args(["--out", "x"])
+    assert (args.train, args.val, args.seed, args.image_format, args.classification) == (400, 100, 0, "jpg", False)
+
+
+def test_script_entry_point_classification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what `python tools/make_shapes.py ...` runs, in-process (a subprocess would re-import torch)
+    argv = ["make_shapes.py", "--out", str(tmp_path), "--classification", "--train", "8", "--val", "4", "--size", "32"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO_ROOT / "tools" / "make_shapes.py"), run_name="__main__")
+    assert info.value.code == 0
+    classes = sorted(p.name for p in (tmp_path / "train").iterdir())
+    assert classes == ["circle", "square", "star", "triangle"]
+    assert sum(1 for _ in (tmp_path / "val").rglob("*.jpg")) == 4

@@ -1,0 +1,56 @@
+"""Helpers for the training tests: a tiny generated shapes dataset and the tiny RT-DETR config."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rtdetr_spartan.data.shapes import make_detection_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO_ROOT / "tests" / "fixtures" / "configs" / "rtdetr_tiny_shapes.yml"
+TINY_SPARTAN_CONFIG = REPO_ROOT / "tests" / "fixtures" / "configs" / "rtdetr_tiny_spartan_shapes.yml"
+TRAIN_TOOL = REPO_ROOT / "tools" / "train.py"
+
+
+def make_tiny_dataset(root: Path, train: int = 8, val: int = 4, size: int = 96) -> Path:
+    """A generated shapes dataset in ``root``; images are ``size`` px, the model sees 64 px."""
+    make_detection_dataset(root, train=train, val=val, size=size, seed=0)
+    return root
+
+
+def dataset_overrides(root: Path, train_ann: Path | None = None) -> dict[str, Any]:
+    """Config overrides pointing both loaders at the dataset in ``root``."""
+    ann = root / "annotations"
+    return {
+        "train_dataloader": {"dataset": {"img_folder": str(root / "train"),
+                                         "ann_file": str(train_ann or ann / "instances_train.json")}},
+        "val_dataloader": {"dataset": {"img_folder": str(root / "val"),
+                                       "ann_file": str(ann / "instances_val.json")}},
+    }
+
+
+def as_cli_updates(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{'a': {'b': 1}}`` -> ``['a.b=1']`` for ``tools/train.py -u``."""
+    items: list[str] = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            items += as_cli_updates(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
+
+
+def run_torchrun(args: Sequence[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node=N tools/train.py ARGS`` on the CPU, one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               str(TRAIN_TOOL), *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,50 @@
+"""Parameters, GFLOPs, latency and throughput of a config's detector (PyTorch or onnxruntime).
+
+    python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml --backend onnxruntime
+
+GFLOPs per image with FLOPs = 2 x MACs (torch.utils.flop_counter; matrix products and
+convolutions). Latency: median over --runs after --warmup calls, model + postprocessor, one
+batch. The last line of stdout is one JSON object with params, gflops, gmacs, latency_ms
+(median), throughput (images/s) and the run's settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from rtdetr_spartan.deploy.benchmark import BACKENDS, benchmark
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="YAML config of the model")
+    parser.add_argument("-r", "--resume", default=None, help="checkpoint (weights do not change speed)")
+    parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--size", type=int, default=640, help="square input side")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all",
+                        help="onnxruntime graph optimization level")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = benchmark(args.config, size=args.size, batch=args.batch, backend=args.backend, threads=args.threads,
+                       runs=args.runs, warmup=args.warmup, overrides=args.update, checkpoint=args.resume,
+                       optimization=args.ort_optimization)
+    logging.getLogger(__name__).info(
+        "%s %s: %.2f M params, %.2f GFLOPs (2xMACs) per image, median %.1f ms per batch of %d, %.2f img/s",
+        result.config, result.backend, result.params / 1e6, result.gflops, result.latency_ms, result.batch,
+        result.throughput)
+    print(json.dumps(result.to_dict()), flush=True)  # the machine-readable last line
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Pretrain a backbone as an image classifier (ImageNet layout) from a YAML config.
+
+    python tools/pretrain.py -c configs/spartan/spartan_t_imagenet.yml
+    python tools/pretrain.py -c CFG -r output/x/last.pth                 # resume everything
+    python tools/pretrain.py -c CFG -r output/x/best.pth --test-only     # top-1/top-5 only
+    torchrun --nproc-per-node=8 tools/pretrain.py -c CFG                  # DDP (NCCL on GPU, gloo on CPU)
+    torchrun --nnodes=2 --node-rank=0 --nproc-per-node=8 \\
+        --master-addr=HOST --master-port=29500 tools/pretrain.py -c CFG   # two machines
+
+``batch_size`` in the config is per process; the lr is scaled to the total batch
+(``lr x batch_size x processes / base_lr_batch``). The detector loads the result with
+``SpaRTAN: {pretrained: OUTPUT_DIR/best.pth}``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from rtdetr_spartan.core import ConfigError, YAMLConfig, merge_dict, parse_overrides
+from rtdetr_spartan.misc import dist
+from rtdetr_spartan.misc.logger import close_logging, setup_logging
+from rtdetr_spartan.solver import build_solver
+
+logger = logging.getLogger("rtdetr_spartan.tools.pretrain")
+
+TASK = "classification"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="YAML config file (task: classification)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("-r", "--resume", help="checkpoint to resume (model, optimizer, scheduler, epoch, RNG)")
+    start.add_argument("-t", "--tuning", help="checkpoint whose matching weights initialise the model")
+    parser.add_argument("--test-only", action="store_true", help="evaluate top-1/top-5 on the validation set")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision (fp16 + GradScaler on CUDA; bf16 autocast on the CPU)")
+    parser.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
+    parser.add_argument("--output-dir", help="where checkpoints and logs go")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. -u epochs=30 train_dataloader.batch_size=64")
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config values from the command line; ``-u`` overrides come first, named flags win."""
+    named = {"resume": args.resume, "tuning": args.tuning, "seed": args.seed,
+             "output_dir": args.output_dir, "device": args.device}
+    overrides = merge_dict(parse_overrides(args.update), {k: v for k, v in named.items() if v is not None})
+    if args.amp:
+        overrides["use_amp"] = True
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    dist.init_distributed(device=args.device)
+    try:
+        setup_logging()  # console only until the config names the output directory
+        cfg = YAMLConfig(args.config, **config_overrides(args))
+        if cfg.task != TASK:
+            raise ConfigError(f"{args.config}: task is '{cfg.task}', pretraining needs task: {TASK} "
+                              "(use tools/train.py for other tasks)")
+        setup_logging(cfg.output_dir)
+        logger.info("config %s, world size %d", args.config, dist.get_world_size())
+        solver = build_solver(cfg)
+        if args.test_only:
+            solver.val()
+        else:
+            best = solver.fit()
+            logger.info("best top-1 %s at epoch %s; checkpoints in %s", best.get("value"), best.get("epoch"),
+                        cfg.output_dir)
+    finally:
+        close_logging()
+        dist.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
