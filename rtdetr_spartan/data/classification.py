@@ -52,12 +52,14 @@ def _interpolation(name: str, owner: str) -> T.InterpolationMode:
 
 def _layout_hint(root: Path) -> str:
     return (f"expected the ImageFolder layout {root}/<class>/<image> (e.g. {root}/n01440764/"
-            "ILSVRC2012_val_00000293.JPEG); see docs/pretraining.md for sorting the ImageNet val split")
+            "ILSVRC2012_val_00000293.JPEG); the README's pretraining section shows how to sort the "
+            "ImageNet val split into class folders")
 
 
 @register()
 class ImageFolderDataset(datasets.ImageFolder):
-    """Images under ``root/<class>/*`` (torchvision's image extensions, any case) with labels ``0..C-1`` in sorted class-folder order.
+    """Images under ``root/<class>/*`` (torchvision's image extensions, any case), labelled
+    ``0..C-1`` in sorted class-folder order.
 
     Item: ``(image, label)`` — ``image`` as ``transforms`` returns it (``[3, H, W]`` float for
     the pipelines below; a PIL image without transforms), ``label`` an ``int``.

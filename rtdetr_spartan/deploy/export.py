@@ -211,11 +211,12 @@ def verify_onnx(path: str | Path, module: DeployModel, images: torch.Tensor, ori
 
 
 def _verify_sizes(info: ModelInfo) -> list[tuple[int, int]]:
-    """The export size, plus another one (stride-32 multiple) for a dynamic-size graph."""
+    """The export size, plus a larger, non-square one for a dynamic-size graph (larger, so it
+    still has at least as many anchors as the decoder has queries)."""
     height, width = info.input_size
     sizes = [(height, width)]
     if info.dynamic_size:
-        sizes.append((max(64, height - 64), width + 32))
+        sizes.append((height + 32, width + 64))
     return sizes
 
 

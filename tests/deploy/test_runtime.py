@@ -22,11 +22,20 @@ def _image(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image
 
 
 @pytest.fixture(scope="module")
-def static_export(tmp_path_factory: pytest.TempPathFactory):
-    """R18 exported with a FIXED batch of 1 at a small size; returns (module, path)."""
-    path = tmp_path_factory.mktemp("runtime") / "r18_static.onnx"
-    module, _ = export_config(R18_CONFIG, (), path, SIZE, dynamic_batch=False)
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    """R18 exported with a FIXED batch of 1 but dynamic height and width; (module, path)."""
+    path = tmp_path_factory.mktemp("runtime") / "r18_batch1_dynamic_size.onnx"
+    module, _ = export_config(R18_CONFIG, (), path, SIZE, dynamic_batch=False, dynamic_size=True)
     return module, path
+
+
+def _run_both(module, predictor: OnnxPredictor, images: list[Image.Image]) -> float:
+    batch = np.stack([preprocess(im, predictor.input_size).numpy() for im in images])
+    sizes = np.array([im.size for im in images], dtype=np.int64)
+    got = predictor.run(batch, sizes)
+    ref = TorchPredictor(module, predictor.info).run(batch, sizes)
+    assert got[0].shape == (len(images), 300)
+    return detection_difference(ref, got, sizes)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
@@ -40,23 +49,24 @@ def test_preprocess_equals_validation_transforms(mode: str) -> None:
     assert torch.equal(got, expected.as_subclass(torch.Tensor))
 
 
-def test_onnx_predictor_matches_torch_with_batch_chunks(static_export) -> None:
-    module, path = static_export
+def test_onnx_predictor_matches_torch_with_batch_chunks(exported) -> None:
+    module, path = exported
     predictor = OnnxPredictor(path, threads=1)
     assert predictor.session.get_session_options().intra_op_num_threads == 1
     assert predictor.input_size == (SIZE, SIZE) and predictor._fixed_batch == 1
     images = [_image(120 + 10 * i, 90 - 5 * i, seed=i) for i in range(3)]
-    batch = np.stack([preprocess(im, (SIZE, SIZE)).numpy() for im in images])
-    sizes = np.array([im.size for im in images], dtype=np.int64)
-    got = predictor.run(batch, sizes)  # three runs of the batch-1 graph
-    torch_predictor = TorchPredictor(module, predictor.info)
-    ref = torch_predictor.run(batch, sizes)
-    assert got[0].shape == (3, 300)
-    assert detection_difference(ref, got, sizes) <= 1e-4
+    assert _run_both(module, predictor, images) <= 1e-4  # three runs of the batch-1 graph
 
 
-def test_detections_carry_names_and_category_ids(static_export) -> None:
-    _, path = static_export
+def test_dynamic_size_predictor_runs_at_another_input_size(exported) -> None:
+    module, path = exported
+    predictor = OnnxPredictor(path, input_size=(SIZE + 32, SIZE + 64))
+    assert predictor.input_size == (SIZE + 32, SIZE + 64)
+    assert _run_both(module, predictor, [_image(200, 150, seed=5)]) <= 1e-4
+
+
+def test_detections_carry_names_and_category_ids(exported) -> None:
+    _, path = exported
     predictor = OnnxPredictor(path)
     image = _image(160, 120, seed=7)
     everything = predictor.predict([image], threshold=0.0)[0]
@@ -71,12 +81,6 @@ def test_detections_carry_names_and_category_ids(static_export) -> None:
     threshold = float(np.median(scores))
     kept = predictor.predict([image], threshold=threshold)[0]
     assert 0 < len(kept) < 300 and all(d.score >= threshold for d in kept)
-
-
-def test_static_model_rejects_other_input_size(static_export) -> None:
-    _, path = static_export
-    with pytest.raises(ValueError, match="dynamic-size"):
-        OnnxPredictor(path, input_size=(SIZE * 2, SIZE))
 
 
 def test_missing_model_file_is_named(tmp_path) -> None:

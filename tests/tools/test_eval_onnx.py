@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
@@ -32,7 +33,6 @@ def _pseudo_ground_truth(predictor: TorchPredictor, ann_file: Path, img_dir: Pat
     category_ids = sorted(c["id"] for c in coco["categories"])
     annotations = []
     for image in coco["images"]:
-        from PIL import Image
         with Image.open(img_dir / image["file_name"]) as opened:
             dets = predictor.predict([opened.convert("RGB")], threshold=0.0)[0]
         chosen: list[torch.Tensor] = []

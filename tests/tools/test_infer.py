@@ -11,6 +11,7 @@ from PIL import Image
 from rtdetr_spartan.data.shapes import make_detection_dataset
 from rtdetr_spartan.deploy.compare import detection_difference
 from rtdetr_spartan.deploy.from_config import load_config
+from rtdetr_spartan.deploy.runtime import OnnxPredictor
 from tests.deploy.deploy_utils import R18_CONFIG
 from tools.export_onnx import main as export_main
 from tools.infer import main as infer_main
@@ -83,6 +84,11 @@ def test_folder_with_undecodable_video_degrades_with_message(exported: dict[str,
     (error,) = results["errors"]
     assert error["file"] == "clip.mp4" and "clip.mp4" in error["error"]
     assert "video" in error["error"]
+
+
+def test_static_size_model_rejects_other_input_size(exported: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="dynamic-size"):
+        OnnxPredictor(exported["onnx"], input_size=(SIZE * 2, SIZE))
 
 
 def test_missing_input_is_reported(exported: dict[str, Path], tmp_path: Path) -> None:

@@ -1,0 +1,427 @@
+# Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0).
+"""SpaRTAN building blocks: conv + norm + act, squeeze-excite, the spatial and channel mixers
+and the residual block. State-dict names follow the reference (see ``spartan.py``).
+
+The CMixer's complex channel rotation is written in real arithmetic on (re, im) channel pairs:
+no complex dtype appears in ``forward``, so the model exports to ONNX and runs under autocast
+like any CNN.
+
+CPU speed notes (eager PyTorch, all exact up to float rounding):
+  * the network runs channels_last: oneDNN's depthwise/grouped convs are ~10x faster there
+    than in NCHW, and the mixers' 1x1 convs become matmuls on free [B, H, W, C] views;
+  * a BatchNorm with running statistics is folded into its conv on the fly;
+  * the squeeze-excite gate and the block's layer scale are folded into the output projection;
+  * the rotation is folded into the grouped 3x3 conv where groups hold whole pairs, and is
+    two contiguous ops in a "planar" channel order before a depthwise conv;
+  * in inference the big early-stage CMixer maps are processed in row tiles, so temporaries
+    stay in cache and the allocator does not return and re-fault memory on every block.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
+
+__all__ = ["Block", "CMixer", "ConvNormAct", "SMixer", "SqueezeExcite", "fold_rotation",
+           "planar_order", "rotate_pairs", "rotate_planar"]
+
+NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
+# CPU inference splits CMixer maps of 4 * TILE_ELEMENTS elements or more into row tiles of
+# about TILE_ELEMENTS (fp32: 1 MiB per temporary, which stays in L2); at least TILE_MIN_ROWS
+# rows, since each tile recomputes one halo row above and below for the 3x3 conv.
+TILE_ELEMENTS = 1 << 18
+TILE_MIN_ROWS = 8
+
+
+def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Multiply the channel pairs (2k, 2k+1) of the last dim, read as complex numbers re + i im,
+    by ``rotation[k]`` = (re_k, im_k), in real arithmetic.
+
+    x: [..., E]; rotation: [E/2, 2] -> [..., E] with
+    out[2k] = re_k x[2k] - im_k x[2k+1] and out[2k+1] = im_k x[2k] + re_k x[2k+1].
+    """
+    e = x.shape[-1]
+    same = rotation[:, 0].repeat_interleave(2)                          # re_0, re_0, re_1, ...
+    cross = (rotation[:, 1:2] * rotation.new_tensor([-1.0, 1.0])).reshape(e)  # -im_0, im_0, ...
+    swapped = x.unflatten(-1, (e // 2, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * same, swapped, cross)
+
+
+def planar_order(channels: int) -> torch.Tensor:
+    """Channel order with the pairs' first members (real parts) first: 0, 2, 4, ..., 1, 3, ..."""
+    return torch.cat((torch.arange(0, channels, 2), torch.arange(1, channels, 2)))
+
+
+def rotate_planar(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """``rotate_pairs`` for channels in ``planar_order``: x[..., :E/2] holds the real parts,
+    x[..., E/2:] the imaginary parts. x: [..., E] -> [..., E] in the same order.
+
+    Unlike the interleaved form this needs no channel swap: two contiguous broadcast ops.
+    """
+    parts = x.unflatten(-1, (2, x.shape[-1] // 2))                      # [..., 2, E/2]
+    re, im = rotation[:, 0], rotation[:, 1]
+    out = torch.addcmul(parts[..., :1, :] * torch.stack((re, im)), parts[..., 1:, :],
+                        torch.stack((-im, re)))
+    return out.flatten(-2)
+
+
+def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Weights W' with conv(x, W') == conv(rotate_pairs(x), W) for a grouped conv whose groups
+    hold whole channel pairs. weight: [O, G_in, k, k] (G_in even); rotation: [E/2, 2]."""
+    out_ch, per_group, kh, kw = weight.shape
+    groups = rotation.shape[0] * 2 // per_group
+    rot = rotation.view(groups, 1, per_group // 2, 2, 1, 1)
+    re, im = rot[:, :, :, :1], rot[:, :, :, 1:]
+    w = weight.view(groups, out_ch // groups, per_group // 2, 2, kh, kw)
+    w_re, w_im = w[:, :, :, :1], w[:, :, :, 1:]        # taps reading out[2k] and out[2k+1]
+    folded = torch.cat((w_re * re + w_im * im, w_im * re - w_re * im), dim=3)
+    return folded.view(out_ch, per_group, kh, kw)
+
+
+# The mixers work on "token" views [B, H, W, C] of channels_last maps (free permutes), so the
+# 1x1 convs are plain matrix products and every elementwise op runs on contiguous memory.
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H, W, C] (a view when x is channels_last)."""
+    return x.permute(0, 2, 3, 1)
+
+
+def _maps(t: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, C] -> [B, C, H, W] (channels_last when t is contiguous)."""
+    return t.permute(0, 3, 1, 2)
+
+
+def _project(tokens: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
+             out_scale: torch.Tensor | None, order: torch.Tensor | None = None) -> torch.Tensor:
+    """out_scale * proj(tokens * gate) with gate and out_scale folded into per-sample weights,
+    which saves a pass over the (largest) activations.
+
+    tokens: [B, H, W, E] with channels in ``order`` (None: natural); gate: [B, E] in the same
+    order -> [B, C_out, H, W] (channels_last).
+    """
+    h, w = tokens.shape[1:3]
+    weight = proj.weight.flatten(1)
+    if order is not None:
+        weight = weight[:, order]
+    weight = weight[None] * gate[:, None, :]                            # [B, C_out, E]
+    bias = proj.bias
+    if out_scale is not None:
+        weight = weight * out_scale.view(1, -1, 1)
+        bias = bias * out_scale.view(-1)
+    out = torch.baddbmm(bias, tokens.flatten(1, 2), weight.transpose(1, 2))
+    return _maps(out.unflatten(1, (h, w)))
+
+
+def _inference_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, bias) of a batch norm that normalizes with running statistics, else None."""
+    if isinstance(norm, FrozenBatchNorm2d) or (
+            isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training
+            and norm.track_running_stats):
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    return None
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d (eps 1e-6) or nothing -> activation or nothing.
+
+    A BatchNorm that normalizes with running statistics (eval mode, or frozen) is folded into
+    the conv on the fly, saving a pass over the output; ``fuse_norm`` folds it for good.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, norm: bool = True,
+                 act: Callable[[torch.Tensor], torch.Tensor] | None = F.gelu) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                              groups, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels, eps=NORM_EPS) if norm else nn.Identity()
+        self.act = act
+
+    def uses_batch_statistics(self) -> bool:
+        return _inference_affine(self.norm) is None and not isinstance(self.norm, nn.Identity)
+
+    def folded(self, weight: torch.Tensor | None = None,
+               order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conv weight and bias with the norm folded in (requires no batch statistics).
+
+        weight: replaces the conv weight. order: channel order of a depthwise conv's input and
+        output (its channels become the module's channels ``order``).
+        """
+        conv = self.conv
+        weight, bias = (conv.weight if weight is None else weight), conv.bias
+        affine = _inference_affine(self.norm)
+        if affine is None and not isinstance(self.norm, nn.Identity):
+            raise RuntimeError("cannot fold a BatchNorm that normalizes with batch statistics")
+        if affine is not None:
+            scale, shift = affine
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = shift if bias is None else shift + bias * scale
+        if order is not None:
+            if conv.groups != conv.in_channels:
+                raise RuntimeError("a channel order needs a depthwise conv")
+            weight, bias = weight[order], (None if bias is None else bias[order])
+        return weight, bias
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                order: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, in, H, W] -> [B, out, H', W']; ``weight`` and ``order`` as in ``folded``."""
+        conv = self.conv
+        if self.uses_batch_statistics():
+            if order is not None:
+                raise RuntimeError("a channel order needs a norm without batch statistics")
+            x = conv(x) if weight is None else F.conv2d(
+                x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            x = self.norm(x)
+        else:
+            weight, bias = self.folded(weight, order)
+            x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return x if self.act is None else self.act(x)
+
+    @torch.no_grad()
+    def fuse_norm(self) -> None:
+        """Fold the BatchNorm (eval-mode statistics) into the conv weights and bias for good."""
+        if isinstance(self.norm, nn.Identity):
+            return
+        conv = self.conv
+        weight, bias = self.folded()
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          conv.padding, conv.dilation, conv.groups, bias=True).to(conv.weight)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        self.conv, self.norm = fused, nn.Identity()
+
+
+class SqueezeExcite(nn.Module):
+    """x * sigmoid(expand(relu(squeeze(mean_hw(x))))).
+
+    Written out instead of torchvision's SqueezeExcitation to keep the reference's parameter
+    names (``squeeze`` / ``expand``, not ``fc1`` / ``fc2``). The mixers use ``gate`` and fold
+    it into their output projection.
+    """
+
+    def __init__(self, channels: int, squeeze_channels: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(channels, squeeze_channels, 1)
+        self.expand = nn.Conv2d(squeeze_channels, channels, 1)
+
+    def gate(self, pooled: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+        """pooled: [B, C] spatial means, channels in ``order`` (None: natural) -> [B, C]."""
+        w_in, w_out = self.squeeze.weight.flatten(1), self.expand.weight.flatten(1)
+        b_out = self.expand.bias
+        if order is not None:
+            w_in, w_out, b_out = w_in[:, order], w_out[order], b_out[order]
+        hidden = F.relu(F.linear(pooled, w_in, self.squeeze.bias))
+        return torch.sigmoid(F.linear(hidden, w_out, b_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W]."""
+        return x * self.gate(x.mean((2, 3)))[:, :, None, None]
+
+
+class SMixer(nn.Module):
+    """Spatial mixer: 1x1 to C/2, centre boost x + gamma (x - mean_hw x), a short branch (3x3)
+    and a long branch (two dilated 3x3), each gated by squeeze-excite, concatenated and
+    projected back to C. ``grouped``: depthwise 3x3 convs (the reference's later stages)."""
+
+    def __init__(self, dim: int, grouped: bool) -> None:
+        super().__init__()
+        half = dim // 2
+        groups = half if grouped else 1
+        self.gamma = nn.Parameter(torch.full((1, half, 1, 1), 1e-5))
+        self.proj_in = nn.Conv2d(dim, half, 1)
+        self.h_conv = ConvNormAct(half, half, 3, padding=1, groups=groups)
+        self.l_conv = nn.Sequential(
+            ConvNormAct(half, half, 3, padding=2, dilation=2, groups=groups, norm=False, act=None),
+            ConvNormAct(half, half, 3, padding=2, dilation=2, groups=groups),
+        )
+        self.h_attn = SqueezeExcite(half, half // 4)
+        self.l_attn = SqueezeExcite(half, half // 4)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given."""
+        y = _tokens(x) @ self.proj_in.weight.flatten(1).t()            # bias enters below
+        gamma = self.gamma.view(-1)
+        # y + b + gamma (y + b - mean(y + b)) == (1 + gamma) y + (b - gamma mean(y)): one pass
+        shift = self.proj_in.bias - gamma * y.mean((1, 2), keepdim=True)
+        y = _maps(torch.addcmul(shift, y, 1.0 + gamma))
+        short = _tokens(self.h_conv(y))
+        long = _tokens(self.l_conv(y))
+        gate = torch.cat((self.h_attn.gate(short.mean((1, 2))),
+                          self.l_attn.gate(long.mean((1, 2)))), dim=-1)
+        return _project(torch.cat((short, long), dim=-1), gate, self.proj_out, out_scale)
+
+
+class _ConvPlan(NamedTuple):
+    """The CMixer's 3x3 conv for inference: norm folded in, channels in ``order``."""
+
+    order: torch.Tensor | None        # channel order between the two 1x1 convs (None: natural)
+    rotation: torch.Tensor | None     # still to apply to the activations (None: in the weights)
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    groups: int
+    crossed: torch.Tensor | None = None  # second depthwise weight, its output halves swapped
+
+    def rotate(self, feat: torch.Tensor) -> torch.Tensor:
+        # The reference rotates in float32 even under autocast; the real form keeps the
+        # activations' dtype, so autocast and ONNX export need no special case.
+        if self.rotation is None:
+            return feat
+        rotation = self.rotation.to(feat.dtype)
+        return rotate_planar(feat, rotation) if self.order is not None else rotate_pairs(feat, rotation)
+
+    def conv(self, maps: torch.Tensor) -> torch.Tensor:
+        """maps: [B, E, H, W] -> [B, E, H, W] (3x3, padding 1, like the CMixer's conv)."""
+        out = F.conv2d(maps, self.weight, self.bias, padding=1, groups=self.groups)
+        if self.crossed is not None:
+            crossed = F.conv2d(maps, self.crossed, None, padding=1, groups=self.groups)
+            out = out + crossed.roll(out.shape[1] // 2, 1)
+        return out
+
+
+class CMixer(nn.Module):
+    """Channel mixer on E = r*C channels.
+
+    feat = w * theta + w[m] * theta[m], theta = GELU(1x1(x)), w = 1x1(x), m = argmax_c x per
+    pixel; channel pairs rotated by the learned complex vector ``complex`` ([1, 1, 1, E/2, 2] as
+    (re, im), the reference's layout); 3x3 conv + BN + GELU (depthwise, or C groups when
+    ``grouped``), squeeze-excite to C/4 and 1x1 back to C.
+
+    Where the rotation goes (all equal to the reference up to float rounding):
+      * BN with batch statistics (training): on the activations, or folded into the conv
+        weights when the conv groups hold whole (re, im) pairs;
+      * otherwise (inference, frozen BN) the E channels between the 1x1 convs live in
+        ``planar_order``, where the rotation is two contiguous ops before a depthwise conv; a
+        conv with one pair per group takes the rotation into its weights and runs as two
+        depthwise convs (oneDNN's 2-channel grouped conv is about twice as slow).
+    CPU inference without autograd processes large maps in row tiles (``_forward_inference``).
+    """
+
+    def __init__(self, dim: int, expand_ratio: int, grouped: bool) -> None:
+        super().__init__()
+        if expand_ratio < 2:
+            raise ValueError(f"CMixer expand_ratio must be >= 2, got {expand_ratio}")
+        neck = dim * expand_ratio
+        self.complex = nn.Parameter(torch.randn(1, 1, 1, neck // 2, 2))
+        self.theta = nn.Conv2d(dim, neck, 1)
+        self.proj = nn.Conv2d(dim, neck, 1)
+        self.conv = ConvNormAct(neck, neck, 3, padding=1, groups=dim if grouped else neck)
+        self.attn = SqueezeExcite(neck, dim // 4)
+        self.proj_out = nn.Conv2d(neck, dim, 1)
+        self.register_buffer("_planar", planar_order(neck), persistent=False)
+
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given."""
+        if self.conv.uses_batch_statistics():
+            return self._forward_batch_statistics(x, out_scale)
+        return self._forward_inference(x, out_scale, self._tile_rows(x))
+
+    def _mix(self, tokens: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+        """tokens: [B, H, W, C] -> feat [B, H, W, E] before the rotation, channels in ``order``."""
+        # max(...).indices: the same first-maximum index as argmax, twice as fast on CPU
+        index = tokens.max(dim=-1, keepdim=True).indices               # [B, H, W, 1]
+        weights = (self.theta.weight.flatten(1), self.theta.bias,
+                   self.proj.weight.flatten(1), self.proj.bias)
+        if order is not None:
+            weights = tuple(t[order] for t in weights)
+            index = index % 2 * (self.theta.out_channels // 2) + index // 2  # planar position
+        theta_w, theta_b, proj_w, proj_b = weights
+        theta, weight = F.linear(tokens, theta_w, theta_b), F.linear(tokens, proj_w, proj_b)
+        peak = F.gelu(theta.gather(-1, index)) * weight.gather(-1, index)
+        return torch.addcmul(peak, F.gelu(theta), weight)
+
+    def _forward_batch_statistics(self, x: torch.Tensor,
+                                  out_scale: torch.Tensor | None) -> torch.Tensor:
+        """Training-mode BN: natural channel order, the conv module as it is."""
+        rotation = self.complex.view(-1, 2)
+        feat = self._mix(_tokens(x), None)
+        if (self.conv.conv.in_channels // self.conv.conv.groups) % 2 == 0:
+            feat = self.conv(_maps(feat), fold_rotation(self.conv.conv.weight, rotation))
+        else:
+            feat = self.conv(_maps(rotate_pairs(feat, rotation.to(feat.dtype))))
+        tokens = _tokens(feat)
+        return _project(tokens, self.attn.gate(tokens.mean((1, 2))), self.proj_out, out_scale)
+
+    def _conv_plan(self) -> _ConvPlan:
+        conv = self.conv.conv
+        per_group = conv.in_channels // conv.groups
+        rotation = self.complex.view(-1, 2)
+        if per_group == 1:
+            weight, bias = self.conv.folded(order=self._planar)
+            return _ConvPlan(self._planar, rotation, weight, bias, conv.groups)
+        if per_group % 2:
+            return _ConvPlan(None, rotation, *self.conv.folded(), conv.groups)
+        weight, bias = self.conv.folded(fold_rotation(conv.weight, rotation))
+        if per_group > 2:
+            return _ConvPlan(None, None, weight, bias, conv.groups)
+        # One pair per group: in planar order, channel j*E/2 + k feeds output j*E/2 + k
+        # ("direct" taps) and output (1-j)*E/2 + k ("crossed" taps, hence the half swap).
+        taps = weight.view(-1, 2, 2, *weight.shape[2:])                # [pair, out, in, k, k]
+        direct = torch.cat((taps[:, 0, 0], taps[:, 1, 1]))[:, None]
+        crossed = torch.cat((taps[:, 1, 0], taps[:, 0, 1]))[:, None]
+        return _ConvPlan(self._planar, None, direct, bias[self._planar], conv.in_channels, crossed)
+
+    def _tile_rows(self, x: torch.Tensor) -> int:
+        """Rows per tile: large maps in CPU inference without autograd, else all rows."""
+        b, _, h, w = x.shape
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if (needs_grad or x.device.type != "cpu" or torch.jit.is_tracing()
+                or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling()):
+            return h
+        row = b * w * self.theta.out_channels
+        if row * h < 4 * TILE_ELEMENTS:
+            return h
+        return max(TILE_MIN_ROWS, TILE_ELEMENTS // row)
+
+    def _forward_inference(self, x: torch.Tensor, out_scale: torch.Tensor | None,
+                           rows: int) -> torch.Tensor:
+        """The forward without batch statistics, ``rows`` image rows at a time up to the
+        squeeze-excite (each tile recomputes one halo row above and below for the 3x3 conv).
+
+        With tiles the per-pixel part and the conv of a tile stay in cache, and tile-sized
+        temporaries are reused by the allocator; on CPU this cuts the memory traffic and page
+        faults that dominate the big early-stage maps.
+        """
+        tokens = _tokens(x)
+        h = tokens.shape[1]
+        plan = self._conv_plan()
+        tiles = []
+        for top in range(0, h, rows):
+            bottom = min(top + rows, h)
+            first, last = max(top - 1, 0), min(bottom + 1, h)
+            feat = plan.rotate(self._mix(tokens[:, first:last], plan.order))
+            feat = self.conv.act(plan.conv(_maps(feat)))
+            tiles.append(_tokens(feat)[:, top - first:bottom - first])
+        if len(tiles) == 1:
+            pooled = tiles[0].mean((1, 2))
+        else:
+            pooled = torch.stack([tile.sum((1, 2)) for tile in tiles]).sum(0) / (h * tokens.shape[2])
+        gate = self.attn.gate(pooled, plan.order)
+        out = [_project(tile, gate, self.proj_out, out_scale, plan.order) for tile in tiles]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: SMixer then CMixer, each scaled per channel and drop-pathed."""
+
+    def __init__(self, dim: int, expand_ratio: int, grouped: bool, drop_path: float) -> None:
+        super().__init__()
+        self.scale_1 = nn.Parameter(torch.full((1, dim, 1, 1), 1e-5))
+        self.scale_2 = nn.Parameter(torch.full((1, dim, 1, 1), 1e-5))
+        self.smixer = SMixer(dim, grouped)
+        self.cmixer = CMixer(dim, expand_ratio, grouped)
+        self.drop_path_1 = StochasticDepth(drop_path, "row")
+        self.drop_path_2 = StochasticDepth(drop_path, "row")
+        self.norm_1 = nn.GroupNorm(1, dim, eps=NORM_EPS)
+        self.norm_2 = nn.GroupNorm(1, dim, eps=NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W]."""
+        x = x + self.drop_path_1(self.smixer(self.norm_1(x), self.scale_1))
+        return x + self.drop_path_2(self.cmixer(self.norm_2(x), self.scale_2))

@@ -1,0 +1,104 @@
+"""Deployment stages of the quickstart: ONNX export, onnxruntime vs PyTorch on real images,
+annotated pictures and latency."""
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rtdetr_spartan.core import YAMLConfig
+from rtdetr_spartan.deploy.benchmark import time_calls
+from rtdetr_spartan.deploy.compare import detection_difference
+from rtdetr_spartan.deploy.draw import draw_detections
+from rtdetr_spartan.deploy.export import DeployModel, export_onnx
+from rtdetr_spartan.deploy.from_config import build_deploy_model, model_info_from_config
+from rtdetr_spartan.deploy.runtime import OnnxPredictor, Predictor, TorchPredictor, preprocess
+
+__all__ = ["ExportOutcome", "annotate_images", "export_detector", "max_difference_on_images",
+           "onnx_latency_ms", "predictors", "validation_images"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """The ONNX file, the PyTorch deploy model it came from, and the exporter's own check
+    (largest difference on random inputs)."""
+
+    path: Path
+    module: DeployModel
+    verify_diff: float | None
+
+
+def export_detector(cfg: YAMLConfig, checkpoint: Path, path: Path) -> ExportOutcome:
+    """Export the config's detector with ``checkpoint``'s weights (EMA preferred) to ``path``.
+
+    The graph takes one image at a time (the demo and the latency are per image; the
+    onnxruntime predictor splits larger batches).
+    """
+    module = build_deploy_model(cfg, checkpoint)
+    info = model_info_from_config(cfg, dynamic_batch=False)
+    info.extra["checkpoint"] = checkpoint.name
+    result = export_onnx(module, path, info)
+    return ExportOutcome(path=result.path, module=module, verify_diff=result.max_abs_diff)
+
+
+def validation_images(folder: Path, count: int) -> list[Path]:
+    """The first ``count`` images of ``folder`` in name order."""
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if not found:
+        raise FileNotFoundError(f"no .jpg/.png images in {folder}")
+    return found[:count]
+
+
+def _load(paths: Sequence[Path]) -> list[Image.Image]:
+    images = []
+    for path in paths:
+        with Image.open(path) as opened:
+            images.append(opened.convert("RGB"))
+    return images
+
+
+def max_difference_on_images(torch_predictor: TorchPredictor, onnx_predictor: OnnxPredictor,
+                             paths: Sequence[Path]) -> float:
+    """Largest difference between onnxruntime's and PyTorch's detections on real images
+    (scores, and boxes in units of the image size; see ``detection_difference``)."""
+    images = _load(paths)
+    batch = np.stack([preprocess(image, onnx_predictor.input_size).numpy() for image in images])
+    sizes = np.array([image.size for image in images], dtype=np.int64)
+    return detection_difference(torch_predictor.run(batch, sizes), onnx_predictor.run(batch, sizes), sizes)
+
+
+def annotate_images(predictor: Predictor, paths: Sequence[Path], out_dir: Path,
+                    threshold: float) -> list[Path]:
+    """Draw the detections scoring >= ``threshold`` on each image into ``out_dir`` (PNG)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, image in zip(paths, _load(paths)):
+        detections = predictor.predict([image], threshold)[0]
+        target = out_dir / f"{path.stem}.png"
+        draw_detections(image, detections).save(target)
+        logger.info("%s: %s", path.name, ", ".join(f"{d.name} {d.score:.2f}" for d in detections) or "nothing")
+        written.append(target)
+    return written
+
+
+def onnx_latency_ms(predictor: OnnxPredictor, path: Path, runs: int) -> float:
+    """Median milliseconds of one onnxruntime call on one preprocessed image (batch 1)."""
+    image = _load([path])[0]
+    batch = preprocess(image, predictor.input_size).numpy()[None]
+    sizes = np.array([image.size], dtype=np.int64)
+    return statistics.median(time_calls(lambda: predictor.run(batch, sizes), runs=runs, warmup=min(3, runs)))
+
+
+def predictors(outcome: ExportOutcome, cfg: YAMLConfig) -> tuple[TorchPredictor, OnnxPredictor]:
+    """The exported graph in onnxruntime, and the module it came from behind the same interface."""
+    info = model_info_from_config(cfg, dynamic_batch=False)
+    # onnxruntime gets as many threads as PyTorch has, so both compare under the same limit
+    return TorchPredictor(outcome.module, info), OnnxPredictor(outcome.path, threads=torch.get_num_threads())

@@ -1,0 +1,353 @@
+"""SpaRTAN classifier / backbone: reference state dict and outputs, the real-arithmetic rotation,
+every computation path of the mixers against a direct (complex dtype, NCHW, module-by-module)
+formulation of the reference, training, autocast, FLOPs, checkpoints, deploy and freezing."""
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from rtdetr_spartan.core import lookup
+from rtdetr_spartan.nn.backbones import spartan_layers
+from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
+from rtdetr_spartan.nn.backbones.spartan_layers import (Block, CMixer, SMixer, fold_rotation,
+                                                        planar_order, rotate_pairs, rotate_planar)
+from rtdetr_spartan.nn.common import FrozenBatchNorm2d
+from tests.parity_utils import (load_expected, load_spec, state_dict_spec, summary_problems,
+                                synthetic_scenes, synthetic_state_dict)
+
+
+# ---- a direct formulation of the reference's mixers (complex dtype, NCHW, gather) ----------
+
+def _reference_se(se: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(se.expand(F.relu(se.squeeze(F.adaptive_avg_pool2d(x, 1)))))
+
+
+def _reference_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = layer.norm(layer.conv(x))
+    return x if layer.act is None else layer.act(x)
+
+
+def _complex_rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """x: [..., E] pairs (re, im) times rotation [E/2, 2] through torch's complex dtype."""
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * torch.view_as_complex(rotation.contiguous())).flatten(-2)
+
+
+def reference_cmixer(m: CMixer, x: torch.Tensor) -> torch.Tensor:
+    index = x.argmax(dim=1, keepdim=True)
+    theta = F.gelu(m.theta(x))
+    weight = m.proj(x)
+    feat = weight * theta + weight.gather(1, index) * theta.gather(1, index)
+    feat = _complex_rotate(feat.permute(0, 2, 3, 1), m.complex.view(-1, 2)).permute(0, 3, 1, 2)
+    feat = _reference_se(m.attn, _reference_conv(m.conv, feat))
+    return m.proj_out(feat)
+
+
+def reference_smixer(m: SMixer, x: torch.Tensor) -> torch.Tensor:
+    y = m.proj_in(x)
+    y = y + m.gamma * (y - F.adaptive_avg_pool2d(y, 1))
+    short = _reference_se(m.h_attn, _reference_conv(m.h_conv, y))
+    long = _reference_se(m.l_attn, _reference_conv(m.l_conv[1], _reference_conv(m.l_conv[0], y)))
+    return m.proj_out(torch.cat((short, long), dim=1))
+
+
+def _randomize(module: nn.Module, seed: int) -> nn.Module:
+    """Weights and BN statistics far from their init (layer scales near 1, not 1e-5)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                fresh = torch.rand(tensor.shape, generator=gen)
+                if name.endswith("running_var"):
+                    tensor.copy_(0.5 + fresh)
+                else:
+                    tensor.copy_((fresh - 0.5) * (2.0 if tensor.dim() <= 1 else 0.6))
+    return module
+
+
+@pytest.fixture
+def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tile even small maps, in uneven pieces (rows do not divide the height)."""
+    monkeypatch.setattr(spartan_layers, "TILE_ELEMENTS", 1 << 12)
+    monkeypatch.setattr(spartan_layers, "TILE_MIN_ROWS", 3)
+
+
+# ---- the rotation ---------------------------------------------------------------------------
+
+def test_real_rotations_equal_complex_multiplication() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, 24, generator=gen, dtype=torch.float64)
+    rotation = torch.randn(12, 2, generator=gen, dtype=torch.float64)
+    expected = _complex_rotate(x, rotation)
+    torch.testing.assert_close(rotate_pairs(x, rotation), expected, rtol=1e-12, atol=1e-12)
+    order = planar_order(24)
+    torch.testing.assert_close(rotate_planar(x[..., order], rotation), expected[..., order],
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_group", [2, 4])
+def test_rotation_folds_into_grouped_conv(per_group: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 16, 9, 9, generator=gen, dtype=torch.float64)
+    weight = torch.randn(16, per_group, 3, 3, generator=gen, dtype=torch.float64)
+    rotation = torch.randn(8, 2, generator=gen, dtype=torch.float64)
+    groups = 16 // per_group
+    rotated = rotate_pairs(x.permute(0, 2, 3, 1), rotation).permute(0, 3, 1, 2)
+    torch.testing.assert_close(F.conv2d(x, fold_rotation(weight, rotation), padding=1, groups=groups),
+                               F.conv2d(rotated, weight, padding=1, groups=groups))
+
+
+# ---- every path of the mixers against the reference formulation -----------------------------
+
+MODES = ["train", "eval", "eval_tiled"]
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cmixer_matches_reference(mode: str, grouped: bool, small_tiles: None) -> None:
+    mixer = _randomize(CMixer(16, 4 if not grouped else 2, grouped), seed=2)
+    reference = copy.deepcopy(mixer)
+    mixer.train(mode == "train")
+    reference.train(mode == "train")
+    x = torch.randn(2, 16, 13, 11, generator=torch.Generator().manual_seed(3))
+    x = x.contiguous(memory_format=torch.channels_last)
+    scale = torch.rand(1, 16, 1, 1) + 0.5
+    with torch.set_grad_enabled(mode != "eval_tiled"):
+        got = mixer(x, scale)
+    if mode == "eval_tiled":
+        assert mixer._tile_rows(x) is None  # grad is on again here: the tiled path was taken above
+    torch.testing.assert_close(got, scale * reference_cmixer(reference, x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixer.state_dict(), reference.state_dict())  # BN statistics
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["dense", "depthwise"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
+    mixer = _randomize(SMixer(16, grouped), seed=4)
+    reference = copy.deepcopy(mixer)
+    mixer.train(mode == "train")
+    reference.train(mode == "train")
+    x = torch.randn(2, 16, 10, 12, generator=torch.Generator().manual_seed(5))
+    scale = torch.rand(1, 16, 1, 1) + 0.5
+    got = mixer(x.contiguous(memory_format=torch.channels_last), scale)
+    torch.testing.assert_close(got, scale * reference_smixer(reference, x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixer.state_dict(), reference.state_dict())
+
+
+# ---- reference state dicts and outputs --------------------------------------------------------
+
+def test_classifier_state_dict_equals_reference() -> None:
+    entries, params = load_spec("spartan_t_cls")
+    model = SpaRTANClassifier(num_classes=1000)
+    assert state_dict_spec(model) == entries
+    assert sum(p.numel() for p in model.parameters()) == params == 3_820_296
+
+
+def test_backbone_state_dict_equals_detector_spec() -> None:
+    entries, _ = load_spec("rtdetr_spartan_t")
+    expected = [(k.removeprefix("backbone."), s, d) for k, s, d in entries if k.startswith("backbone.")]
+    backbone = SpaRTAN(return_idx=(1, 2, 3))
+    assert state_dict_spec(backbone) == expected
+    assert backbone.out_channels == [64, 128, 256] and backbone.out_strides == [8, 16, 32]
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_classifier() -> SpaRTANClassifier:
+    entries, _ = load_spec("spartan_t_cls")
+    model = SpaRTANClassifier()
+    model.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["tiled_inference", "autograd_path"])
+def test_classifier_reproduces_reference_outputs(grad: bool) -> None:
+    model = _reference_classifier()
+    expected = load_expected("spartan_t_cls_seed0")
+    x = synthetic_scenes(*expected["input_shape"][:1], *expected["input_shape"][2:], seed=0)
+    with torch.set_grad_enabled(grad):
+        stages = model.forward_stages(x, (1, 2, 3))
+        logits = model(x)
+    for index, (summary, stage) in enumerate(zip(expected["stages"], stages, strict=True)):
+        assert summary_problems(summary, stage) == [], f"stage {index + 2}"
+    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-4)
+
+
+def test_flops_match_the_paper() -> None:
+    model = SpaRTANClassifier().eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, 256, 256))
+    assert counter.get_total_flops() / 2 == pytest.approx(1.04e9, rel=0.01)
+
+
+# ---- training, sizes, autocast, layouts -------------------------------------------------------
+
+@pytest.mark.parametrize("size", [64, 96, 160])
+def test_forward_backward(size: int) -> None:
+    torch.manual_seed(size)
+    backbone = SpaRTAN(drop_path_rate=0.2).train()
+    feats = backbone(torch.rand(2, 3, size, size))
+    assert [tuple(f.shape) for f in feats] == [(2, c, size // s, size // s) for c, s in
+                                               zip(backbone.out_channels, backbone.out_strides)]
+    sum(f.square().mean() for f in feats).backward()
+    grads = {n: p.grad for n, p in backbone.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    # drop path may skip a whole branch for both images; the stem is always trained
+    assert all(grads[n].abs().sum() > 0 for n in grads if n.startswith("conv."))
+
+
+def test_autocast_bfloat16_on_cpu() -> None:
+    model = _reference_classifier()
+    x = synthetic_scenes(1, 64, 64, seed=1)
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(x)
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+    assert torch.corrcoef(torch.stack((half.float().flatten(), full.flatten())))[0, 1] > 0.99
+    backbone = SpaRTAN().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = backbone(x)
+    sum(f.float().mean() for f in feats).backward()
+    assert all(torch.isfinite(p.grad).all() for p in backbone.parameters() if p.grad is not None)
+
+
+def test_memory_format_does_not_change_outputs() -> None:
+    model = _reference_classifier()
+    x = synthetic_scenes(1, 64, 96, seed=2)
+    with torch.no_grad():
+        nchw = model.forward_stages(x, (0, 1, 2, 3))
+        nhwc = model.forward_stages(x.contiguous(memory_format=torch.channels_last), (0, 1, 2, 3))
+    for a, b in zip(nchw, nhwc, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert a.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_rejects_bad_input_and_config() -> None:
+    with pytest.raises(ValueError, match="variant 'Z'"):
+        SpaRTAN(variant="Z")
+    with pytest.raises(ValueError, match="return_idx"):
+        SpaRTAN(return_idx=(1, 4))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\], got \(3, 64, 64\)"):
+        SpaRTAN()(torch.rand(3, 64, 64))
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def _classifier_weights(seed: int) -> dict[str, torch.Tensor]:
+    entries, _ = load_spec("spartan_t_cls")
+    return synthetic_state_dict(entries, seed)
+
+
+LAYOUTS = {
+    "bare": lambda sd: sd,
+    "model": lambda sd: {"model": sd, "epoch": 3},
+    "ddp_prefix": lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}},
+    "ema_preferred": lambda sd: {"model": _classifier_weights(9), "ema": {"module": sd, "updates": 7}},
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_pretrained_checkpoint_layouts(layout: str, tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    weights = _classifier_weights(1)
+    path = tmp_path / "spartan_t.pth"
+    torch.save(LAYOUTS[layout](weights), path)
+    with caplog.at_level(logging.INFO, logger="rtdetr_spartan.nn.backbones.spartan"):
+        backbone = SpaRTAN(pretrained=str(path))
+    expected = {k: v for k, v in weights.items() if not k.startswith("linear.")}
+    torch.testing.assert_close(backbone.state_dict(), expected, rtol=0, atol=0)
+    assert f"loaded {len(expected)} tensors" in caplog.text
+
+
+def test_pretrained_with_frozen_norm(tmp_path: Path) -> None:
+    path = tmp_path / "spartan_t.pth"
+    torch.save(_classifier_weights(1), path)
+    backbone = SpaRTAN(pretrained=path, freeze_norm=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+    frozen = backbone.layers[3].norm
+    assert isinstance(frozen, FrozenBatchNorm2d) and frozen.eps == 1e-6
+    torch.testing.assert_close(frozen.running_var, _classifier_weights(1)["layers.3.norm.running_var"])
+
+
+def test_pretrained_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
+    weights = _classifier_weights(1)
+    weights["layers.4.cmixer.complex"] = torch.zeros(1, 1, 1, 64, 2)
+    path = tmp_path / "other.pth"
+    torch.save({"model": weights}, path)
+    with pytest.raises(ValueError, match=r"layers\.4\.cmixer\.complex \(1, 1, 1, 64, 2\) "
+                                         r"\(model \(1, 1, 1, 128, 2\)\)"):
+        SpaRTAN(pretrained=path)
+
+
+def test_pretrained_missing_tensors_and_paths(tmp_path: Path) -> None:
+    weights = _classifier_weights(1)
+    del weights["layers.22.norm_2.bias"]
+    path = tmp_path / "partial.pth"
+    torch.save(weights, path)
+    with pytest.raises(ValueError, match=r"missing 1 tensors \['layers\.22\.norm_2\.bias'\]"):
+        SpaRTAN(pretrained=path)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        SpaRTAN(pretrained=tmp_path / "nowhere.pth")
+    with pytest.raises(ValueError, match="never downloaded"):
+        SpaRTAN(pretrained=True)
+
+
+# ---- deploy, freezing, registry -----------------------------------------------------------------
+
+def test_convert_to_deploy_keeps_outputs() -> None:
+    entries, _ = load_spec("spartan_t_cls")
+    backbone = SpaRTAN()
+    backbone.load_state_dict({k: v for k, v in synthetic_state_dict(entries, 0).items()
+                              if not k.startswith("linear.")})
+    backbone.eval()
+    x = synthetic_scenes(2, 96, 64, seed=3)
+    with torch.no_grad():
+        before = backbone(x)
+        after = copy.deepcopy(backbone).convert_to_deploy()(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.convert_to_deploy().modules())
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_freeze_at_freezes_stem_and_leading_stages() -> None:
+    backbone = SpaRTAN(freeze_at=1)
+    frozen = {n.split(".")[0] + "." + n.split(".")[1] for n, p in backbone.named_parameters()
+              if not p.requires_grad}
+    assert frozen == {"conv.0", "conv.1", "layers.0", "layers.1", "layers.2"}
+    assert all(p.requires_grad for p in SpaRTAN(freeze_at=-1).parameters())
+
+
+def test_registered_under_reference_names() -> None:
+    assert lookup("SpaRTAN") is SpaRTAN
+    assert lookup("SpaRTANClassifier") is SpaRTANClassifier
+    assert SpaRTANClassifier.__share__ == ["num_classes"]
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
+def test_block_exports_to_onnx(grouped: bool) -> None:
+    """The traced graph (no complex dtype to trace) runs in onnxruntime with any batch size."""
+    ort = pytest.importorskip("onnxruntime")
+    block = _randomize(Block(16, 2 if grouped else 4, grouped, drop_path=0.0), seed=6).eval()
+    x = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(7))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(block, (x,), buffer, dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 16, 12, 10, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = block(x)
+    (got,) = session.run(None, {"x": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
