@@ -33,7 +33,7 @@ def test_keyword_overrides_are_deep_merged():
     assert y["RTDETRTransformer"]["num_queries"] == 100 and y["RTDETRTransformer"]["num_decoder_layers"] == 3
 
 
-@pytest.mark.parametrize("name", ["r18vd", "r34vd", "r50vd", "r101vd"])
+@pytest.mark.parametrize("name", ["r18vd", "r34vd", "r50vd", "r101vd", "spartan_t"])
 def test_config_builds_reference_state_dict(name):
     cfg = YAMLConfig(CONFIGS / "rtdetr" / f"rtdetr_{name}_6x_coco.yml")
     spec, params = load_spec(f"rtdetr_{name}")
