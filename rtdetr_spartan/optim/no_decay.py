@@ -2,7 +2,9 @@
 
 Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0): its ImageNet recipe decays only
 the multi-dimensional weights; every 1-D parameter, every bias, and every parameter whose name
-contains one of ``skip_names`` (``norm``, ``gamma``: the layer-scale factors) gets no decay.
+contains one of ``skip_names`` (``norm``; ``gamma``: the SMixer's centre-boost factors) gets
+no decay. As in the reference, the multi-dimensional block layer scales (``scale_1``,
+``scale_2``: ``[1, C, 1, 1]``) and the CMixer's ``complex`` rotation weights are decayed.
 
 Select it from a config in place of a regex list (see :func:`param_groups_for`)::
 

@@ -78,7 +78,7 @@ def _randomize(module: nn.Module, seed: int) -> nn.Module:
 @pytest.fixture
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tile even small maps, in uneven pieces (rows do not divide the height)."""
-    monkeypatch.setattr(spartan_layers, "TILE_ELEMENTS", 1 << 12)
+    monkeypatch.setattr(spartan_layers, "TILE_ELEMENTS", 1 << 11)
     monkeypatch.setattr(spartan_layers, "TILE_MIN_ROWS", 3)
 
 

@@ -5,11 +5,12 @@ import torch
 from torch import nn
 
 from rtdetr_spartan.core import ConfigError
+from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
 from rtdetr_spartan.optim.no_decay import is_no_decay, no_weight_decay_groups, param_groups_for
 
 
 class Block(nn.Module):
-    """Parameter kinds of SpaRTAN: conv + BN, layer scale ``gamma`` (4-D), a 5-D complex weight,
+    """Parameter kinds of SpaRTAN: conv + BN, ``gamma`` (4-D), a 5-D complex weight, a layer scale,
     a LayerNorm named ``norm_1``, a 1-D non-bias weight, a scalar, and a frozen weight."""
 
     def __init__(self) -> None:
@@ -18,6 +19,7 @@ class Block(nn.Module):
         self.bn = nn.BatchNorm2d(8)
         self.gamma = nn.Parameter(torch.ones(1, 8, 1, 1))
         self.complex = nn.Parameter(torch.ones(1, 1, 1, 8, 2))
+        self.scale_1 = nn.Parameter(torch.ones(1, 8, 1, 1))  # layer scale: decayed, as the reference
         self.norm_1 = nn.LayerNorm(8)
         self.scale = nn.Parameter(torch.ones(8))
         self.temperature = nn.Parameter(torch.tensor(1.0))
@@ -27,7 +29,7 @@ class Block(nn.Module):
 
 EXPECTED_NO_DECAY = {"conv.bias", "bn.weight", "bn.bias", "gamma", "norm_1.weight", "norm_1.bias",
                      "scale", "temperature", "linear.bias"}
-EXPECTED_DECAY = {"conv.weight", "complex", "linear.weight"}
+EXPECTED_DECAY = {"conv.weight", "complex", "scale_1", "linear.weight"}
 
 
 def test_groups_split_exactly_by_rule() -> None:
@@ -67,3 +69,14 @@ def test_selectable_from_config_and_used_by_adamw() -> None:
 def test_unknown_group_function_names_key() -> None:
     with pytest.raises(ConfigError, match="optimizer.params"):
         param_groups_for({"params": "no_decay_typo"}, Block())
+
+
+def test_spartan_classifier_groups_follow_the_reference_rule() -> None:
+    model = SpaRTANClassifier(num_classes=10)
+    decay, no_decay = no_weight_decay_groups(model)
+    params = dict(model.named_parameters())
+    assert len(decay["names"]) + len(no_decay["names"]) == len(params)
+    assert all(params[n].ndim > 1 and "norm" not in n and "gamma" not in n for n in decay["names"])
+    assert all(params[n].ndim <= 1 or n.endswith("bias") or "norm" in n or "gamma" in n for n in no_decay["names"])
+    assert {n.rsplit(".", 1)[-1] for n in decay["names"]} >= {"complex", "scale_1", "scale_2", "weight"}
+    assert any(n.endswith("smixer.gamma") for n in no_decay["names"])

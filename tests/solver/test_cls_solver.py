@@ -13,7 +13,6 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import rtdetr_spartan.nn.backbones.spartan  # noqa: F401  registers SpaRTANClassifier
 from rtdetr_spartan.core import YAMLConfig, create, merge_dict
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.optim.warmup_cosine import WarmupCosineLR

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import rtdetr_spartan.nn.backbones.spartan  # noqa: F401  registers SpaRTAN until rtdetr_spartan.nn imports it
-import rtdetr_spartan.zoo.rtdetr  # noqa: F401  registers RTDETR until rtdetr_spartan.zoo imports it
 from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from tests.cls_utils import PRETRAIN_TOOL, REPO_ROOT, SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
