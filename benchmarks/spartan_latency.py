@@ -16,7 +16,12 @@ Calls are interleaved (A B C A B C ...) so that load from other processes hits e
 alike; the table gives the median and minimum wall time of ``--runs`` calls after ``--warmup``,
 the median process CPU time, minor page faults per call and MACs (torch.utils.flop_counter).
 The profiler's top ops per model go to ``--out``/<model>.profile.txt; the last stdout line is
-a JSON summary.
+a JSON summary, with the 1-minute load average before the run.
+
+On a machine shared with other processes (load above the core count), OpenMP's default
+spin-waiting makes every multi-threaded op wait for a descheduled sibling thread, which hurts
+models with many small ops most; there run with ``OMP_WAIT_POLICY=PASSIVE`` (set before Python
+starts) and compare ``--threads 1`` CPU times as well.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -154,7 +160,8 @@ def count_gmacs(model: nn.Module, images: torch.Tensor) -> float:
 
 def time_interleaved(models: dict[str, nn.Module], images: torch.Tensor, runs: int,
                      warmup: int) -> dict[str, Timing]:
-    calls: dict[str, Callable[[], object]] = {name: (lambda m=m: m(images)) for name, m in models.items()}
+    calls: dict[str, Callable[[], object]] = {name: (lambda m=m: m(images))
+                                              for name, m in models.items()}
     wall: dict[str, list[float]] = {name: [] for name in calls}
     cpu: dict[str, list[float]] = {name: [] for name in calls}
     faults: dict[str, int] = {name: 0 for name in calls}
@@ -172,7 +179,8 @@ def time_interleaved(models: dict[str, nn.Module], images: torch.Tensor, runs: i
                 after = _faults()
                 faults[name] += 0 if before is None else after - before
             logger.info("run %d/%d done", run + 1, runs)
-    return {name: Timing(median_ms=1e3 * statistics.median(wall[name]), min_ms=1e3 * min(wall[name]),
+    return {name: Timing(median_ms=1e3 * statistics.median(wall[name]),
+                         min_ms=1e3 * min(wall[name]),
                          cpu_ms=1e3 * statistics.median(cpu[name]),
                          faults=faults[name] / runs if resource else None,
                          gmacs=count_gmacs(models[name], images)) for name in calls}
@@ -198,7 +206,8 @@ def save_profile(name: str, model: nn.Module, images: torch.Tensor, out_dir: Pat
 # ---- report ------------------------------------------------------------------------------------
 
 def format_table(results: dict[str, Timing]) -> str:
-    lines = [f"{'model':36s} {'median ms':>10s} {'min ms':>9s} {'cpu ms':>9s} {'faults':>8s} {'GMACs':>7s}"]
+    lines = [f"{'model':36s} {'median ms':>10s} {'min ms':>9s} {'cpu ms':>9s} {'faults':>8s} "
+             f"{'GMACs':>7s}"]
     for name, t in results.items():
         faults = "n/a" if t.faults is None else f"{t.faults:.0f}"
         lines.append(f"{name:36s} {t.median_ms:10.1f} {t.min_ms:9.1f} {t.cpu_ms:9.1f} {faults:>8s} "
@@ -208,8 +217,10 @@ def format_table(results: dict[str, Timing]) -> str:
 
 def format_ratios(results: dict[str, Timing]) -> str:
     pairs = [("SpaRTAN-T", "PResNet-18"), ("SpaRTAN-T deploy", "PResNet-18"),
-             ("SpaRTAN-T reference-style", "PResNet-18"), ("SpaRTAN-T reference-style", "SpaRTAN-T"),
-             ("RT-DETR-SpaRTAN-T", "RT-DETR-R18"), ("RT-DETR-SpaRTAN-T deploy", "RT-DETR-R18 deploy"),
+             ("SpaRTAN-T reference-style", "PResNet-18"),
+             ("SpaRTAN-T reference-style", "SpaRTAN-T"),
+             ("RT-DETR-SpaRTAN-T", "RT-DETR-R18"),
+             ("RT-DETR-SpaRTAN-T deploy", "RT-DETR-R18 deploy"),
              ("RT-DETR-SpaRTAN-T reference-style", "RT-DETR-R18")]
     lines = []
     for a, b in pairs:
@@ -241,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    logger.info("load average %s on %s cores, OMP_WAIT_POLICY=%s", load, os.cpu_count(),
+                os.environ.get("OMP_WAIT_POLICY", "(default)"))
     models = build_models(detectors=not args.backbones_only,
                           reference_style=not args.no_reference_style)
     images = torch.rand(args.batch, 3, args.size, args.size)
@@ -249,15 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_runs > 0:
         for name in ("SpaRTAN-T", "PResNet-18", "SpaRTAN-T reference-style"):
             if name in models:
-                top = save_profile(name, models[name], images, args.out, args.profile_runs, args.top)
+                top = save_profile(name, models[name], images, args.out, args.profile_runs,
+                                   args.top)
                 print(f"\n{name}: top ops over {args.profile_runs} calls\n"
                       + "\n".join(top.splitlines()[:14]))
     print(f"\nbatch {args.batch}, {args.size}x{args.size}, {torch.get_num_threads()} threads, "
-          f"{args.runs} interleaved runs after {args.warmup} warm-up calls each\n")
+          f"{args.runs} interleaved runs after {args.warmup} warm-up calls each, load average "
+          f"{load} on {os.cpu_count()} cores before the run\n")
     print(format_table(results))
     print("\n" + format_ratios(results))
     summary = {"threads": torch.get_num_threads(), "size": args.size, "batch": args.batch,
-               "runs": args.runs, "results": {k: asdict(v) for k, v in results.items()}}
+               "runs": args.runs, "load_average": load,
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+               "results": {k: asdict(v) for k, v in results.items()}}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary), flush=True)
     return 0

@@ -20,14 +20,18 @@ def make_tiny_cls_dataset(root: Path, train: int = 16, val: int = 8, size: int =
 
 def tiny_overrides(root: Path, epochs: int = 2, batch_size: int = 8, image_size: int = 32) -> dict[str, Any]:
     """The shapes config on the dataset in ``root`` at ``image_size`` px, ``epochs`` epochs with one
-    warm-up epoch, no checkpoints every N epochs."""
+    warm-up epoch, and the full ImageNet augmentation (RandAugment, RandomErasing, CutMix/MixUp on
+    every batch) so that the tests run every step of the recipe. lr 4e-3 for a total batch of 64."""
+    augment = {"size": image_size, "randaugment_magnitude": 7, "random_erasing": 0.25}
     return {
         "epochs": epochs,
         "print_freq": 1,
         "device": "cpu",
+        "base_lr_batch": 64,
+        "optimizer": {"lr": 4e-3},
         "lr_scheduler": {"warmup_epochs": 1},
-        "train_dataloader": {"dataset": {"root": str(root / "train"), "transforms": {"size": image_size}},
-                             "batch_size": batch_size},
+        "train_dataloader": {"dataset": {"root": str(root / "train"), "transforms": augment},
+                             "collate_fn": {"prob": 1.0}, "batch_size": batch_size},
         "val_dataloader": {"dataset": {"root": str(root / "val"),
                                        "transforms": {"resize": image_size, "crop": image_size}},
                            "batch_size": batch_size},

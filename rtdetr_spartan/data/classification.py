@@ -52,8 +52,8 @@ def _interpolation(name: str, owner: str) -> T.InterpolationMode:
 
 def _layout_hint(root: Path) -> str:
     return (f"expected the ImageFolder layout {root}/<class>/<image> (e.g. {root}/n01440764/"
-            "ILSVRC2012_val_00000293.JPEG); the README's pretraining section shows how to sort the "
-            "ImageNet val split into class folders")
+            "xxx.JPEG); the README's pretraining section shows how to sort the ImageNet val split "
+            "into class folders")
 
 
 @register()

@@ -8,6 +8,7 @@ import functools
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,17 @@ def _randomize(module: nn.Module, seed: int) -> nn.Module:
     return module
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run on one intra-op thread (restored afterwards): as fast for these small inputs, and
+    immune to OpenMP's spin-waiting on an oversubscribed machine, where two threads can make
+    a train-mode BatchNorm call take tens of milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tile even small maps, in uneven pieces (rows do not divide the height)."""
@@ -103,8 +115,8 @@ def test_rotation_folds_into_grouped_conv(per_group: int) -> None:
     rotation = torch.randn(8, 2, generator=gen, dtype=torch.float64)
     groups = 16 // per_group
     rotated = rotate_pairs(x.permute(0, 2, 3, 1), rotation).permute(0, 3, 1, 2)
-    torch.testing.assert_close(F.conv2d(x, fold_rotation(weight, rotation), padding=1, groups=groups),
-                               F.conv2d(rotated, weight, padding=1, groups=groups))
+    folded = F.conv2d(x, fold_rotation(weight, rotation), padding=1, groups=groups)
+    torch.testing.assert_close(folded, F.conv2d(rotated, weight, padding=1, groups=groups))
 
 
 # ---- every path of the mixers against the reference formulation -----------------------------
@@ -157,7 +169,8 @@ def test_classifier_state_dict_equals_reference() -> None:
 
 def test_backbone_state_dict_equals_detector_spec() -> None:
     entries, _ = load_spec("rtdetr_spartan_t")
-    expected = [(k.removeprefix("backbone."), s, d) for k, s, d in entries if k.startswith("backbone.")]
+    expected = [(k.removeprefix("backbone."), s, d) for k, s, d in entries
+                if k.startswith("backbone.")]
     backbone = SpaRTAN(return_idx=(1, 2, 3))
     assert state_dict_spec(backbone) == expected
     assert backbone.out_channels == [64, 128, 256] and backbone.out_strides == [8, 16, 32]
@@ -254,7 +267,8 @@ LAYOUTS = {
     "bare": lambda sd: sd,
     "model": lambda sd: {"model": sd, "epoch": 3},
     "ddp_prefix": lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}},
-    "ema_preferred": lambda sd: {"model": _classifier_weights(9), "ema": {"module": sd, "updates": 7}},
+    "ema_preferred": lambda sd: {"model": _classifier_weights(9),
+                                 "ema": {"module": sd, "updates": 7}},
 }
 
 
@@ -278,7 +292,8 @@ def test_pretrained_with_frozen_norm(tmp_path: Path) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
     frozen = backbone.layers[3].norm
     assert isinstance(frozen, FrozenBatchNorm2d) and frozen.eps == 1e-6
-    torch.testing.assert_close(frozen.running_var, _classifier_weights(1)["layers.3.norm.running_var"])
+    torch.testing.assert_close(frozen.running_var,
+                               _classifier_weights(1)["layers.3.norm.running_var"])
 
 
 def test_pretrained_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:

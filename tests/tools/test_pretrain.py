@@ -40,6 +40,27 @@ def test_flags_become_config_overrides() -> None:
                                       "output_dir": "out", "use_amp": True}
 
 
+def test_imagenet_config_holds_the_paper_recipe() -> None:
+    cfg = YAMLConfig(REPO_ROOT / "configs" / "spartan" / "spartan_t_imagenet.yml")
+    y = cfg.yaml_cfg
+    assert (y["task"], y["epochs"], y["num_classes"], y["base_lr_batch"], y["use_amp"]) == (
+        "classification", 300, 1000, 2048, True)
+    assert (y["optimizer"]["type"], y["optimizer"]["lr"], y["optimizer"]["weight_decay"]) == ("AdamW", 2.5e-3, 0.03)
+    assert y["optimizer"]["params"]["type"] == "no_weight_decay_groups"
+    schedule = y["lr_scheduler"]
+    assert (schedule["warmup_epochs"], schedule["warmup_lr"], schedule["min_lr"]) == (20, 1e-4, 1e-6)
+    train, val = y["train_dataloader"], y["val_dataloader"]
+    assert train["dataset"]["root"] == "./data/imagenet/train" and val["dataset"]["root"] == "./data/imagenet/val"
+    aug = train["dataset"]["transforms"]
+    assert (aug["size"], aug["hflip"], aug["randaugment_magnitude"], aug["random_erasing"]) == (256, 0.5, 7, 0.25)
+    assert (train["collate_fn"]["cutmix_alpha"], train["collate_fn"]["mixup_alpha"]) == (1.0, 0.2)
+    assert (val["dataset"]["transforms"]["resize"], val["dataset"]["transforms"]["crop"]) == (256, 256)
+    model = cfg.model
+    assert model.linear.out_features == 1000 and y["SpaRTANClassifier"]["drop_path_rate"] == 0.1
+    with pytest.raises(FileNotFoundError, match="data/imagenet/train does not exist"):
+        cfg.build("train_dataloader")
+
+
 def test_detection_config_is_refused() -> None:
     with pytest.raises(ConfigError, match="task: classification"):
         main(["-c", str(TINY_SPARTAN_CONFIG)])

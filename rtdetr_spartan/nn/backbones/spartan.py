@@ -101,7 +101,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"SpaRTAN.pretrained: checkpoint {str(path)!r} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("module."): v for k, v in _checkpoint_state_dict(checkpoint, path).items()}
+    state = _checkpoint_state_dict(checkpoint, path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("linear.")}
     own = model.state_dict()
     shapes = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})"
@@ -114,7 +115,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
     if result.missing_keys or unexpected:
         raise ValueError(f"{path}: missing {len(result.missing_keys)} tensors "
-                         f"{result.missing_keys[:10]}, unexpected {len(unexpected)} {unexpected[:10]}")
+                         f"{result.missing_keys[:10]}, unexpected {len(unexpected)} "
+                         f"{unexpected[:10]}")
     loaded = len(state) - len(result.unexpected_keys)
     logger.info("SpaRTAN: loaded %d tensors from %s", loaded, path)
     return loaded
@@ -124,8 +126,8 @@ def _resolve_pretrained(pretrained: bool | str | Path | None) -> Path | None:
     if pretrained is None or pretrained is False:
         return None
     if pretrained is True or not isinstance(pretrained, (str, Path)) or "://" in str(pretrained):
-        raise ValueError(f"SpaRTAN.pretrained={pretrained!r}: expected None/False or the local path "
-                         "of a SpaRTAN classifier checkpoint (weights are never downloaded)")
+        raise ValueError(f"SpaRTAN.pretrained={pretrained!r}: expected None/False or the local "
+                         "path of a SpaRTAN classifier checkpoint (weights are never downloaded)")
     return Path(pretrained)
 
 

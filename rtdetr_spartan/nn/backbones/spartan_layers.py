@@ -30,11 +30,12 @@ __all__ = ["Block", "CMixer", "ConvNormAct", "SMixer", "SqueezeExcite", "fold_ro
            "planar_order", "rotate_pairs", "rotate_planar"]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
-# CPU inference splits CMixer maps of 4 * TILE_ELEMENTS elements or more into row tiles of
-# about TILE_ELEMENTS (fp32: 1 MiB per temporary, which stays in L2); at least TILE_MIN_ROWS
-# rows, since each tile recomputes one halo row above and below for the 3x3 conv.
+# CPU inference (no autograd) splits a CMixer's E-channel map of at least TILE_MIN_COUNT *
+# TILE_ELEMENTS elements into row tiles of about TILE_ELEMENTS (fp32: 1 MiB per temporary, which
+# stays in L2) and at least TILE_MIN_ROWS rows (each tile recomputes a halo row on either side).
 TILE_ELEMENTS = 1 << 18
 TILE_MIN_ROWS = 8
+TILE_MIN_COUNT = 4
 
 
 def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -256,6 +257,9 @@ class SMixer(nn.Module):
         return _project(torch.cat((short, long), dim=-1), gate, self.proj_out, out_scale)
 
 
+_Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class _ConvPlan(NamedTuple):
     """The CMixer's 3x3 conv for inference: norm folded in, channels in ``order``."""
 
@@ -272,7 +276,9 @@ class _ConvPlan(NamedTuple):
         if self.rotation is None:
             return feat
         rotation = self.rotation.to(feat.dtype)
-        return rotate_planar(feat, rotation) if self.order is not None else rotate_pairs(feat, rotation)
+        if self.order is not None:
+            return rotate_planar(feat, rotation)
+        return rotate_pairs(feat, rotation)
 
     def conv(self, maps: torch.Tensor) -> torch.Tensor:
         """maps: [B, E, H, W] -> [B, E, H, W] (3x3, padding 1, like the CMixer's conv)."""
@@ -320,16 +326,20 @@ class CMixer(nn.Module):
             return self._forward_batch_statistics(x, out_scale)
         return self._forward_inference(x, out_scale, self._tile_rows(x))
 
-    def _mix(self, tokens: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-        """tokens: [B, H, W, C] -> feat [B, H, W, E] before the rotation, channels in ``order``."""
-        # max(...).indices: the same first-maximum index as argmax, twice as fast on CPU
-        index = tokens.max(dim=-1, keepdim=True).indices               # [B, H, W, 1]
+    def _projections(self, order: torch.Tensor | None) -> _Projections:
+        """theta and proj as linear layers (weight, bias, weight, bias), outputs in ``order``."""
         weights = (self.theta.weight.flatten(1), self.theta.bias,
                    self.proj.weight.flatten(1), self.proj.bias)
-        if order is not None:
-            weights = tuple(t[order] for t in weights)
+        return weights if order is None else tuple(t[order] for t in weights)
+
+    def _mix(self, tokens: torch.Tensor, projections: _Projections, planar: bool) -> torch.Tensor:
+        """tokens: [B, H, W, C] -> feat [B, H, W, E] before the rotation, channels in planar
+        order if ``planar`` (``projections`` from ``_projections`` in the same order)."""
+        # max(...).indices: the same first-maximum index as argmax, twice as fast on CPU
+        index = tokens.max(dim=-1, keepdim=True).indices               # [B, H, W, 1]
+        if planar:
             index = index % 2 * (self.theta.out_channels // 2) + index // 2  # planar position
-        theta_w, theta_b, proj_w, proj_b = weights
+        theta_w, theta_b, proj_w, proj_b = projections
         theta, weight = F.linear(tokens, theta_w, theta_b), F.linear(tokens, proj_w, proj_b)
         peak = F.gelu(theta.gather(-1, index)) * weight.gather(-1, index)
         return torch.addcmul(peak, F.gelu(theta), weight)
@@ -338,7 +348,7 @@ class CMixer(nn.Module):
                                   out_scale: torch.Tensor | None) -> torch.Tensor:
         """Training-mode BN: natural channel order, the conv module as it is."""
         rotation = self.complex.view(-1, 2)
-        feat = self._mix(_tokens(x), None)
+        feat = self._mix(_tokens(x), self._projections(None), planar=False)
         if (self.conv.conv.in_channels // self.conv.conv.groups) % 2 == 0:
             feat = self.conv(_maps(feat), fold_rotation(self.conv.conv.weight, rotation))
         else:
@@ -375,7 +385,7 @@ class CMixer(nn.Module):
                 or torch.compiler.is_compiling()):
             return h
         row = b * w * self.theta.out_channels
-        if row * h < 4 * TILE_ELEMENTS:
+        if row * h < TILE_MIN_COUNT * TILE_ELEMENTS:
             return h
         return max(TILE_MIN_ROWS, TILE_ELEMENTS // row)
 
@@ -391,17 +401,20 @@ class CMixer(nn.Module):
         tokens = _tokens(x)
         h = tokens.shape[1]
         plan = self._conv_plan()
+        projections = self._projections(plan.order)
         tiles = []
         for top in range(0, h, rows):
             bottom = min(top + rows, h)
             first, last = max(top - 1, 0), min(bottom + 1, h)
-            feat = plan.rotate(self._mix(tokens[:, first:last], plan.order))
+            feat = self._mix(tokens[:, first:last], projections, plan.order is not None)
+            feat = plan.rotate(feat)
             feat = self.conv.act(plan.conv(_maps(feat)))
             tiles.append(_tokens(feat)[:, top - first:bottom - first])
         if len(tiles) == 1:
             pooled = tiles[0].mean((1, 2))
         else:
-            pooled = torch.stack([tile.sum((1, 2)) for tile in tiles]).sum(0) / (h * tokens.shape[2])
+            sums = torch.stack([tile.sum((1, 2)) for tile in tiles])
+            pooled = sums.sum(0) / (h * tokens.shape[2])
         gate = self.attn.gate(pooled, plan.order)
         out = [_project(tile, gate, self.proj_out, out_scale, plan.order) for tile in tiles]
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
