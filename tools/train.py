@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
     parser.add_argument("--output-dir", help="where checkpoints, logs and eval files go")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    parser.add_argument("-u", "--update", nargs="+", default=(), metavar="KEY=VALUE",
+    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. -u epochs=12 train_dataloader.batch_size=4")
     return parser
 

@@ -6,7 +6,9 @@ import torch
 
 from rtdetr_spartan.core import register
 from rtdetr_spartan.optim.ema import ModelEMA, unwrap_model
+from rtdetr_spartan.optim.no_decay import no_weight_decay_groups, param_groups_for
 from rtdetr_spartan.optim.param_groups import param_groups_from_config
+from rtdetr_spartan.optim.warmup_cosine import WarmupCosineLR
 
 for _cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
     register(_cls)
@@ -16,4 +18,5 @@ for _cls in (torch.optim.lr_scheduler.MultiStepLR, torch.optim.lr_scheduler.Step
     register(_cls)
 register(torch.amp.GradScaler)
 
-__all__ = ["ModelEMA", "unwrap_model", "param_groups_from_config"]
+__all__ = ["ModelEMA", "WarmupCosineLR", "no_weight_decay_groups", "param_groups_for",
+           "param_groups_from_config", "unwrap_model"]

@@ -16,10 +16,8 @@ import numpy as np
 import torch
 
 from rtdetr_spartan.core import ConfigError, lookup
-from rtdetr_spartan.data import classification as _classification_data  # noqa: F401  registers the data names
 from rtdetr_spartan.data.dataloader import set_epoch
 from rtdetr_spartan.misc import dist
-from rtdetr_spartan.optim import warmup_cosine as _warmup_cosine  # noqa: F401  registers WarmupCosineLR
 from rtdetr_spartan.optim.no_decay import param_groups_for
 from rtdetr_spartan.solver.base import BaseSolver
 from rtdetr_spartan.solver.cls_engine import all_reduce_batchnorm_stats, evaluate, train_one_epoch
