@@ -20,7 +20,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="YAML config of the model")
     parser.add_argument("-r", "--resume", default=None, help="checkpoint (weights do not change speed)")
-    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. -u num_classes=4 (repeatable)")
     parser.add_argument("--size", type=int, default=640, help="square input side")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--backend", choices=BACKENDS, default="torch")

@@ -11,7 +11,12 @@ from rtdetr_spartan.deploy.export import (
     export_onnx,
     verify_onnx,
 )
-from rtdetr_spartan.deploy.from_config import build_deploy_model, export_from_config, load_config, model_info_from_config
+from rtdetr_spartan.deploy.from_config import (
+    build_deploy_model,
+    export_from_config,
+    load_config,
+    model_info_from_config,
+)
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.runtime import OnnxPredictor, Predictor, TorchPredictor, preprocess
 from rtdetr_spartan.deploy.types import Detection

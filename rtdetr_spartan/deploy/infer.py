@@ -34,7 +34,8 @@ def collect_inputs(source: str | Path) -> list[Path]:
     found = sorted(p for p in source.iterdir()
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if not found:
-        raise FileNotFoundError(f"no images or videos ({', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}) in {source}")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        raise FileNotFoundError(f"no images or videos ({suffixes}) in {source}")
     return found
 
 

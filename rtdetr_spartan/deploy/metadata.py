@@ -97,7 +97,8 @@ def categories_from_config(cfg: Mapping[str, Any]) -> tuple[dict[int, int], dict
     """
     num_classes = int(cfg.get("num_classes", 80))
     if cfg.get("remap_mscoco_category", False):
-        return dict(MSCOCO_LABEL_TO_CATEGORY), {k: MSCOCO_CATEGORY_TO_NAME[v] for k, v in MSCOCO_LABEL_TO_CATEGORY.items()}
+        names = {label: MSCOCO_CATEGORY_TO_NAME[cid] for label, cid in MSCOCO_LABEL_TO_CATEGORY.items()}
+        return dict(MSCOCO_LABEL_TO_CATEGORY), names
     ann_file = _val_ann_file(cfg)
     if ann_file is not None and ann_file.is_file():
         categories = {int(c["id"]): str(c.get("name", c["id"]))

@@ -100,7 +100,8 @@ class OnnxPredictor(Predictor):
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, optimization: str = "all",
-                 input_size: tuple[int, int] | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+                 input_size: tuple[int, int] | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)

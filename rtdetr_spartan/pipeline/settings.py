@@ -36,7 +36,7 @@ class QuickstartSettings:
     pretrain_config: Path
     seed: int = 0
     dataset_name: str = "quickstart"
-    det_train: int = 800
+    det_train: int = 1600
     det_val: int = 100
     det_image_size: int = 256
     det_max_objects: int = 4
@@ -44,7 +44,7 @@ class QuickstartSettings:
     cls_val: int = 200
     cls_image_size: int = 64
     pretrain_epochs: int = 4
-    detector_epochs: int = 10
+    detector_epochs: int = 3
     detector_input_size: int | None = None
     pretrain_overrides: tuple[str, ...] = ()
     detector_overrides: tuple[str, ...] = ()

@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 # The detector sees images in [0, 1] without mean/std (RT-DETR's convention); the backbone is
 # pretrained on the same input statistics so that its first layers need no re-learning.
 IDENTITY_NORMALIZATION: dict[str, list[float]] = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+# A few epochs of pretraining learn fastest from plain cross-entropy on lightly augmented crops:
+# MixUp/CutMix, RandAugment and erasing pay off over hundreds of epochs, not a handful.
+SHORT_PRETRAINING: dict[str, Any] = {"train_dataloader": {
+    "collate_fn": "classification_collate_fn",
+    "dataset": {"transforms": {"randaugment_magnitude": None, "random_erasing": 0.0}}}}
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,9 @@ def _runtime(settings: QuickstartSettings, output_dir: Path, epochs: int) -> dic
 def pretrain_config(settings: QuickstartSettings) -> YAMLConfig:
     """The classification config on the generated ImageFolder set, with [0, 1] inputs."""
     root = settings.classification_data
-    overrides = merge_dict(_runtime(settings, settings.output_dir / "pretrain", settings.pretrain_epochs), {
+    runtime = merge_dict(_runtime(settings, settings.output_dir / "pretrain", settings.pretrain_epochs),
+                         SHORT_PRETRAINING)
+    overrides = merge_dict(runtime, {
         "train_dataloader": {"dataset": {"root": str(root / "train"), "transforms": {
             "size": settings.cls_image_size, **IDENTITY_NORMALIZATION}}},
         "val_dataloader": {"dataset": {"root": str(root / "val"), "transforms": {

@@ -5,9 +5,6 @@ from pathlib import Path
 
 import torch
 
-import rtdetr_spartan.nn.backbones.presnet  # noqa: F401  registers PResNet until rtdetr_spartan.nn imports it
-import rtdetr_spartan.nn.backbones.spartan  # noqa: F401  registers SpaRTAN until rtdetr_spartan.nn imports it
-import rtdetr_spartan.zoo.rtdetr  # noqa: F401  registers RTDETR until rtdetr_spartan.zoo imports it
 from rtdetr_spartan.deploy.export import DeployModel, ExportResult, export_onnx
 from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config, model_info_from_config
 

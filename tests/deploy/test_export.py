@@ -43,7 +43,8 @@ def r18_640(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeployModel, onnx
 
 
 @pytest.fixture(scope="module")
-def spartan_dynamic(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeployModel, onnx.ModelProto, ort.InferenceSession]:
+def spartan_dynamic(tmp_path_factory: pytest.TempPathFactory
+                    ) -> tuple[DeployModel, onnx.ModelProto, ort.InferenceSession]:
     """The SpaRTAN-T detector with dynamic batch, height and width (small trace size)."""
     config, overrides = spartan_t_config()
     path = tmp_path_factory.mktemp("spartan") / "spartan_t.onnx"
