@@ -11,16 +11,11 @@ from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config, m
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "rtdetr"
 R18_CONFIG = CONFIGS / "rtdetr_r18vd_6x_coco.yml"
 SPARTAN_T_CONFIG = CONFIGS / "rtdetr_spartan_t_6x_coco.yml"
-# The SpaRTAN-T detector (reference fixture rtdetr_spartan_t: SpaRTAN-T stages 2-4 with the R18
-# head), spelled as overrides of the R18 config while its own config file is not there.
-SPARTAN_T_OVERRIDES: tuple[str, ...] = ("RTDETR.backbone=SpaRTAN", "HybridEncoder.in_channels=[64,128,256]")
 
 
 def spartan_t_config() -> tuple[Path, tuple[str, ...]]:
-    """(config file, overrides) of the SpaRTAN-T detector."""
-    if SPARTAN_T_CONFIG.is_file():
-        return SPARTAN_T_CONFIG, ()
-    return R18_CONFIG, SPARTAN_T_OVERRIDES
+    """(config file, overrides) of the SpaRTAN-T detector (SpaRTAN-T backbone, R18 head)."""
+    return SPARTAN_T_CONFIG, ()
 
 
 def export_config(config: Path, overrides: tuple[str, ...] | list[str], path: Path, size: int,
