@@ -1,0 +1,36 @@
+"""Command-line arguments shared by the training tools (tools/train.py, tools/pretrain.py)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rtdetr_spartan.core import merge_dict, parse_overrides
+
+
+def solver_args_parser(description: str, config_help: str, outputs_help: str) -> argparse.ArgumentParser:
+    """The flags every solver tool takes: config, resume/tuning, test-only, AMP, seed, output
+    directory, device and ``-u`` overrides (repeatable)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help=config_help)
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("-r", "--resume", help="checkpoint to resume (model, EMA, optimizer, scheduler, epoch, RNG)")
+    start.add_argument("-t", "--tuning", help="checkpoint whose matching weights initialise the model")
+    parser.add_argument("--test-only", action="store_true", help="evaluate on the validation set only")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision (fp16 + GradScaler on CUDA; bf16 autocast on the CPU)")
+    parser.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
+    parser.add_argument("--output-dir", help=outputs_help)
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. -u epochs=12 train_dataloader.batch_size=4")
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config values from the command line; ``-u`` overrides come first, named flags win."""
+    named = {"resume": args.resume, "tuning": args.tuning, "seed": args.seed,
+             "output_dir": args.output_dir, "device": args.device}
+    overrides = merge_dict(parse_overrides(args.update), {k: v for k, v in named.items() if v is not None})
+    if args.amp:
+        overrides["use_amp"] = True
+    return overrides
