@@ -38,17 +38,31 @@ def to_category_ids(
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Replace contiguous ``labels`` by dataset category ids (``dataset.label_to_category``).
 
-    Use it when the postprocessor does not remap (``remap_mscoco_category`` false)."""
+    Use it when the postprocessor does not remap (``remap_mscoco_category`` false). A model
+    with more classes than the dataset can predict labels that have no category: those
+    detections are dropped (COCOeval would ignore them) with one warning per call.
+    ``predictions``: {image_id: {"labels": [K], "boxes": [K, 4], "scores": [K], ...}}."""
     lut = torch.full((max(label_to_category) + 1,), -1, dtype=torch.int64)
     for label, cid in label_to_category.items():
         lut[label] = cid
-    out = {}
+    out, dropped = {}, {}
     for image_id, pred in predictions.items():
         labels = pred["labels"].to(torch.int64).cpu()
-        bad = (labels < 0) | (labels >= len(lut))
-        if bool(bad.any()):
-            raise ValueError(f"image {image_id}: labels {labels[bad].tolist()} have no category id")
-        out[image_id] = {**pred, "labels": lut[labels]}
+        known = (labels >= 0) & (labels < len(lut))
+        known[known.clone()] = lut[labels[known]] >= 0
+        if bool(known.all()):
+            out[image_id] = {**pred, "labels": lut[labels]}
+            continue
+        for label in labels[~known].tolist():
+            dropped[label] = dropped.get(label, 0) + 1
+        keep = known.nonzero().flatten()
+        out[image_id] = {k: (v[keep.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == labels.shape else v)
+                         for k, v in pred.items()}
+        out[image_id]["labels"] = lut[labels[keep]]
+    if dropped:
+        logger.warning("dropped %d detections whose labels have no dataset category (label: count %s; "
+                       "the dataset has %d categories — is num_classes larger?)",
+                       sum(dropped.values()), dict(sorted(dropped.items())), len(label_to_category))
     return out
 
 
@@ -123,6 +137,7 @@ class CocoEvaluator:
     def cleanup(self) -> None:
         """Forget all detections (start a new evaluation round)."""
         self._results: dict[int, list[dict[str, Any]]] = {}
+        self._warned_unknown = False
         self.coco_eval = {}
         self.stats = []
 
@@ -177,17 +192,26 @@ class CocoEvaluator:
             raise ValueError(
                 f"image {image_id}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels differ in count"
             )
-        unknown = sorted(set(labels.tolist()) - self._valid_category_ids)
-        if unknown:
-            raise ValueError(
-                f"image {image_id}: labels {unknown} are not category ids of the ground truth "
-                f"{sorted(self._valid_category_ids)} (map contiguous labels with to_category_ids)"
-            )
+        known = torch.tensor([c in self._valid_category_ids for c in labels.tolist()], dtype=torch.bool)
+        if not bool(known.all()):
+            self._warn_unknown(image_id, sorted(set(labels[~known].tolist())))
+            boxes, scores, labels = boxes[known], scores[known], labels[known]
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
         return [
             {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
             for b, s, c in zip(xywh.tolist(), scores.tolist(), labels.tolist())
         ]
+
+    def _warn_unknown(self, image_id: int, unknown: list[int]) -> None:
+        """Detections of categories absent from the ground truth are ignored, as COCOeval
+        ignores them; warn once per round (contiguous labels passed by mistake look like this)."""
+        if self._warned_unknown:
+            return
+        self._warned_unknown = True
+        logger.warning(
+            "image %d: category ids %s are not in the ground truth %s; such detections are ignored "
+            "(if these are contiguous labels, map them with to_category_ids)",
+            image_id, unknown, sorted(self._valid_category_ids))
 
     def results(self) -> list[dict[str, Any]]:
         """COCO results records (XYWH boxes, category ids) of all images, by image id."""

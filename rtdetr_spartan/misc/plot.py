@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["TrainingCurves", "plot_training_curves", "read_log", "training_curves"]
 
@@ -97,6 +98,8 @@ def _draw(figure: Figure, curves: TrainingCurves, title: str | None) -> None:
     metric_ax.set_title("validation")
     metric_ax.set_xlabel("epoch")
     metric_ax.grid(alpha=0.3)
+    for ax in (loss_ax, metric_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if curves.metrics:
         metric_ax.legend(loc="lower right")
     if title:

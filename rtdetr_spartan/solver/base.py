@@ -73,8 +73,16 @@ def resolve_amp_dtype(cfg: YAMLConfig, device: torch.device) -> torch.dtype | No
     return AMP_DTYPES[name]
 
 
+def _numpy_rng_state() -> tuple[str, list[int], int, int, float]:
+    """NumPy's global RNG state with plain Python values (its key as a list, not an array), so
+    that checkpoints load with ``torch.load(weights_only=True)``; ``np.random.set_state``
+    accepts it unchanged."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return str(name), key.tolist(), int(pos), int(has_gauss), float(cached)
+
+
 def _rng_state(device: torch.device, data_generator: torch.Generator | None) -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": _numpy_rng_state(),
                              "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)

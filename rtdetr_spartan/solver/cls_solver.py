@@ -12,7 +12,6 @@ import logging
 import time
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from rtdetr_spartan.core import ConfigError, lookup
@@ -35,16 +34,6 @@ def scaled_lr(base_lr: float, total_batch: int, base_lr_batch: int | None) -> fl
     if base_lr_batch <= 0:
         raise ConfigError(f"base_lr_batch must be a positive batch size, got {base_lr_batch}")
     return base_lr * total_batch / base_lr_batch
-
-
-def _weights_only_rng(rng: Mapping[str, Any]) -> dict[str, Any]:
-    """A rank's RNG record without NumPy arrays (``np.random.set_state`` takes the key as a list)."""
-    safe = dict(rng)
-    numpy_state = safe.get("numpy")
-    if isinstance(numpy_state, tuple) and len(numpy_state) == 5 and isinstance(numpy_state[1], np.ndarray):
-        name, key, pos, has_gauss, cached = numpy_state
-        safe["numpy"] = (str(name), key.tolist(), int(pos), int(has_gauss), float(cached))
-    return safe
 
 
 class ClsSolver(BaseSolver):
@@ -109,14 +98,6 @@ class ClsSolver(BaseSolver):
     @property
     def _steps_per_iteration(self) -> bool:
         return getattr(self.lr_scheduler, "step_per", "epoch") == "iteration"
-
-    # ------------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        """:meth:`BaseSolver.state_dict` with NumPy's RNG key as a list, so that the checkpoint
-        loads with ``torch.load(weights_only=True)`` (as the backbone's ``pretrained`` does)."""
-        state = super().state_dict()
-        state["rng"] = [_weights_only_rng(rng) for rng in state.get("rng") or ()]
-        return state
 
     # ------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:

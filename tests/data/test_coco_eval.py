@@ -185,7 +185,7 @@ def test_no_detections_at_all(gt: dict) -> None:
     assert stats[0][0] == 0.0 and stats[0][8] == 0.0
 
 
-def test_errors(gt: dict, detections: dict) -> None:
+def test_errors(gt: dict, detections: dict, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError, match="pycocotools"):
         CocoEvaluator(gt, backend="detectron")
     with pytest.raises(ValueError, match="segm"):
@@ -195,19 +195,27 @@ def test_errors(gt: dict, detections: dict) -> None:
         evaluator.accumulate()
     with pytest.raises(KeyError, match="999"):
         evaluator.update({999: detections[1]})
+    # unknown category ids: ignored as COCOeval ignores them, with a warning
     contiguous = {**detections[1], "labels": torch.full_like(detections[1]["labels"], 2)}
-    with pytest.raises(ValueError, match="to_category_ids"):
+    with caplog.at_level("WARNING"):
         evaluator.update({1: contiguous})
+    assert "to_category_ids" in caplog.text and evaluator.results() == []
     with pytest.raises(RuntimeError, match="accumulate"):
         evaluator.per_class()
 
 
-def test_to_category_ids() -> None:
+def test_to_category_ids(caplog: pytest.LogCaptureFixture) -> None:
     preds = {4: {"boxes": torch.zeros(3, 4), "scores": torch.ones(3), "labels": torch.tensor([0, 2, 1])}}
     mapped = to_category_ids(preds, {0: 1, 1: 5, 2: 9})
     assert mapped[4]["labels"].tolist() == [1, 9, 5] and mapped[4]["boxes"] is preds[4]["boxes"]
-    with pytest.raises(ValueError, match="image 4"):
-        to_category_ids({4: {**preds[4], "labels": torch.tensor([3])}}, {0: 1, 1: 5, 2: 9})
+    # a head with more classes than the dataset: labels without a category are dropped
+    boxes = torch.arange(12.0).view(3, 4)
+    wide = {4: {"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([3, 2, 7])}}
+    with caplog.at_level("WARNING"):
+        mapped = to_category_ids(wide, {0: 1, 1: 5, 2: 9})
+    assert mapped[4]["labels"].tolist() == [9] and mapped[4]["scores"].tolist() == [pytest.approx(0.8)]
+    assert mapped[4]["boxes"].tolist() == [boxes[1].tolist()]
+    assert "dropped 2 detections" in caplog.text and "3 categories" in caplog.text
 
 
 def _distributed_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,8 @@ from rtdetr_spartan.core import lookup
 from rtdetr_spartan.nn.backbones import spartan_layers
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
 from rtdetr_spartan.nn.backbones.spartan_layers import (Block, CMixer, SMixer, fold_rotation,
-                                                        planar_order, rotate_pairs, rotate_planar)
+                                                        planar_order, rotate_pairs, rotate_planar,
+                                                        rotate_planar_maps)
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
 from tests.parity_utils import (load_expected, load_spec, state_dict_spec, summary_problems,
                                 synthetic_scenes, synthetic_state_dict)
@@ -105,6 +107,9 @@ def test_real_rotations_equal_complex_multiplication() -> None:
     order = planar_order(24)
     torch.testing.assert_close(rotate_planar(x[..., order], rotation), expected[..., order],
                                rtol=1e-12, atol=1e-12)
+    maps = x[..., order].permute(0, 3, 1, 2)
+    torch.testing.assert_close(rotate_planar_maps(maps, rotation),
+                               expected[..., order].permute(0, 3, 1, 2), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("per_group", [2, 4])
@@ -156,6 +161,25 @@ def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
     got = mixer(x.contiguous(memory_format=torch.channels_last), scale)
     torch.testing.assert_close(got, scale * reference_smixer(reference, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
+def test_nchw_forms_match_reference(grouped: bool) -> None:
+    """The export formulation (plain NCHW ops) of both mixers, in eval mode and on an NCHW
+    input, equals the reference; CMixer's refuses batch statistics."""
+    cmixer = _randomize(CMixer(16, 4 if not grouped else 2, grouped), seed=2).eval()
+    smixer = _randomize(SMixer(16, grouped), seed=4).eval()
+    x = torch.randn(2, 16, 13, 11, generator=torch.Generator().manual_seed(3))
+    scale = torch.rand(1, 16, 1, 1) + 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(cmixer.forward_nchw(x, scale),
+                                   scale * reference_cmixer(cmixer, x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(smixer.forward_nchw(x, scale),
+                                   scale * reference_smixer(smixer, x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cmixer.forward_nchw(x), reference_cmixer(cmixer, x),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        cmixer.train().forward_nchw(x)
 
 
 # ---- reference state dicts and outputs --------------------------------------------------------
@@ -361,6 +385,9 @@ def test_block_exports_to_onnx(grouped: bool) -> None:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(block, (x,), buffer, dynamo=False, opset_version=17,
                           input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    graph = onnx.load_from_string(buffer.getvalue()).graph
+    ops = {node.op_type for node in graph.node}
+    assert "Transpose" not in ops, "the export form should run on NCHW maps throughout"
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 16, 12, 10, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():

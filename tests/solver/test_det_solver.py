@@ -74,6 +74,9 @@ def test_checkpoint_holds_the_full_state(one_epoch: tuple[Path, dict[str, Any]],
     (rng,) = ckpt["rng"]  # one process
     assert {"python", "numpy", "torch", "data"} <= set(rng)
     assert ckpt["lr_scheduler"]["last_epoch"] == 1
+    # plain tensors and Python values only: loadable without unpickling arbitrary code
+    safe = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert safe["epoch"] == 0 and isinstance(safe["rng"][0]["numpy"][1], list)
 
 
 def test_results_are_original_pixels_and_category_ids(one_epoch: tuple[Path, dict[str, Any]], shapes: Path,

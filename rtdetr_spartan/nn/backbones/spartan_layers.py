@@ -15,6 +15,10 @@ CPU speed notes (eager PyTorch, all exact up to float rounding):
     two contiguous ops in a "planar" channel order before a depthwise conv;
   * in inference the big early-stage CMixer maps are processed in row tiles, so temporaries
     stay in cache and the allocator does not return and re-fault memory on every block.
+
+ONNX export traces a different, equally exact formulation (``forward_nchw``): plain NCHW maps,
+1x1 convs as ``Conv``, the gate as a broadcast multiply. The token views above would become a
+``Transpose`` pair around every mixer, which onnxruntime executes as real copies.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
 
 __all__ = ["Block", "CMixer", "ConvNormAct", "SMixer", "SqueezeExcite", "fold_rotation",
-           "planar_order", "rotate_pairs", "rotate_planar"]
+           "planar_order", "rotate_pairs", "rotate_planar", "rotate_planar_maps"]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
 # CPU inference (no autograd) splits a CMixer's E-channel map of at least TILE_MIN_COUNT *
@@ -68,6 +72,14 @@ def rotate_planar(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     out = torch.addcmul(parts[..., :1, :] * torch.stack((re, im)), parts[..., 1:, :],
                         torch.stack((-im, re)))
     return out.flatten(-2)
+
+
+def rotate_planar_maps(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """``rotate_planar`` on the channel dim of NCHW maps. x: [B, E, H, W] in planar order
+    (real parts in channels :E/2) -> [B, E, H, W] in the same order."""
+    real, imag = x.chunk(2, dim=1)
+    re, im = rotation[:, 0, None, None], rotation[:, 1, None, None]     # [E/2, 1, 1]
+    return torch.cat((real * re - imag * im, real * im + imag * re), dim=1)
 
 
 def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -114,6 +126,19 @@ def _project(tokens: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
         bias = bias * out_scale.view(-1)
     out = torch.baddbmm(bias, tokens.flatten(1, 2), weight.transpose(1, 2))
     return _maps(out.unflatten(1, (h, w)))
+
+
+def _project_maps(maps: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
+                  out_scale: torch.Tensor | None, order: torch.Tensor | None = None) -> torch.Tensor:
+    """``_project`` on NCHW maps: out_scale * proj(maps * gate) as one 1x1 conv whose weights
+    carry ``out_scale`` and ``order``. maps: [B, E, H, W]; gate: [B, E] -> [B, C_out, H, W]."""
+    weight, bias = proj.weight, proj.bias
+    if order is not None:
+        weight = weight[:, order]
+    if out_scale is not None:
+        weight = weight * out_scale.view(-1, 1, 1, 1)
+        bias = bias * out_scale.view(-1)
+    return F.conv2d(maps * gate[:, :, None, None], weight, bias)
 
 
 def _inference_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -245,6 +270,8 @@ class SMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given."""
+        if torch.onnx.is_in_onnx_export():
+            return self.forward_nchw(x, out_scale)
         y = _tokens(x) @ self.proj_in.weight.flatten(1).t()            # bias enters below
         gamma = self.gamma.view(-1)
         # y + b + gamma (y + b - mean(y + b)) == (1 + gamma) y + (b - gamma mean(y)): one pass
@@ -255,6 +282,15 @@ class SMixer(nn.Module):
         gate = torch.cat((self.h_attn.gate(short.mean((1, 2))),
                           self.l_attn.gate(long.mean((1, 2)))), dim=-1)
         return _project(torch.cat((short, long), dim=-1), gate, self.proj_out, out_scale)
+
+    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` in plain NCHW ops (what ONNX export traces); same arguments and result."""
+        y = F.conv2d(x, self.proj_in.weight, self.proj_in.bias)
+        y = y * (1.0 + self.gamma) - self.gamma * y.mean((2, 3), keepdim=True)
+        short, long = self.h_conv(y), self.l_conv(y)
+        gate = torch.cat((self.h_attn.gate(short.mean((2, 3))),
+                          self.l_attn.gate(long.mean((2, 3)))), dim=-1)
+        return _project_maps(torch.cat((short, long), dim=1), gate, self.proj_out, out_scale)
 
 
 _Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -270,15 +306,34 @@ class _ConvPlan(NamedTuple):
     groups: int
     crossed: torch.Tensor | None = None  # second depthwise weight, its output halves swapped
 
-    def rotate(self, feat: torch.Tensor) -> torch.Tensor:
+    def rotate(self, feat: torch.Tensor, maps: bool = False) -> torch.Tensor:
+        """feat: tokens [B, H, W, E], or NCHW maps [B, E, H, W] if ``maps`` -> the same."""
         # The reference rotates in float32 even under autocast; the real form keeps the
         # activations' dtype, so autocast and ONNX export need no special case.
         if self.rotation is None:
             return feat
         rotation = self.rotation.to(feat.dtype)
-        if self.order is not None:
-            return rotate_planar(feat, rotation)
-        return rotate_pairs(feat, rotation)
+        if self.order is None:
+            return _maps(rotate_pairs(_tokens(feat), rotation)) if maps else rotate_pairs(feat, rotation)
+        return rotate_planar_maps(feat, rotation) if maps else rotate_planar(feat, rotation)
+
+    def conv_swapped(self, maps: torch.Tensor) -> torch.Tensor:
+        """``conv(rotate(maps))`` for NCHW maps as NCHW-friendly graph ops: in planar order the
+        rotation and the conv are two depthwise convs, one reading the maps and one reading
+        them with their halves swapped (no elementwise rotation, no swap of the output).
+        maps: [B, E, H, W] before the rotation -> [B, E, H, W]."""
+        if self.order is None:
+            return self.conv(self.rotate(maps, maps=True))
+        direct, crossed = self.weight, self.crossed
+        if self.rotation is not None:                   # depthwise conv after the rotation
+            rotation = self.rotation.to(direct.dtype)
+            re, im = rotation[:, 0].repeat(2), rotation[:, 1]
+            direct, crossed = direct * re.view(-1, 1, 1, 1), direct * torch.cat((-im, im)).view(-1, 1, 1, 1)
+        else:                                           # taps whose output halves were swapped
+            crossed = torch.cat(crossed.chunk(2)[::-1])
+        swapped = torch.cat(maps.chunk(2, dim=1)[::-1], dim=1)
+        return (F.conv2d(maps, direct, self.bias, padding=1, groups=self.groups)
+                + F.conv2d(swapped, crossed, None, padding=1, groups=self.groups))
 
     def conv(self, maps: torch.Tensor) -> torch.Tensor:
         """maps: [B, E, H, W] -> [B, E, H, W] (3x3, padding 1, like the CMixer's conv)."""
@@ -324,7 +379,29 @@ class CMixer(nn.Module):
         """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given."""
         if self.conv.uses_batch_statistics():
             return self._forward_batch_statistics(x, out_scale)
+        if torch.onnx.is_in_onnx_export():
+            return self.forward_nchw(x, out_scale)
         return self._forward_inference(x, out_scale, self._tile_rows(x))
+
+    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The inference ``forward`` in plain NCHW ops (what ONNX export traces): the 1x1
+        projections as convs, the channel argmax and gathers on dim 1, the rotation inside two
+        depthwise convs (``_ConvPlan.conv_swapped``), the gate as a broadcast. Needs a
+        BatchNorm without batch statistics (eval mode or frozen).
+        """
+        if self.conv.uses_batch_statistics():
+            raise RuntimeError("CMixer.forward_nchw needs eval mode or a frozen BatchNorm")
+        plan = self._conv_plan()
+        theta_w, theta_b, proj_w, proj_b = self._projections(plan.order)
+        theta = F.conv2d(x, theta_w[:, :, None, None], theta_b)        # [B, E, H, W]
+        weight = F.conv2d(x, proj_w[:, :, None, None], proj_b)
+        index = x.argmax(dim=1, keepdim=True)                          # [B, 1, H, W]
+        if plan.order is not None:
+            index = index % 2 * (self.theta.out_channels // 2) + index // 2
+        peak = F.gelu(theta.gather(1, index)) * weight.gather(1, index)
+        feat = self.conv.act(plan.conv_swapped(F.gelu(theta) * weight + peak))
+        gate = self.attn.gate(feat.mean((2, 3)), plan.order)
+        return _project_maps(feat, gate, self.proj_out, out_scale, plan.order)
 
     def _projections(self, order: torch.Tensor | None) -> _Projections:
         """theta and proj as linear layers (weight, bias, weight, bias), outputs in ``order``."""
