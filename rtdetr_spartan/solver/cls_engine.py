@@ -7,20 +7,19 @@ averaged across ranks after every epoch.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from typing import Any, ContextManager, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from rtdetr_spartan.core import register
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.meters import MetricLogger
+from rtdetr_spartan.solver.steps import autocast, backward_and_step, progress
 
 __all__ = ["ClassificationPostProcessor", "SoftTargetCrossEntropy", "all_reduce_batchnorm_stats",
            "evaluate", "train_one_epoch"]
@@ -62,33 +61,6 @@ class ClassificationPostProcessor(nn.Module):
         return {"labels": labels, "scores": scores}
 
 
-def _progress(iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
-    """A tqdm bar (with ETA) on rank 0; the plain iterable elsewhere."""
-    return tqdm(iterable, total=total, desc=desc, disable=not dist.is_main_process(),
-                dynamic_ncols=True, leave=False)
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager[Any]:
-    return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
-
-
-def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-          scaler: torch.amp.GradScaler | None, clip_max_norm: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        if clip_max_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    if clip_max_norm > 0:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-    scaler.step(optimizer)
-    scaler.update()
-
-
 def _mean_loss(loss: torch.Tensor, epoch: int, iteration: int) -> float:
     """The loss averaged over ranks; every rank raises together when it is not finite."""
     value = float(dist.reduce_dict({"loss": loss})["loss"].item())
@@ -112,15 +84,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     model.train()
     meters = MetricLogger()
     total = len(data_loader)  # type: ignore[arg-type]
-    bar = _progress(data_loader, total, f"epoch {epoch}")
+    bar = progress(data_loader, total, f"epoch {epoch}")
     for iteration, (images, targets) in enumerate(bar):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(images)
         loss = criterion(logits, targets)
         loss_value = _mean_loss(loss, epoch, iteration)
         lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
-        _step(loss, model, optimizer, scaler, clip_max_norm)
+        backward_and_step(loss, model, optimizer, scaler, clip_max_norm)
         if ema is not None:
             ema.update(model)
         if lr_scheduler is not None:
@@ -158,9 +130,9 @@ def evaluate(model: nn.Module, data_loader: Iterable[Any], device: torch.device,
     model.eval()
     sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=device)  # images, loss, hits...
     total = len(data_loader)  # type: ignore[arg-type]
-    for images, labels in _progress(data_loader, total, "eval"):
+    for images, labels in progress(data_loader, total, "eval"):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
         sums[0] += labels.numel()

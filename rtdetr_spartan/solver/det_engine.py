@@ -2,20 +2,19 @@
 """One detection training epoch and one COCO evaluation pass."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, ContextManager, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from rtdetr_spartan.data.coco_eval import STAT_NAMES, CocoEvaluator, to_category_ids
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.meters import MetricLogger, SmoothedValue
+from rtdetr_spartan.solver.steps import autocast, backward_and_step, progress
 
 __all__ = ["check_finite_loss", "check_finite_outputs", "evaluate", "train_one_epoch"]
 
@@ -37,35 +36,6 @@ def _float32(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_float32(v) for v in value)
     return value
-
-
-def _progress(iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
-    """A tqdm bar (with ETA) on rank 0; the plain iterable elsewhere."""
-    return tqdm(iterable, total=total, desc=desc, disable=not dist.is_main_process(),
-                dynamic_ncols=True, leave=False)
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager[Any]:
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
-
-
-def _backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       scaler: torch.amp.GradScaler | None, clip_max_norm: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        if clip_max_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    if clip_max_norm > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-    scaler.step(optimizer)
-    scaler.update()
 
 
 def check_finite_outputs(outputs: Mapping[str, Any], epoch: int, iteration: int) -> None:
@@ -114,17 +84,17 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.3e}"))
     total = len(data_loader)  # type: ignore[arg-type]
-    bar = _progress(data_loader, total, f"epoch {epoch}")
+    bar = progress(data_loader, total, f"epoch {epoch}")
     for iteration, (images, targets) in enumerate(bar):
         images, targets = images.to(device), _targets_to(targets, device)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             outputs = model(images, targets)
         check_finite_outputs(outputs, epoch, iteration)
         loss_dict = criterion(_float32(outputs) if amp_dtype is not None else outputs, targets)
         # Reduce before backward: every rank sees the same totals, so all stop together on NaN.
         reduced = dist.reduce_dict(loss_dict)
         loss_value = check_finite_loss(reduced, loss_dict, epoch, iteration)
-        _backward_and_step(sum(loss_dict.values()), model, optimizer, scaler, clip_max_norm)
+        backward_and_step(sum(loss_dict.values()), model, optimizer, scaler, clip_max_norm)
         if ema is not None:
             ema.update(model)
         lr = optimizer.param_groups[0]["lr"]
@@ -173,7 +143,7 @@ def evaluate(model: nn.Module, postprocessor: nn.Module, data_loader: Iterable[A
     model.eval()
     postprocessor.eval()
     total = len(data_loader)  # type: ignore[arg-type]
-    for images, targets in _progress(data_loader, total, "eval"):
+    for images, targets in progress(data_loader, total, "eval"):
         images, targets = images.to(device), _targets_to(targets, device)
         outputs = model(images)
         evaluator.update(_predictions(outputs, targets, postprocessor, label_to_category))

@@ -8,7 +8,6 @@ import functools
 import io
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -76,17 +75,6 @@ def _randomize(module: nn.Module, seed: int) -> nn.Module:
                 else:
                     tensor.copy_((fresh - 0.5) * (2.0 if tensor.dim() <= 1 else 0.6))
     return module
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run on one intra-op thread (restored afterwards): as fast for these small inputs, and
-    immune to OpenMP's spin-waiting on an oversubscribed machine, where two threads can make
-    a train-mode BatchNorm call take tens of milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

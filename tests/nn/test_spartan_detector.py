@@ -2,10 +2,8 @@
 the reference fixture."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 
 from rtdetr_spartan.core.yaml_config import YAMLConfig
@@ -15,17 +13,6 @@ from tests.parity_utils import (load_expected, load_spec, matched_fraction, stat
                                 summary_problems, synthetic_scenes, synthetic_state_dict)
 
 MODEL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "spartan" / "spartan_t_model.yml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run on one intra-op thread (restored afterwards): as fast for these small inputs, and
-    immune to OpenMP's spin-waiting on an oversubscribed machine, where two threads can make
-    a train-mode BatchNorm call take tens of milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build_spartan_detector() -> RTDETR:
