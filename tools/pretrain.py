@@ -19,8 +19,7 @@ import logging
 from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.logger import close_logging, setup_logging
-from rtdetr_spartan.solver import build_solver
-from rtdetr_spartan.solver.cli import config_overrides, solver_args_parser
+from rtdetr_spartan.solver.cli import config_overrides, run_solver, solver_args_parser
 
 logger = logging.getLogger("rtdetr_spartan.tools.pretrain")
 
@@ -42,11 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                               "(use tools/train.py for other tasks)")
         setup_logging(cfg.output_dir)
         logger.info("config %s, world size %d", args.config, dist.get_world_size())
-        solver = build_solver(cfg)
-        if args.test_only:
-            solver.val()
-        else:
-            best = solver.fit()
+        best = run_solver(cfg, args.test_only)
+        if best is not None:
             logger.info("best top-1 %s at epoch %s; checkpoints in %s", best.get("value"), best.get("epoch"),
                         cfg.output_dir)
     finally:

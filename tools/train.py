@@ -17,8 +17,7 @@ import logging
 from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.logger import close_logging, setup_logging
-from rtdetr_spartan.solver import build_solver
-from rtdetr_spartan.solver.cli import config_overrides, solver_args_parser
+from rtdetr_spartan.solver.cli import config_overrides, run_solver, solver_args_parser
 
 logger = logging.getLogger("rtdetr_spartan.tools.train")
 
@@ -35,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_distributed(device=cfg.get("device"))
         setup_logging(cfg.output_dir)
         logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
-        solver = build_solver(cfg)
-        if args.test_only:
-            solver.val()
-        else:
-            solver.fit()
+        run_solver(cfg, args.test_only)
     finally:
         close_logging()
         dist.cleanup()

@@ -1,10 +1,12 @@
-"""Command-line arguments shared by the training tools (tools/train.py, tools/pretrain.py)."""
+"""Command-line arguments and the run shared by the training tools (tools/train.py,
+tools/pretrain.py)."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
 from rtdetr_spartan.core import merge_dict, parse_overrides
+from rtdetr_spartan.solver import build_solver
 
 
 def solver_args_parser(description: str, config_help: str, outputs_help: str) -> argparse.ArgumentParser:
@@ -34,3 +36,13 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.amp:
         overrides["use_amp"] = True
     return overrides
+
+
+def run_solver(cfg: Any, test_only: bool) -> dict[str, Any] | None:
+    """Build the config's solver and evaluate (``test_only``) or train; returns ``fit``'s
+    record of the best epoch when training."""
+    solver = build_solver(cfg)
+    if test_only:
+        solver.val()
+        return None
+    return solver.fit()
