@@ -28,12 +28,14 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection], line_wi
     """A copy of ``image`` (as RGB) with each detection's box and ``"name score"`` caption.
 
     Boxes are XYXY pixels of ``image``. ``line_width`` defaults to ~0.3% of the longer side.
+    Detections are drawn from the lowest score up, so where boxes or captions overlap the most
+    confident one stays readable on top.
     """
     canvas = image.convert("RGB")  # always a copy
     draw = ImageDraw.Draw(canvas)
     width = line_width or max(1, round(max(canvas.size) * 0.003))
     font = font or ImageFont.load_default()
-    for det in detections:
+    for det in sorted(detections, key=lambda d: d.score):
         color = class_color(det.label)
         x0, y0, x1, y1 = det.box
         draw.rectangle((x0, y0, max(x0, x1), max(y0, y1)), outline=color, width=width)

@@ -30,3 +30,14 @@ def test_caption_stays_inside_for_a_box_at_the_top() -> None:
 def test_class_colors_differ_between_neighbouring_labels() -> None:
     colors = [class_color(i) for i in range(10)]
     assert len(set(colors)) == 10
+
+
+def test_the_most_confident_caption_is_drawn_on_top() -> None:
+    image = Image.new("RGB", (100, 100), (0, 0, 0))
+    box = (10.0, 30.0, 90.0, 90.0)  # same box, two classes: the captions overlap
+    dets = [Detection(0, 1, "a", 0.9, box), Detection(3, 4, "b", 0.4, box)]
+    for order in (dets, dets[::-1]):
+        out = draw_detections(image, order, line_width=2)
+        assert out.getpixel((10, 60)) == class_color(0)
+        caption = {out.getpixel((x, y)) for x in range(11, 30) for y in range(18, 29)}
+        assert class_color(0) in caption and class_color(3) not in caption
