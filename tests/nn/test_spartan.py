@@ -151,11 +151,13 @@ def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
-def test_nchw_forms_match_reference(grouped: bool) -> None:
+@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 2), (True, 4)],
+                         ids=["depthwise", "pair_per_group", "natural_order"])
+def test_nchw_forms_match_reference(grouped: bool, ratio: int) -> None:
     """The export formulation (plain NCHW ops) of both mixers, in eval mode and on an NCHW
-    input, equals the reference; CMixer's refuses batch statistics."""
-    cmixer = _randomize(CMixer(16, 4 if not grouped else 2, grouped), seed=2).eval()
+    input, equals the reference (CMixer: the half-map form for depthwise and one-pair-per-group
+    convs, the natural-order form for larger groups); CMixer's refuses batch statistics."""
+    cmixer = _randomize(CMixer(16, ratio, grouped), seed=2).eval()
     smixer = _randomize(SMixer(16, grouped), seed=4).eval()
     x = torch.randn(2, 16, 13, 11, generator=torch.Generator().manual_seed(3))
     scale = torch.rand(1, 16, 1, 1) + 0.5
