@@ -22,8 +22,10 @@ class QuickstartSettings:
         cls_train / cls_val / cls_image_size: the ImageFolder classification set.
     Training:
         pretrain_epochs: classification epochs of SpaRTAN-T (0 skips pretraining: the detector
-            then trains from scratch); detector_epochs: RT-DETR epochs; detector_input_size:
-            train and evaluate at this square size instead of the config's.
+            then trains from scratch); detector_epochs: RT-DETR epochs; detector_lr: the
+            detector's AdamW learning rate (None: the config's, 8e-4, tuned for training from
+            scratch; 4e-4 suits the pretrained backbone); detector_input_size: train and
+            evaluate at this square size instead of the config's.
         pretrain_overrides / detector_overrides: extra ``key.sub=value`` config overrides.
     Outputs:
         num_samples: validation images annotated with the ONNX model; score_threshold: the
@@ -45,6 +47,7 @@ class QuickstartSettings:
     cls_image_size: int = 64
     pretrain_epochs: int = 4
     detector_epochs: int = 3
+    detector_lr: float | None = 4e-4
     detector_input_size: int | None = None
     pretrain_overrides: tuple[str, ...] = ()
     detector_overrides: tuple[str, ...] = ()

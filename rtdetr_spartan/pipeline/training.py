@@ -108,6 +108,7 @@ def detector_config(settings: QuickstartSettings, pretrained: Path | None,
     output_dir = output_dir or settings.output_dir / "detector"
     overrides = merge_dict(_runtime(settings, output_dir, settings.detector_epochs), {
         "SpaRTAN": {"pretrained": str(pretrained) if pretrained is not None else None},
+        **({"optimizer": {"lr": settings.detector_lr}} if settings.detector_lr is not None else {}),
         "train_dataloader": {"dataset": {"img_folder": str(root / "train"),
                                          "ann_file": str(ann / "instances_train.json")}},
         "val_dataloader": {"dataset": {"img_folder": str(root / "val"),
