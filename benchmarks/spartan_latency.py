@@ -37,14 +37,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from rtdetr_spartan.core.yaml_config import YAMLConfig
-from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
-from rtdetr_spartan.nn.backbones.spartan_layers import Block, CMixer, ConvNormAct, SMixer
+from rtdetr_spartan.nn.backbones.spartan_reference import ReferenceStyleSpaRTAN
 
 try:
     import resource
@@ -56,61 +54,6 @@ logger = logging.getLogger("spartan_latency")
 ROOT = Path(__file__).resolve().parents[1]
 SPARTAN_CONFIG = ROOT / "configs" / "spartan" / "spartan_t_model.yml"
 R18_CONFIG = ROOT / "configs" / "rtdetr" / "rtdetr_r18vd_6x_coco.yml"
-
-
-# ---- the reference-style baseline ---------------------------------------------------------------
-
-def _conv(layer: ConvNormAct, x: torch.Tensor) -> torch.Tensor:
-    x = layer.norm(layer.conv(x))
-    return x if layer.act is None else layer.act(x)
-
-
-def _squeeze_excite(se: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(se.expand(F.relu(se.squeeze(F.adaptive_avg_pool2d(x, 1)))))
-
-
-def _smixer(m: SMixer, x: torch.Tensor) -> torch.Tensor:
-    x = m.proj_in(x)
-    x = x + m.gamma * (x - F.adaptive_avg_pool2d(x, 1))
-    short = _squeeze_excite(m.h_attn, _conv(m.h_conv, x))
-    long = _squeeze_excite(m.l_attn, _conv(m.l_conv[1], _conv(m.l_conv[0], x)))
-    return m.proj_out(torch.cat((short, long), dim=1))
-
-
-def _cmixer(m: CMixer, x: torch.Tensor) -> torch.Tensor:
-    b, _, h, w = x.shape
-    index = x.argmax(dim=1, keepdim=True)
-    theta = F.gelu(m.theta(x))
-    weight = m.proj(x)
-    feat = weight * theta + weight.gather(1, index) * theta.gather(1, index)
-    pairs = torch.view_as_complex(feat.permute(0, 2, 3, 1).reshape(b, h, w, -1, 2).contiguous())
-    feat = torch.view_as_real(torch.view_as_complex(m.complex) * pairs)
-    feat = feat.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
-    return m.proj_out(_squeeze_excite(m.attn, _conv(m.conv, feat)))
-
-
-class ReferenceStyleSpaRTAN(nn.Module):
-    """A SpaRTAN backbone's weights run through the reference's forward formulation."""
-
-    def __init__(self, backbone: SpaRTAN) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: [B, 3, H, W] -> the backbone's stage outputs (NCHW)."""
-        net = self.backbone
-        x = _conv(net.conv[1], _conv(net.conv[0], x))
-        taps = {net._stage_ends[i] for i in net.return_idx}
-        outs = []
-        for index, layer in enumerate(net.layers):
-            if isinstance(layer, Block):
-                x = x + layer.scale_1 * _smixer(layer.smixer, layer.norm_1(x))
-                x = x + layer.scale_2 * _cmixer(layer.cmixer, layer.norm_2(x))
-            else:
-                x = _conv(layer, x)
-            if index in taps:
-                outs.append(x)
-        return outs
 
 
 # ---- models ------------------------------------------------------------------------------------

@@ -23,44 +23,10 @@ from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
 from rtdetr_spartan.nn.backbones.spartan_layers import (Block, CMixer, SMixer, fold_rotation,
                                                         planar_order, rotate_pairs, rotate_planar,
                                                         rotate_planar_maps)
+from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
 from tests.parity_utils import (load_expected, load_spec, state_dict_spec, summary_problems,
                                 synthetic_scenes, synthetic_state_dict)
-
-
-# ---- a direct formulation of the reference's mixers (complex dtype, NCHW, gather) ----------
-
-def _reference_se(se: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(se.expand(F.relu(se.squeeze(F.adaptive_avg_pool2d(x, 1)))))
-
-
-def _reference_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = layer.norm(layer.conv(x))
-    return x if layer.act is None else layer.act(x)
-
-
-def _complex_rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """x: [..., E] pairs (re, im) times rotation [E/2, 2] through torch's complex dtype."""
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous())
-    return torch.view_as_real(pairs * torch.view_as_complex(rotation.contiguous())).flatten(-2)
-
-
-def reference_cmixer(m: CMixer, x: torch.Tensor) -> torch.Tensor:
-    index = x.argmax(dim=1, keepdim=True)
-    theta = F.gelu(m.theta(x))
-    weight = m.proj(x)
-    feat = weight * theta + weight.gather(1, index) * theta.gather(1, index)
-    feat = _complex_rotate(feat.permute(0, 2, 3, 1), m.complex.view(-1, 2)).permute(0, 3, 1, 2)
-    feat = _reference_se(m.attn, _reference_conv(m.conv, feat))
-    return m.proj_out(feat)
-
-
-def reference_smixer(m: SMixer, x: torch.Tensor) -> torch.Tensor:
-    y = m.proj_in(x)
-    y = y + m.gamma * (y - F.adaptive_avg_pool2d(y, 1))
-    short = _reference_se(m.h_attn, _reference_conv(m.h_conv, y))
-    long = _reference_se(m.l_attn, _reference_conv(m.l_conv[1], _reference_conv(m.l_conv[0], y)))
-    return m.proj_out(torch.cat((short, long), dim=1))
 
 
 def _randomize(module: nn.Module, seed: int) -> nn.Module:
@@ -90,7 +56,7 @@ def test_real_rotations_equal_complex_multiplication() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 7, 24, generator=gen, dtype=torch.float64)
     rotation = torch.randn(12, 2, generator=gen, dtype=torch.float64)
-    expected = _complex_rotate(x, rotation)
+    expected = complex_rotate(x, rotation)
     torch.testing.assert_close(rotate_pairs(x, rotation), expected, rtol=1e-12, atol=1e-12)
     order = planar_order(24)
     torch.testing.assert_close(rotate_planar(x[..., order], rotation), expected[..., order],
@@ -132,7 +98,7 @@ def test_cmixer_matches_reference(mode: str, grouped: bool, small_tiles: None) -
     if mode == "eval_tiled":
         with torch.no_grad():
             assert mixer._tile_rows(x) < x.shape[2]  # the forward above ran in several tiles
-    torch.testing.assert_close(got, scale * reference_cmixer(reference, x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, scale * cmixer_forward(reference, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())  # BN statistics
     assert got.is_contiguous(memory_format=torch.channels_last)
 
@@ -147,7 +113,7 @@ def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
     x = torch.randn(2, 16, 10, 12, generator=torch.Generator().manual_seed(5))
     scale = torch.rand(1, 16, 1, 1) + 0.5
     got = mixer(x.contiguous(memory_format=torch.channels_last), scale)
-    torch.testing.assert_close(got, scale * reference_smixer(reference, x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, scale * smixer_forward(reference, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())
 
 
@@ -163,10 +129,10 @@ def test_nchw_forms_match_reference(grouped: bool, ratio: int) -> None:
     scale = torch.rand(1, 16, 1, 1) + 0.5
     with torch.no_grad():
         torch.testing.assert_close(cmixer.forward_nchw(x, scale),
-                                   scale * reference_cmixer(cmixer, x), rtol=1e-4, atol=1e-5)
+                                   scale * cmixer_forward(cmixer, x), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(smixer.forward_nchw(x, scale),
-                                   scale * reference_smixer(smixer, x), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(cmixer.forward_nchw(x), reference_cmixer(cmixer, x),
+                                   scale * smixer_forward(smixer, x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cmixer.forward_nchw(x), cmixer_forward(cmixer, x),
                                    rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="eval mode"):
         cmixer.train().forward_nchw(x)
