@@ -21,8 +21,7 @@ from rtdetr_spartan.core import lookup
 from rtdetr_spartan.nn.backbones import spartan_layers
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
 from rtdetr_spartan.nn.backbones.spartan_layers import (Block, CMixer, SMixer, fold_rotation,
-                                                        planar_order, rotate_pairs, rotate_planar,
-                                                        rotate_planar_maps)
+                                                        planar_order, rotate_pairs, rotate_planar)
 from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
 from tests.parity_utils import (load_expected, load_spec, state_dict_spec, summary_problems,
@@ -61,9 +60,6 @@ def test_real_rotations_equal_complex_multiplication() -> None:
     order = planar_order(24)
     torch.testing.assert_close(rotate_planar(x[..., order], rotation), expected[..., order],
                                rtol=1e-12, atol=1e-12)
-    maps = x[..., order].permute(0, 3, 1, 2)
-    torch.testing.assert_close(rotate_planar_maps(maps, rotation),
-                               expected[..., order].permute(0, 3, 1, 2), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("per_group", [2, 4])

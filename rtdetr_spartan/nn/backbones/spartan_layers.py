@@ -25,7 +25,7 @@ at 640 px this form runs about 1.5x faster in onnxruntime than a trace of the ea
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
 
 __all__ = ["Block", "CMixer", "ConvNormAct", "SMixer", "SqueezeExcite", "fold_rotation",
-           "planar_order", "rotate_pairs", "rotate_planar", "rotate_planar_maps"]
+           "planar_order", "rotate_pairs", "rotate_planar"]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
 # CPU inference (no autograd) splits a CMixer's E-channel map of at least TILE_MIN_COUNT *
@@ -75,14 +75,6 @@ def rotate_planar(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     out = torch.addcmul(parts[..., :1, :] * torch.stack((re, im)), parts[..., 1:, :],
                         torch.stack((-im, re)))
     return out.flatten(-2)
-
-
-def rotate_planar_maps(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """``rotate_planar`` on the channel dim of NCHW maps. x: [B, E, H, W] in planar order
-    (real parts in channels :E/2) -> [B, E, H, W] in the same order."""
-    real, imag = x.chunk(2, dim=1)
-    re, im = rotation[:, 0, None, None], rotation[:, 1, None, None]     # [E/2, 1, 1]
-    return torch.cat((real * re - imag * im, real * im + imag * re), dim=1)
 
 
 def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -131,17 +123,25 @@ def _project(tokens: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
     return _maps(out.unflatten(1, (h, w)))
 
 
-def _project_maps(maps: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
+def _project_maps(parts: Sequence[torch.Tensor], gate: torch.Tensor, proj: nn.Conv2d,
                   out_scale: torch.Tensor | None, order: torch.Tensor | None = None) -> torch.Tensor:
-    """``_project`` on NCHW maps: out_scale * proj(maps * gate) as one 1x1 conv whose weights
-    carry ``out_scale`` and ``order``. maps: [B, E, H, W]; gate: [B, E] -> [B, C_out, H, W]."""
+    """``_project`` on NCHW maps: out_scale * proj(cat(parts) * gate), with ``out_scale`` and
+    ``order`` in the 1x1 conv weights and one conv per part (no concatenated copy).
+    parts: [B, E_i, H, W] with sum E_i = E; gate: [B, E] -> [B, C_out, H, W]."""
     weight, bias = proj.weight, proj.bias
     if order is not None:
         weight = weight[:, order]
     if out_scale is not None:
         weight = weight * out_scale.view(-1, 1, 1, 1)
         bias = bias * out_scale.view(-1)
-    return F.conv2d(maps * gate[:, :, None, None], weight, bias)
+    out, start = None, 0
+    for part in parts:
+        end = start + part.shape[1]
+        term = F.conv2d(part * gate[:, start:end, None, None], weight[:, start:end],
+                        bias if out is None else None)
+        out, start = (term if out is None else out + term), end
+    assert out is not None
+    return out
 
 
 def _inference_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -293,7 +293,7 @@ class SMixer(nn.Module):
         short, long = self.h_conv(y), self.l_conv(y)
         gate = torch.cat((self.h_attn.gate(short.mean((2, 3))),
                           self.l_attn.gate(long.mean((2, 3)))), dim=-1)
-        return _project_maps(torch.cat((short, long), dim=1), gate, self.proj_out, out_scale)
+        return _project_maps([torch.cat((short, long), dim=1)], gate, self.proj_out, out_scale)
 
 
 _Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -309,16 +309,16 @@ class _ConvPlan(NamedTuple):
     groups: int
     crossed: torch.Tensor | None = None  # second depthwise weight, its output halves swapped
 
-    def rotate(self, feat: torch.Tensor, maps: bool = False) -> torch.Tensor:
-        """feat: tokens [B, H, W, E], or NCHW maps [B, E, H, W] if ``maps`` -> the same."""
+    def rotate(self, feat: torch.Tensor) -> torch.Tensor:
+        """feat: tokens [B, H, W, E] -> the same."""
         # The reference rotates in float32 even under autocast; the real form keeps the
         # activations' dtype, so autocast and ONNX export need no special case.
         if self.rotation is None:
             return feat
         rotation = self.rotation.to(feat.dtype)
-        if self.order is None:
-            return _maps(rotate_pairs(_tokens(feat), rotation)) if maps else rotate_pairs(feat, rotation)
-        return rotate_planar_maps(feat, rotation) if maps else rotate_planar(feat, rotation)
+        if self.order is not None:
+            return rotate_planar(feat, rotation)
+        return rotate_pairs(feat, rotation)
 
     def swapped_taps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Depthwise weights (direct, crossed), each [E, 1, 3, 3] in planar order, with
@@ -399,14 +399,14 @@ class CMixer(nn.Module):
                          plan: _ConvPlan) -> torch.Tensor:
         """NCHW forward in the natural channel order: 1x1 convs, argmax and gathers on dim 1,
         rotation as a broadcast, then the plan's conv."""
-        theta_w, theta_b, proj_w, proj_b = self._projections(None)
-        theta = F.conv2d(x, theta_w[:, :, None, None], theta_b)        # [B, E, H, W]
-        weight = F.conv2d(x, proj_w[:, :, None, None], proj_b)
+        theta = self.theta(x)                                           # [B, E, H, W]
+        weight = self.proj(x)
         index = x.argmax(dim=1, keepdim=True)                          # [B, 1, H, W]
         peak = F.gelu(theta.gather(1, index)) * weight.gather(1, index)
-        feat = self.conv.act(plan.conv(plan.rotate(F.gelu(theta) * weight + peak, maps=True)))
+        feat = _maps(plan.rotate(_tokens(F.gelu(theta) * weight + peak)))
+        feat = self.conv.act(plan.conv(feat))
         gate = self.attn.gate(feat.mean((2, 3)), None)
-        return _project_maps(feat, gate, self.proj_out, out_scale)
+        return _project_maps([feat], gate, self.proj_out, out_scale)
 
     def _forward_halves(self, x: torch.Tensor, out_scale: torch.Tensor | None,
                         plan: _ConvPlan) -> torch.Tensor:
@@ -445,11 +445,7 @@ class CMixer(nn.Module):
             outs.append(self.conv.act(out))
         pooled = torch.cat([F.adaptive_avg_pool2d(out, 1).flatten(1) for out in outs], dim=1)
         gate = self.attn.gate(pooled, plan.order)                       # [B, E], planar
-        weight, bias = self.proj_out.weight[:, plan.order], self.proj_out.bias
-        if out_scale is not None:
-            weight, bias = weight * out_scale.view(-1, 1, 1, 1), bias * out_scale.view(-1)
-        return (F.conv2d(outs[0] * gate[:, :n, None, None], weight[:, :n], bias)
-                + F.conv2d(outs[1] * gate[:, n:, None, None], weight[:, n:]))
+        return _project_maps(outs, gate, self.proj_out, out_scale, plan.order)
 
     def _projections(self, order: torch.Tensor | None) -> _Projections:
         """theta and proj as linear layers (weight, bias, weight, bias), outputs in ``order``."""
