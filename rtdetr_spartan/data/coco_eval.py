@@ -48,17 +48,18 @@ def to_category_ids(
     out, dropped = {}, {}
     for image_id, pred in predictions.items():
         labels = pred["labels"].to(torch.int64).cpu()
-        known = (labels >= 0) & (labels < len(lut))
-        known[known.clone()] = lut[labels[known]] >= 0
+        in_range = (labels >= 0) & (labels < len(lut))
+        categories = torch.where(in_range, lut[labels.clamp(0, len(lut) - 1)], -1)
+        known = categories >= 0
         if bool(known.all()):
-            out[image_id] = {**pred, "labels": lut[labels]}
+            out[image_id] = {**pred, "labels": categories}
             continue
         for label in labels[~known].tolist():
             dropped[label] = dropped.get(label, 0) + 1
         keep = known.nonzero().flatten()
         out[image_id] = {k: (v[keep.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == labels.shape else v)
                          for k, v in pred.items()}
-        out[image_id]["labels"] = lut[labels[keep]]
+        out[image_id]["labels"] = categories[keep]
     if dropped:
         logger.warning("dropped %d detections whose labels have no dataset category (label: count %s; "
                        "the dataset has %d categories — is num_classes larger?)",
