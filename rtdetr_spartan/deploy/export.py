@@ -28,6 +28,7 @@ example (the wrapper and the checks here do not change).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from torch import nn
 
 from rtdetr_spartan.deploy.compare import detection_difference
 from rtdetr_spartan.deploy.metadata import ModelInfo
+from rtdetr_spartan.nn.common import fixed_shape_export
 
 __all__ = ["DeployModel", "ExportResult", "ExportVerificationError", "INPUT_NAMES", "OUTPUT_NAMES",
            "complex_tensor_names", "export_onnx", "sample_inputs", "verify_onnx"]
@@ -118,7 +120,8 @@ def _trace(module: DeployModel, sample: tuple[torch.Tensor, torch.Tensor], path:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with torch.no_grad():
+            fixed = fixed_shape_export() if dynamic_axes is None else contextlib.nullcontext()
+            with torch.no_grad(), fixed:
                 torch.onnx.export(module, sample, str(path), input_names=list(INPUT_NAMES),
                                   output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False,
                                   dynamic_axes=dynamic_axes, do_constant_folding=True)

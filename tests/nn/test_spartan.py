@@ -3,12 +3,14 @@ every computation path of the mixers against a direct (complex dtype, NCHW, modu
 formulation of the reference, training, autocast, FLOPs, checkpoints, deploy and freezing."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import io
 import logging
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import onnx
 import pytest
@@ -23,7 +25,7 @@ from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
 from rtdetr_spartan.nn.backbones.spartan_layers import (Block, CMixer, SMixer, fold_rotation,
                                                         planar_order, rotate_pairs, rotate_planar)
 from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
-from rtdetr_spartan.nn.common import FrozenBatchNorm2d
+from rtdetr_spartan.nn.common import FrozenBatchNorm2d, fixed_shape_export
 from tests.parity_utils import (load_expected, load_spec, state_dict_spec, summary_problems,
                                 synthetic_scenes, synthetic_state_dict)
 
@@ -132,6 +134,23 @@ def test_nchw_forms_match_reference(grouped: bool, ratio: int) -> None:
                                    rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="eval mode"):
         cmixer.train().forward_nchw(x)
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed_shapes"])
+@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 2)], ids=["dense", "depthwise"])
+def test_block_export_form_matches_eager(grouped: bool, ratio: int, fixed: bool) -> None:
+    """What the ONNX export traces for a whole block (norm_1's affine folded into the SMixer's
+    input projection; with fixed shapes, gates resized to full maps) equals the eager block;
+    width 10 gives the CMixer's spans odd sizes."""
+    for dim in (16, 10):
+        block = _randomize(Block(dim, ratio, grouped, drop_path=0.0), seed=11).eval()
+        x = torch.randn(2, dim, 9, 7, generator=torch.Generator().manual_seed(12))
+        with torch.no_grad():
+            expected = block(x.contiguous(memory_format=torch.channels_last))
+            with mock.patch("torch.onnx.is_in_onnx_export", return_value=True), (
+                    fixed_shape_export() if fixed else contextlib.nullcontext()):
+                got = block(x)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 # ---- reference state dicts and outputs --------------------------------------------------------
@@ -342,6 +361,24 @@ def test_block_exports_to_onnx(grouped: bool) -> None:
     assert "Transpose" not in ops, "the export form should run on NCHW maps throughout"
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 16, 12, 10, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = block(x)
+    (got,) = session.run(None, {"x": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_block_fixed_shape_export_runs_in_onnxruntime() -> None:
+    """A fixed-shape export expands the squeeze-excite gates with Resize and still matches."""
+    ort = pytest.importorskip("onnxruntime")
+    block = _randomize(Block(32, 4, False, drop_path=0.0), seed=9).eval()
+    x = torch.randn(1, 32, 12, 10, generator=torch.Generator().manual_seed(10))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), fixed_shape_export():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(block, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
+    ops = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
+    assert "Resize" in ops and "Transpose" not in ops
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = block(x)
     (got,) = session.run(None, {"x": x.numpy()})

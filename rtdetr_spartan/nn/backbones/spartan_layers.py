@@ -33,10 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
 
+from rtdetr_spartan.nn.common import exporting_fixed_shapes
+
 __all__ = ["Block", "CMixer", "ConvNormAct", "SMixer", "SqueezeExcite", "fold_rotation",
            "planar_order", "rotate_pairs", "rotate_planar"]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
+# onnxruntime's blocked ("NCHWc") conv layout holds 8 (AVX2) or 16 (AVX-512) channels per block;
+# convs whose channel counts are not multiples of it fall back to plain NCHW.
+LAYOUT_BLOCK = 16
 # CPU inference (no autograd) splits a CMixer's E-channel map of at least TILE_MIN_COUNT *
 # TILE_ELEMENTS elements into row tiles of about TILE_ELEMENTS (fp32: 1 MiB per temporary, which
 # stays in L2) and at least TILE_MIN_ROWS rows (each tile recomputes a halo row on either side).
@@ -123,23 +128,61 @@ def _project(tokens: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
     return _maps(out.unflatten(1, (h, w)))
 
 
-def _project_maps(parts: Sequence[torch.Tensor], gate: torch.Tensor, proj: nn.Conv2d,
+def _matmul_maps(weight: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv without bias as a matrix product on NCHW maps.
+    weight: [O, I]; maps: [B, I, H, W] -> [B, O, H * W]."""
+    return torch.matmul(weight, maps.flatten(2))
+
+
+def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
+           order: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The squeeze-excite gate of cat(parts) (channels in ``order``), one factor per part:
+    [B, E_i, 1, 1], or, in an ONNX export with fixed shapes, [B, E_i, H, W] like the part.
+
+    Written for onnxruntime's blocked conv layout: global average pools, the two linear layers
+    as 1x1 convs on the pooled maps (hidden width padded with zero channels to a multiple of
+    LAYOUT_BLOCK) and, with fixed shapes, a nearest-neighbour resize of each factor to its part's
+    size, so that the product is an elementwise op on two equal shapes. All of it then stays in
+    the blocked layout; a broadcast product converts the part to plain NCHW and back.
+    """
+    w_sq, b_sq, w_ex, b_ex = se.squeeze.weight, se.squeeze.bias, se.expand.weight, se.expand.bias
+    if order is not None:
+        w_sq, w_ex, b_ex = w_sq[:, order], w_ex[order], b_ex[order]
+    pad = -w_sq.shape[0] % LAYOUT_BLOCK                 # zero channels: relu(0) = 0, no weight
+    if pad:  # (concatenated zeros: a traced F.pad hides the conv weight's shape from the exporter)
+        w_sq = torch.cat((w_sq, w_sq.new_zeros(pad, *w_sq.shape[1:])))
+        b_sq = torch.cat((b_sq, b_sq.new_zeros(pad)))
+        w_ex = torch.cat((w_ex, w_ex.new_zeros(w_ex.shape[0], pad, 1, 1)), dim=1)
+    sizes = [part.shape[1] for part in parts]
+    hidden = None
+    for part, weight in zip(parts, w_sq.split(sizes, 1)):
+        term = F.conv2d(F.adaptive_avg_pool2d(part, 1), weight, b_sq if hidden is None else None)
+        hidden = term if hidden is None else hidden + term
+    assert hidden is not None
+    hidden = F.relu(hidden)
+    gates = [torch.sigmoid(F.conv2d(hidden, weight, bias))
+             for weight, bias in zip(w_ex.split(sizes), b_ex.split(sizes))]
+    if exporting_fixed_shapes():
+        gates = [F.interpolate(gate, scale_factor=(float(part.shape[2]), float(part.shape[3])),
+                               mode="nearest") for gate, part in zip(gates, parts)]
+    return gates
+
+
+def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], proj: nn.Conv2d,
                   out_scale: torch.Tensor | None, order: torch.Tensor | None = None) -> torch.Tensor:
-    """``_project`` on NCHW maps: out_scale * proj(cat(parts) * gate), with ``out_scale`` and
+    """``_project`` on NCHW maps: out_scale * proj(cat(parts * gates)), with ``out_scale`` and
     ``order`` in the 1x1 conv weights and one conv per part (no concatenated copy).
-    parts: [B, E_i, H, W] with sum E_i = E; gate: [B, E] -> [B, C_out, H, W]."""
+    parts: [B, E_i, H, W] with sum E_i = E; gates: from ``_gates`` -> [B, C_out, H, W]."""
     weight, bias = proj.weight, proj.bias
     if order is not None:
         weight = weight[:, order]
     if out_scale is not None:
         weight = weight * out_scale.view(-1, 1, 1, 1)
         bias = bias * out_scale.view(-1)
-    out, start = None, 0
-    for part in parts:
-        end = start + part.shape[1]
-        term = F.conv2d(part * gate[:, start:end, None, None], weight[:, start:end],
-                        bias if out is None else None)
-        out, start = (term if out is None else out + term), end
+    out = None
+    for part, gate, part_weight in zip(parts, gates, weight.split([p.shape[1] for p in parts], 1)):
+        term = F.conv2d(part * gate, part_weight, bias if out is None else None)
+        out = term if out is None else out + term
     assert out is not None
     return out
 
@@ -286,14 +329,24 @@ class SMixer(nn.Module):
                           self.l_attn.gate(long.mean((1, 2)))), dim=-1)
         return _project(torch.cat((short, long), dim=-1), gate, self.proj_out, out_scale)
 
-    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``forward`` in plain NCHW ops (what ONNX export traces); same arguments and result."""
-        y = F.conv2d(x, self.proj_in.weight, self.proj_in.bias)
-        y = y * (1.0 + self.gamma) - self.gamma * y.mean((2, 3), keepdim=True)
+    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
+                     norm: nn.GroupNorm | None = None) -> torch.Tensor:
+        """``forward`` in plain NCHW ops (what ONNX export traces); same arguments and result.
+        ``norm``: a GroupNorm whose affine transform x has not had yet (folded into proj_in).
+
+        proj_in is a matrix product on the NCHW input, with the affine transform and the centre
+        boost in its weights: (1 + gamma) (W x + b) - gamma mean(W x + b) equals
+        ((1 + gamma) W) x + (b - gamma W mean(x)).
+        """
+        weight, bias = self.proj_in.weight.flatten(1), self.proj_in.bias
+        if norm is not None:
+            weight, bias = weight * norm.weight, bias + weight @ norm.bias
+        gamma = self.gamma.view(-1, 1)
+        shift = bias[:, None] - gamma * (weight @ x.mean((2, 3)).unsqueeze(-1))  # [B, C/2, 1]
+        y = (_matmul_maps(weight * (1.0 + gamma), x) + shift).unflatten(2, x.shape[2:])
         short, long = self.h_conv(y), self.l_conv(y)
-        gate = torch.cat((self.h_attn.gate(short.mean((2, 3))),
-                          self.l_attn.gate(long.mean((2, 3)))), dim=-1)
-        return _project_maps([torch.cat((short, long), dim=1)], gate, self.proj_out, out_scale)
+        gates = _gates([short], self.h_attn) + _gates([long], self.l_attn)
+        return _project_maps([short, long], gates, self.proj_out, out_scale)
 
 
 _Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -405,8 +458,7 @@ class CMixer(nn.Module):
         peak = F.gelu(theta.gather(1, index)) * weight.gather(1, index)
         feat = _maps(plan.rotate(_tokens(F.gelu(theta) * weight + peak)))
         feat = self.conv.act(plan.conv(feat))
-        gate = self.attn.gate(feat.mean((2, 3)), None)
-        return _project_maps([feat], gate, self.proj_out, out_scale)
+        return _project_maps([feat], _gates([feat], self.attn), self.proj_out, out_scale)
 
     def _forward_halves(self, x: torch.Tensor, out_scale: torch.Tensor | None,
                         plan: _ConvPlan) -> torch.Tensor:
@@ -415,37 +467,47 @@ class CMixer(nn.Module):
         Every large tensor is then produced and consumed by convs or same-shape elementwise
         ops, which onnxruntime keeps in its blocked conv layout (a channel split, concat or
         gather would need layout conversions around it):
-          * the pair members' theta / proj maps come from their own 1x1 convs;
-          * the argmax channel's product ("peak", [B, 1, H, W]) uses 1x1 convs to the first C
-            channels only; being equal on all channels, it passes the rotation and the
+          * each half is computed in two channel spans, its first C/2 channels (the theta /
+            proj channels below C, which the argmax can pick) and the rest, each by its own
+            1x1 convs; the argmax channel's product ("peak", [B, 1, H, W]) is gathered from
+            the first spans. Being equal on all channels, the peak passes the rotation and the
             depthwise conv as one 1-to-E conv with the summed taps;
           * rotation + depthwise conv: out_re = dw(re, direct) + dw(im, crossed), and the same
-            with the halves exchanged for out_im (``_ConvPlan.swapped_taps``);
-          * squeeze-excite pools each half; the output projection sums two 1x1 convs.
+            with the halves exchanged for out_im (``_ConvPlan.swapped_taps``), per span;
+          * squeeze-excite pools each span; the output projection sums one 1x1 conv per span.
         """
         theta, proj = self.theta, self.proj
-        halves = []
-        for first in (0, 1):                                            # real, imaginary
-            t = F.conv2d(x, theta.weight[first::2], theta.bias[first::2])
-            halves.append(F.gelu(t) * F.conv2d(x, proj.weight[first::2], proj.bias[first::2]))
-        c = x.shape[1]
+        c, n = x.shape[1], theta.out_channels // 2
+        first = (c + 1) // 2                                            # pairs holding channels < C
+        spans = [(lo, hi) for lo, hi in ((0, first), (first, n)) if hi > lo]
+        feats, firsts = {}, []
+        for j in (0, 1):                                                # real, imaginary
+            for lo, hi in spans:
+                rows = slice(2 * lo + j, 2 * hi, 2)                     # theta channels 2k + j
+                t = F.conv2d(x, theta.weight[rows], theta.bias[rows])
+                w = F.conv2d(x, proj.weight[rows], proj.bias[rows])
+                feats[j, lo] = F.gelu(t) * w
+                if lo == 0:
+                    firsts.append((t, w))
         index = x.argmax(dim=1, keepdim=True)                          # [B, 1, H, W], < C
-        peak = (F.gelu(F.conv2d(x, theta.weight[:c], theta.bias[:c]).gather(1, index))
-                * F.conv2d(x, proj.weight[:c], proj.bias[:c]).gather(1, index))
+        real, pair = index % 2 == 0, index // 2                         # channel 2 pair + (1 - real)
+        t, w = (torch.where(real, firsts[0][k].gather(1, pair), firsts[1][k].gather(1, pair))
+                for k in (0, 1))
+        peak = F.gelu(t) * w
         direct, crossed = plan.swapped_taps()
         assert plan.bias is not None
         spread = direct + crossed                                       # peak, equal on all channels
-        n = direct.shape[0] // 2
         outs = []
         for j in (0, 1):
-            part = slice(j * n, (j + 1) * n)
-            out = (F.conv2d(halves[j], direct[part], plan.bias[part], padding=1, groups=n)
-                   + F.conv2d(halves[1 - j], crossed[part], None, padding=1, groups=n)
-                   + F.conv2d(peak, spread[part], None, padding=1))
-            outs.append(self.conv.act(out))
-        pooled = torch.cat([F.adaptive_avg_pool2d(out, 1).flatten(1) for out in outs], dim=1)
-        gate = self.attn.gate(pooled, plan.order)                       # [B, E], planar
-        return _project_maps(outs, gate, self.proj_out, out_scale, plan.order)
+            for lo, hi in spans:
+                part, groups = slice(j * n + lo, j * n + hi), hi - lo
+                out = (F.conv2d(feats[j, lo], direct[part], plan.bias[part], padding=1,
+                                groups=groups)
+                       + F.conv2d(feats[1 - j, lo], crossed[part], None, padding=1, groups=groups)
+                       + F.conv2d(peak, spread[part], None, padding=1))
+                outs.append(self.conv.act(out))
+        return _project_maps(outs, _gates(outs, self.attn, plan.order), self.proj_out, out_scale,
+                             plan.order)
 
     def _projections(self, order: torch.Tensor | None) -> _Projections:
         """theta and proj as linear layers (weight, bias, weight, bias), outputs in ``order``."""
@@ -557,5 +619,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W]."""
+        if torch.onnx.is_in_onnx_export() and not self.training:
+            # the SMixer takes norm_1's affine transform into its input projection
+            normed = F.group_norm(x, 1, eps=self.norm_1.eps)
+            x = x + self.smixer.forward_nchw(normed, self.scale_1, self.norm_1)
+            return x + self.cmixer(self.norm_2(x), self.scale_2)
         x = x + self.drop_path_1(self.smixer(self.norm_1(x), self.scale_1))
         return x + self.drop_path_2(self.cmixer(self.norm_2(x), self.scale_2))
