@@ -1,0 +1,92 @@
+"""onnxruntime against eager PyTorch for RT-DETR-R18 and RT-DETR-SpaRTAN-T on this CPU: the
+README's deployment latency table.
+
+    python benchmarks/deploy_latency.py --threads 1 2 --rounds 3 --runs 15
+
+Each measurement is one ``rtdetr_spartan.deploy.benchmark.benchmark`` call (what
+``tools/benchmark.py`` runs): the config's detector with random weights, model +
+postprocessor, batch 1, 640 x 640, median of ``--runs`` calls after ``--warmup``; the
+onnxruntime side exports the fixed-shape graph that ``tools/export_onnx.py --static`` writes and
+runs it with default session options (one session alive at a time, so no idle thread pool
+competes for the cores). Calls alternate between models and backends, round after round, and the
+table gives the median over rounds of the per-call medians, so that slow phases of a shared
+machine hit every entry alike. The last stdout line is a JSON object with every measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rtdetr_spartan.deploy.benchmark import benchmark, cpu_name  # noqa: E402
+
+MODELS = {
+    "RT-DETR-R18": ROOT / "configs/rtdetr/rtdetr_r18vd_6x_coco.yml",
+    "RT-DETR-SpaRTAN-T": ROOT / "configs/rtdetr/rtdetr_spartan_t_6x_coco.yml",
+}
+BACKENDS = ("torch", "onnxruntime")
+
+
+def measure(threads: list[int], rounds: int, runs: int, warmup: int,
+            size: int) -> dict[tuple[str, str, int], list[float]]:
+    """Median latency (ms) per call, keyed by (model, backend, threads), ``rounds`` calls each."""
+    latencies: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for round_index in range(rounds):
+        for count in threads:
+            for model, config in MODELS.items():
+                for backend in BACKENDS:
+                    result = benchmark(config, size=size, backend=backend, threads=count,
+                                       runs=runs, warmup=warmup)
+                    latencies[model, backend, count].append(result.latency_ms)
+                    logging.info("round %d/%d %s %s %d thread(s): %.1f ms", round_index + 1,
+                                 rounds, model, backend, count, result.latency_ms)
+    return latencies
+
+
+def format_table(latencies: dict[tuple[str, str, int], list[float]], threads: list[int]) -> str:
+    """Markdown: per model and thread count eager and onnxruntime ms, and the speed-up."""
+    header = "| model | " + " | ".join(f"eager, {t} thr | onnxruntime, {t} thr" for t in threads)
+    lines = [header + " |", "|---" * (1 + 2 * len(threads)) + "|"]
+    for model in MODELS:
+        cells = []
+        for count in threads:
+            eager = statistics.median(latencies[model, "torch", count])
+            ort = statistics.median(latencies[model, "onnxruntime", count])
+            cells += [f"{eager:.0f} ms", f"{ort:.0f} ms ({eager / ort:.2f}x)"]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--size", type=int, default=640)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("rtdetr_spartan").setLevel(logging.WARNING)
+    load = os.getloadavg()[0]
+    latencies = measure(args.threads, args.rounds, args.runs, args.warmup, args.size)
+    print(f"{cpu_name()}, {os.cpu_count()} cores, load average {load:.2f} before the run")
+    print(format_table(latencies, args.threads))
+    for count in args.threads:
+        r18, spartan = (statistics.median(latencies[m, "onnxruntime", count]) for m in MODELS)
+        print(f"onnxruntime, {count} thread(s): SpaRTAN-T / R18 latency = {spartan / r18:.3f}")
+    print(json.dumps({"size": args.size, "rounds": args.rounds, "runs": args.runs,
+                      "latency_ms": {f"{m}|{b}|{t}": v for (m, b, t), v in latencies.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
