@@ -5,12 +5,13 @@ README's deployment latency table.
 
 Each measurement is one ``rtdetr_spartan.deploy.benchmark.benchmark`` call (what
 ``tools/benchmark.py`` runs): the config's detector with random weights, model +
-postprocessor, batch 1, 640 x 640, median of ``--runs`` calls after ``--warmup``; the
+postprocessor, batch 1, 640 x 640, ``--runs`` calls after ``--warmup``; the
 onnxruntime side exports the fixed-shape graph that ``tools/export_onnx.py --static`` writes and
 runs it with default session options (one session alive at a time, so no idle thread pool
-competes for the cores). Calls alternate between models and backends, round after round, and the
-table gives the median over rounds of the per-call medians, so that slow phases of a shared
-machine hit every entry alike. The last stdout line is a JSON object with every measurement.
+competes for the cores). Calls alternate between models and backends, round after round, so that
+slow phases of a shared machine hit every entry alike. The table gives the median over rounds of
+each call's median latency, and the fastest single run (on a VM whose host is busy the minimum is
+the steadier of the two). The last stdout line is a JSON object with every measurement.
 """
 from __future__ import annotations
 
@@ -35,32 +36,42 @@ MODELS = {
 BACKENDS = ("torch", "onnxruntime")
 
 
-def measure(threads: list[int], rounds: int, runs: int, warmup: int,
-            size: int) -> dict[tuple[str, str, int], list[float]]:
-    """Median latency (ms) per call, keyed by (model, backend, threads), ``rounds`` calls each."""
-    latencies: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+Latencies = dict[tuple[str, str, int], list[tuple[float, float]]]
+
+
+def measure(threads: list[int], rounds: int, runs: int, warmup: int, size: int) -> Latencies:
+    """(median, minimum) latency in ms per call, keyed by (model, backend, threads)."""
+    latencies: Latencies = defaultdict(list)
     for round_index in range(rounds):
         for count in threads:
             for model, config in MODELS.items():
                 for backend in BACKENDS:
                     result = benchmark(config, size=size, backend=backend, threads=count,
                                        runs=runs, warmup=warmup)
-                    latencies[model, backend, count].append(result.latency_ms)
+                    latencies[model, backend, count].append(
+                        (result.latency_ms, result.latency_min_ms))
                     logging.info("round %d/%d %s %s %d thread(s): %.1f ms", round_index + 1,
                                  rounds, model, backend, count, result.latency_ms)
     return latencies
 
 
-def format_table(latencies: dict[tuple[str, str, int], list[float]], threads: list[int]) -> str:
-    """Markdown: per model and thread count eager and onnxruntime ms, and the speed-up."""
+def summary(latencies: Latencies, key: tuple[str, str, int]) -> tuple[float, float]:
+    """(median over rounds of the call medians, minimum of all runs) in ms."""
+    return (statistics.median(m for m, _ in latencies[key]), min(low for _, low in latencies[key]))
+
+
+def format_table(latencies: Latencies, threads: list[int]) -> str:
+    """Markdown: per model and thread count, eager and onnxruntime latency as "median / min" ms
+    and the speed-up of onnxruntime on both."""
     header = "| model | " + " | ".join(f"eager, {t} thr | onnxruntime, {t} thr" for t in threads)
     lines = [header + " |", "|---" * (1 + 2 * len(threads)) + "|"]
     for model in MODELS:
         cells = []
         for count in threads:
-            eager = statistics.median(latencies[model, "torch", count])
-            ort = statistics.median(latencies[model, "onnxruntime", count])
-            cells += [f"{eager:.0f} ms", f"{ort:.0f} ms ({eager / ort:.2f}x)"]
+            eager, ort = (summary(latencies, (model, b, count)) for b in BACKENDS)
+            cells += [f"{eager[0]:.0f} / {eager[1]:.0f} ms",
+                      f"{ort[0]:.0f} / {ort[1]:.0f} ms ({eager[0] / ort[0]:.2f}x / "
+                      f"{eager[1] / ort[1]:.2f}x)"]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -81,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cpu_name()}, {os.cpu_count()} cores, load average {load:.2f} before the run")
     print(format_table(latencies, args.threads))
     for count in args.threads:
-        r18, spartan = (statistics.median(latencies[m, "onnxruntime", count]) for m in MODELS)
-        print(f"onnxruntime, {count} thread(s): SpaRTAN-T / R18 latency = {spartan / r18:.3f}")
+        r18, spartan = (summary(latencies, (m, "onnxruntime", count)) for m in MODELS)
+        print(f"onnxruntime, {count} thread(s): SpaRTAN-T / R18 latency = "
+              f"{spartan[0] / r18[0]:.3f} (median), {spartan[1] / r18[1]:.3f} (min)")
     print(json.dumps({"size": args.size, "rounds": args.rounds, "runs": args.runs,
                       "latency_ms": {f"{m}|{b}|{t}": v for (m, b, t), v in latencies.items()}}))
     return 0

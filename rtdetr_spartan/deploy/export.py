@@ -19,8 +19,9 @@ with torch 2.14 / onnxscript 0.7, it is the one that gives a clean, portable gra
     tensor shapes while tracing, so one ``--dynamic-size`` graph serves any input size;
   - it is ~4x faster (about 20 s vs 80 s for RT-DETR-R18 on a 2-core CPU).
 Models may trace an export-specific form: SpaRTAN's blocks switch to plain NCHW ops while
-``torch.onnx.is_in_onnx_export()`` (see ``nn/backbones/spartan_layers.py``), which onnxruntime
-runs 1.5x faster than a trace of their channels-last eager code.
+``torch.onnx.is_in_onnx_export()`` (see ``nn/backbones/spartan_layers.py``), and a graph without
+dynamic axes is traced inside ``nn.common.fixed_shape_export()``, where they may also rely on
+fixed shapes; onnxruntime runs that form in about 0.6x the time of a trace of the eager code.
 Its raw graph has more Constant/Identity/Shape nodes than the dynamo one; onnxruntime folds them
 at session start, and ``simplify`` removes them from the file. The TorchScript exporter is
 deprecated upstream; when it goes, switch to ``dynamo=True`` with opset >= 18 and a batch-2

@@ -100,6 +100,19 @@ def test_spartan_dynamic_size_runs_at_two_sizes(spartan_dynamic) -> None:
     assert _compare(module, session, 2, 256, 160) <= TOLERANCE
 
 
+def test_spartan_fixed_shape_export_matches_torch(tmp_path) -> None:
+    """Without dynamic axes the export traces SpaRTAN's fixed-shape form (gates as resized
+    maps, see nn/backbones/spartan_layers.py); it still matches PyTorch."""
+    config, overrides = spartan_t_config()
+    path = tmp_path / "spartan_static.onnx"
+    module, _ = export_config(config, overrides, path, 160, dynamic_batch=False)
+    model = onnx.load(str(path))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 160, 160]
+    assert sum(n.op_type == "Resize" for n in model.graph.node) > 20
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert _compare(module, session, 1, 160, 160) <= TOLERANCE
+
+
 def test_export_rejects_opset_without_grid_sample(tmp_path) -> None:
     info = ModelInfo((64, 64), 80, {}, {})
     with pytest.raises(ValueError, match="GridSample"):
