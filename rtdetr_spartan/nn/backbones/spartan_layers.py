@@ -173,9 +173,11 @@ def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
 
 
 def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], proj: nn.Conv2d,
-                  out_scale: torch.Tensor | None, order: torch.Tensor | None = None) -> torch.Tensor:
-    """``_project`` on NCHW maps: out_scale * proj(cat(parts * gates)), with ``out_scale`` and
-    ``order`` in the 1x1 conv weights and one conv per part (no concatenated copy).
+                  out_scale: torch.Tensor | None, order: torch.Tensor | None = None,
+                  residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``_project`` on NCHW maps: residual + out_scale * proj(cat(parts * gates)), with
+    ``out_scale`` and ``order`` in the 1x1 conv weights and one conv per part (no concatenated
+    copy). Each sum has a conv output as one operand, which onnxruntime fuses into that conv.
     parts: [B, E_i, H, W] with sum E_i = E; gates: from ``_gates`` -> [B, C_out, H, W]."""
     weight, bias = proj.weight, proj.bias
     if order is not None:
@@ -183,10 +185,10 @@ def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], 
     if out_scale is not None:
         weight = weight * out_scale.view(-1, 1, 1, 1)
         bias = bias * out_scale.view(-1)
-    out = None
+    out, first = residual, True
     for part, gate, part_weight in zip(parts, gates, weight.split([p.shape[1] for p in parts], 1)):
-        term = F.conv2d(part * gate, part_weight, bias if out is None else None)
-        out = term if out is None else out + term
+        term = F.conv2d(part * gate, part_weight, bias if first else None)
+        out, first = (term if out is None else out + term), False
     assert out is not None
     return out
 
@@ -334,9 +336,11 @@ class SMixer(nn.Module):
         return _project(torch.cat((short, long), dim=-1), gate, self.proj_out, out_scale)
 
     def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
-                     norm: nn.GroupNorm | None = None) -> torch.Tensor:
-        """``forward`` in plain NCHW ops (what ONNX export traces); same arguments and result.
-        ``norm``: a GroupNorm whose affine transform x has not had yet (folded into proj_in).
+                     norm: nn.GroupNorm | None = None,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` in plain NCHW ops (what ONNX export traces); same arguments and result,
+        plus ``residual`` if given. ``norm``: a GroupNorm whose affine transform x has not had
+        yet (folded into proj_in).
 
         proj_in is a matrix product on the NCHW input, with the affine transform and the centre
         boost in its weights: (1 + gamma) (W x + b) - gamma mean(W x + b) equals
@@ -350,7 +354,7 @@ class SMixer(nn.Module):
         y = (torch.matmul(weight * (1.0 + gamma), x.flatten(2)) + shift).unflatten(2, x.shape[2:])
         short, long = self.h_conv(y), self.l_conv(y)
         gates = _gates([short], self.h_attn) + _gates([long], self.l_attn)
-        return _project_maps([short, long], gates, self.proj_out, out_scale)
+        return _project_maps([short, long], gates, self.proj_out, out_scale, residual=residual)
 
 
 _Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -437,9 +441,10 @@ class CMixer(nn.Module):
             return self.forward_nchw(x, out_scale)
         return self._forward_inference(x, out_scale, self._tile_rows(x))
 
-    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """The inference ``forward`` in plain NCHW ops (what ONNX export traces). Needs a
-        BatchNorm without batch statistics (eval mode or frozen).
+    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The inference ``forward`` in plain NCHW ops (what ONNX export traces), plus
+        ``residual`` if given. Needs a BatchNorm without batch statistics (eval mode or frozen).
 
         With a planar conv plan (SpaRTAN's convs: depthwise, or one channel pair per group) the
         real and imaginary channels are separate maps from start to end (``_forward_halves``);
@@ -449,11 +454,11 @@ class CMixer(nn.Module):
             raise RuntimeError("CMixer.forward_nchw needs eval mode or a frozen BatchNorm")
         plan = self._conv_plan()
         if plan.order is None:
-            return self._forward_natural(x, out_scale, plan)
-        return self._forward_halves(x, out_scale, plan)
+            return self._forward_natural(x, out_scale, plan, residual)
+        return self._forward_halves(x, out_scale, plan, residual)
 
-    def _forward_natural(self, x: torch.Tensor, out_scale: torch.Tensor | None,
-                         plan: _ConvPlan) -> torch.Tensor:
+    def _forward_natural(self, x: torch.Tensor, out_scale: torch.Tensor | None, plan: _ConvPlan,
+                         residual: torch.Tensor | None) -> torch.Tensor:
         """NCHW forward in the natural channel order: 1x1 convs, argmax and gathers on dim 1,
         rotation as a broadcast, then the plan's conv."""
         theta = self.theta(x)                                           # [B, E, H, W]
@@ -462,10 +467,11 @@ class CMixer(nn.Module):
         peak = F.gelu(theta.gather(1, index)) * weight.gather(1, index)
         feat = _maps(plan.rotate(_tokens(F.gelu(theta) * weight + peak)))
         feat = self.conv.act(plan.conv(feat))
-        return _project_maps([feat], _gates([feat], self.attn), self.proj_out, out_scale)
+        return _project_maps([feat], _gates([feat], self.attn), self.proj_out, out_scale,
+                             residual=residual)
 
-    def _forward_halves(self, x: torch.Tensor, out_scale: torch.Tensor | None,
-                        plan: _ConvPlan) -> torch.Tensor:
+    def _forward_halves(self, x: torch.Tensor, out_scale: torch.Tensor | None, plan: _ConvPlan,
+                        residual: torch.Tensor | None) -> torch.Tensor:
         """NCHW forward on separate real / imaginary half maps (planar plans).
 
         Every large tensor is then produced and consumed by convs or same-shape elementwise
@@ -511,7 +517,7 @@ class CMixer(nn.Module):
                        + F.conv2d(peak, spread[part], None, padding=1))
                 outs.append(self.conv.act(out))
         return _project_maps(outs, _gates(outs, self.attn, plan.order), self.proj_out, out_scale,
-                             plan.order)
+                             plan.order, residual)
 
     def _projections(self, order: torch.Tensor | None) -> _Projections:
         """theta and proj as linear layers (weight, bias, weight, bias), outputs in ``order``."""
@@ -626,7 +632,7 @@ class Block(nn.Module):
         if torch.onnx.is_in_onnx_export() and not self.training:
             # the SMixer takes norm_1's affine transform into its input projection
             normed = F.group_norm(x, 1, eps=self.norm_1.eps)
-            x = x + self.smixer.forward_nchw(normed, self.scale_1, self.norm_1)
-            return x + self.cmixer(self.norm_2(x), self.scale_2)
+            x = self.smixer.forward_nchw(normed, self.scale_1, self.norm_1, residual=x)
+            return self.cmixer.forward_nchw(self.norm_2(x), self.scale_2, residual=x)
         x = x + self.drop_path_1(self.smixer(self.norm_1(x), self.scale_1))
         return x + self.drop_path_2(self.cmixer(self.norm_2(x), self.scale_2))
