@@ -138,6 +138,12 @@ def _project(tokens: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
     return _maps(out.unflatten(1, (h, w)))
 
 
+def _channels(parts: Sequence[torch.Tensor]) -> list[int]:
+    """Channel counts as Python ints: traced sizes would become shape computations in a graph
+    with dynamic axes, which hide the weights' shapes from onnxruntime's layout fusions."""
+    return [int(part.shape[1]) for part in parts]
+
+
 def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
            order: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The squeeze-excite gate of cat(parts) (channels in ``order``), one factor per part:
@@ -157,7 +163,7 @@ def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
         w_sq = torch.cat((w_sq, w_sq.new_zeros(pad, *w_sq.shape[1:])))
         b_sq = torch.cat((b_sq, b_sq.new_zeros(pad)))
         w_ex = torch.cat((w_ex, w_ex.new_zeros(w_ex.shape[0], pad, 1, 1)), dim=1)
-    sizes = [part.shape[1] for part in parts]
+    sizes = _channels(parts)
     hidden = None
     for part, weight in zip(parts, w_sq.split(sizes, 1)):
         term = F.conv2d(F.adaptive_avg_pool2d(part, 1), weight, b_sq if hidden is None else None)
@@ -166,10 +172,17 @@ def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
     hidden = F.relu(hidden)
     gates = [torch.sigmoid(F.conv2d(hidden, weight, bias))
              for weight, bias in zip(w_ex.split(sizes), b_ex.split(sizes))]
-    if exporting_fixed_shapes():
-        gates = [F.interpolate(gate, scale_factor=(float(part.shape[2]), float(part.shape[3])),
-                               mode="nearest") for gate, part in zip(gates, parts)]
-    return gates
+    return [_expand_like(gate, part) for gate, part in zip(gates, parts)]
+
+
+def _expand_like(factor: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """factor [B, C, 1, 1] for an elementwise op with maps [B, C, H, W]: as it is (broadcast),
+    or, in an ONNX export with fixed shapes, resized to H x W (nearest neighbour), which keeps
+    the op in onnxruntime's blocked layout."""
+    if not exporting_fixed_shapes():
+        return factor
+    return F.interpolate(factor, scale_factor=(float(maps.shape[2]), float(maps.shape[3])),
+                         mode="nearest")
 
 
 def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], proj: nn.Conv2d,
@@ -186,7 +199,7 @@ def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], 
         weight = weight * out_scale.view(-1, 1, 1, 1)
         bias = bias * out_scale.view(-1)
     out, first = residual, True
-    for part, gate, part_weight in zip(parts, gates, weight.split([p.shape[1] for p in parts], 1)):
+    for part, gate, part_weight in zip(parts, gates, weight.split(_channels(parts), 1)):
         term = F.conv2d(part * gate, part_weight, bias if first else None)
         out, first = (term if out is None else out + term), False
     assert out is not None
@@ -340,18 +353,15 @@ class SMixer(nn.Module):
                      residual: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` in plain NCHW ops (what ONNX export traces); same arguments and result,
         plus ``residual`` if given. ``norm``: a GroupNorm whose affine transform x has not had
-        yet (folded into proj_in).
-
-        proj_in is a matrix product on the NCHW input, with the affine transform and the centre
-        boost in its weights: (1 + gamma) (W x + b) - gamma mean(W x + b) equals
-        ((1 + gamma) W) x + (b - gamma W mean(x)).
+        yet (folded into proj_in). The centre boost's mean is a global average pool, expanded
+        like the squeeze-excite gates (``_expand_like``).
         """
-        weight, bias = self.proj_in.weight.flatten(1), self.proj_in.bias
+        weight, bias = self.proj_in.weight, self.proj_in.bias
         if norm is not None:
-            weight, bias = weight * norm.weight, bias + weight @ norm.bias
-        gamma = self.gamma.view(-1, 1)
-        shift = bias[:, None] - gamma * (weight @ x.mean((2, 3)).unsqueeze(-1))  # [B, C/2, 1]
-        y = (torch.matmul(weight * (1.0 + gamma), x.flatten(2)) + shift).unflatten(2, x.shape[2:])
+            bias = bias + weight.flatten(1) @ norm.bias
+            weight = weight * norm.weight.view(1, -1, 1, 1)
+        y = F.conv2d(x, weight, bias)
+        y = y * (1.0 + self.gamma) + _expand_like(-self.gamma * F.adaptive_avg_pool2d(y, 1), y)
         short, long = self.h_conv(y), self.l_conv(y)
         gates = _gates([short], self.h_attn) + _gates([long], self.l_attn)
         return _project_maps([short, long], gates, self.proj_out, out_scale, residual=residual)
@@ -487,7 +497,7 @@ class CMixer(nn.Module):
           * squeeze-excite pools each span; the output projection sums one 1x1 conv per span.
         """
         theta, proj = self.theta, self.proj
-        c, n = x.shape[1], theta.out_channels // 2
+        c, n = theta.in_channels, theta.out_channels // 2
         first = (c + 1) // 2                                            # pairs holding channels < C
         spans = [(lo, hi) for lo, hi in ((0, first), (first, n)) if hi > lo]
         feats, firsts = {}, []
@@ -613,6 +623,14 @@ class CMixer(nn.Module):
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
+def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """GroupNorm with one group and no affine transform, as an instance norm of a
+    [B, 1, C, H, W] view. Exported, this keeps every shape inferable, unlike F.group_norm's
+    reshape to [B, 1, C*H*W] and back to a computed shape: with a dynamic batch axis
+    onnxruntime needs known shapes to fuse adds into convs and keep its blocked layout."""
+    return F.instance_norm(x.unsqueeze(1), eps=eps).squeeze(1)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: SMixer then CMixer, each scaled per channel and drop-pathed."""
 
@@ -631,8 +649,10 @@ class Block(nn.Module):
         """x: [B, C, H, W] -> [B, C, H, W]."""
         if torch.onnx.is_in_onnx_export() and not self.training:
             # the SMixer takes norm_1's affine transform into its input projection
-            normed = F.group_norm(x, 1, eps=self.norm_1.eps)
-            x = self.smixer.forward_nchw(normed, self.scale_1, self.norm_1, residual=x)
-            return self.cmixer.forward_nchw(self.norm_2(x), self.scale_2, residual=x)
+            x = self.smixer.forward_nchw(_normalize(x, self.norm_1.eps), self.scale_1,
+                                         self.norm_1, residual=x)
+            norm = self.norm_2
+            normed = _normalize(x, norm.eps) * norm.weight.view(-1, 1, 1) + norm.bias.view(-1, 1, 1)
+            return self.cmixer.forward_nchw(normed, self.scale_2, residual=x)
         x = x + self.drop_path_1(self.smixer(self.norm_1(x), self.scale_1))
         return x + self.drop_path_2(self.cmixer(self.norm_2(x), self.scale_2))
