@@ -25,11 +25,13 @@ products, Transpose, GroupNorm...). The token views above would become a ``Trans
 around every mixer. Other choices made for it:
   * the argmax channel's theta / proj values are gathered from the first channel spans of the
     half maps instead of from extra C-channel convs (1 GMAC fewer at 640 px);
-  * the SMixer's input projection is a matrix product on the GroupNorm output (already plain
-    NCHW), with the norm's affine transform and the centre boost in its weights;
+  * norm_1's affine transform is folded into the SMixer's input projection, each residual add
+    into the last conv of its mixer, and GroupNorm is an instance norm of a 5-D view (every shape
+    stays inferable, which onnxruntime's fusions need when the batch axis is dynamic);
   * squeeze-excite runs as 1x1 convs on pooled maps; in a fixed-shape export
     (``rtdetr_spartan.nn.common.fixed_shape_export``, which ``export_onnx`` uses without dynamic
-    axes) its gates are resized to full maps, so the gating product stays in the blocked layout.
+    axes) its gates and the SMixer's centre-boost shift are resized to full maps, so that the
+    products stay in the blocked layout.
 On RT-DETR-SpaRTAN-T at 640 px, one thread, the fixed-shape form runs in about 0.6x the time of
 a trace of the eager code.
 """
