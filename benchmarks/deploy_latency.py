@@ -27,13 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rtdetr_spartan.deploy.benchmark import benchmark, cpu_name  # noqa: E402
+from rtdetr_spartan.deploy.benchmark import BACKENDS, benchmark, cpu_name  # noqa: E402
 
 MODELS = {
     "RT-DETR-R18": ROOT / "configs/rtdetr/rtdetr_r18vd_6x_coco.yml",
     "RT-DETR-SpaRTAN-T": ROOT / "configs/rtdetr/rtdetr_spartan_t_6x_coco.yml",
 }
-BACKENDS = ("torch", "onnxruntime")
 
 
 Latencies = dict[tuple[str, str, int], list[tuple[float, float]]]

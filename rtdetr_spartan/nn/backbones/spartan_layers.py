@@ -166,12 +166,8 @@ def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
         b_sq = torch.cat((b_sq, b_sq.new_zeros(pad)))
         w_ex = torch.cat((w_ex, w_ex.new_zeros(w_ex.shape[0], pad, 1, 1)), dim=1)
     sizes = _channels(parts)
-    hidden = None
-    for part, weight in zip(parts, w_sq.split(sizes, 1)):
-        term = F.conv2d(F.adaptive_avg_pool2d(part, 1), weight, b_sq if hidden is None else None)
-        hidden = term if hidden is None else hidden + term
-    assert hidden is not None
-    hidden = F.relu(hidden)
+    pooled = [F.adaptive_avg_pool2d(part, 1) for part in parts]
+    hidden = F.relu(_conv_sum(pooled, w_sq.split(sizes, 1), b_sq))
     gates = [torch.sigmoid(F.conv2d(hidden, weight, bias))
              for weight, bias in zip(w_ex.split(sizes), b_ex.split(sizes))]
     return [_expand_like(gate, part) for gate, part in zip(gates, parts)]
@@ -191,8 +187,7 @@ def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], 
                   out_scale: torch.Tensor | None, order: torch.Tensor | None = None,
                   residual: torch.Tensor | None = None) -> torch.Tensor:
     """``_project`` on NCHW maps: residual + out_scale * proj(cat(parts * gates)), with
-    ``out_scale`` and ``order`` in the 1x1 conv weights and one conv per part (no concatenated
-    copy). Each sum has a conv output as one operand, which onnxruntime fuses into that conv.
+    ``out_scale`` and ``order`` in the 1x1 conv weights and one conv per part (``_conv_sum``).
     parts: [B, E_i, H, W] with sum E_i = E; gates: from ``_gates`` -> [B, C_out, H, W]."""
     weight, bias = proj.weight, proj.bias
     if order is not None:
@@ -200,10 +195,19 @@ def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], 
     if out_scale is not None:
         weight = weight * out_scale.view(-1, 1, 1, 1)
         bias = bias * out_scale.view(-1)
-    out, first = residual, True
-    for part, gate, part_weight in zip(parts, gates, weight.split(_channels(parts), 1)):
-        term = F.conv2d(part * gate, part_weight, bias if first else None)
-        out, first = (term if out is None else out + term), False
+    gated = [part * gate for part, gate in zip(parts, gates)]
+    return _conv_sum(gated, weight.split(_channels(parts), 1), bias, residual)
+
+
+def _conv_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+              bias: torch.Tensor | None, start: torch.Tensor | None = None) -> torch.Tensor:
+    """start + sum_i conv1x1(inputs[i], weights[i]) + bias: a 1x1 conv of the concatenated
+    inputs without the concatenated copy. Every add has a conv output as an operand, which
+    onnxruntime fuses into that conv."""
+    out = start
+    for index, (x, weight) in enumerate(zip(inputs, weights)):
+        term = F.conv2d(x, weight, bias if index == 0 else None)
+        out = term if out is None else out + term
     assert out is not None
     return out
 
