@@ -4,7 +4,9 @@ FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts a mul
 FLOPs (FLOPs = 2 x MACs) and only counts matrix products and convolutions (not elementwise ops,
 grid sampling or top-k, which are a small share here). They are reported per image.
 Latency covers the whole deploy graph (model + postprocessor) on one batch: median of ``runs``
-timed calls after ``warmup`` untimed ones.
+timed calls after ``warmup`` untimed ones. PyTorch can also run on a CUDA GPU (each call ends with
+a device synchronize, so the wall time covers the GPU work), optionally under float16 or bfloat16
+autocast.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class BenchmarkResult:
     size: int
     batch: int
     threads: int
+    device: str
+    amp_dtype: str | None
     params: int
     gflops: float
     gmacs: float
@@ -54,6 +58,7 @@ class BenchmarkResult:
     runs: int
     warmup: int
     cpu: str
+    gpu: str | None
     torch_version: str
     onnxruntime_version: str | None
 
@@ -98,11 +103,39 @@ def time_calls(call: Callable[[], object], runs: int, warmup: int) -> list[float
     return times
 
 
-def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor) -> Callable[[], object]:
+def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor,
+                amp_dtype: torch.dtype | None) -> Callable[[], object]:
+    """One inference call on ``images.device``; a CUDA call waits for the GPU before returning."""
+    device = images.device
+    module = module.to(device)
+    sizes = sizes.to(device)
+
     def call() -> object:
-        with torch.inference_mode():
-            return module(images, sizes)
+        with torch.inference_mode(), torch.autocast(device.type, amp_dtype or torch.float32,
+                                                     enabled=amp_dtype is not None):
+            outputs = module(images, sizes)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return outputs
     return call
+
+
+def _resolve_device(device: str, backend: str, amp: str | None) -> tuple[torch.device, torch.dtype | None]:
+    """The torch device and autocast dtype, with a clear error for combinations that cannot run."""
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+    if backend != "torch" and (resolved.type != "cpu" or amp is not None):
+        raise ValueError("the onnxruntime backend runs on the CPU in float32: use --device cpu without --amp")
+    if amp is None:
+        return resolved, None
+    if amp not in ("float16", "bfloat16"):
+        raise ValueError(f"amp must be float16 or bfloat16, got {amp!r}")
+    if resolved.type == "cpu" and amp == "float16":
+        raise ValueError("float16 autocast is for CUDA; use bfloat16 on the CPU")
+    return resolved, getattr(torch, amp)
 
 
 def _onnxruntime_call(module: DeployModel, info: ModelInfo, images: torch.Tensor, sizes: torch.Tensor,
@@ -119,14 +152,17 @@ def _onnxruntime_call(module: DeployModel, info: ModelInfo, images: torch.Tensor
 
 def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str = "torch",
               threads: int | None = None, runs: int = 20, warmup: int = 5, overrides: Sequence[str] = (),
-              checkpoint: str | Path | None = None, optimization: str = "all") -> BenchmarkResult:
+              checkpoint: str | Path | None = None, optimization: str = "all", device: str = "cpu",
+              amp: str | None = None) -> BenchmarkResult:
     """Build the config's detector and measure it on ``batch`` random ``size`` x ``size`` images.
 
     ``threads``: PyTorch intra-op threads (``torch.set_num_threads``, process-wide) or the
-    onnxruntime session's; default: the number of cores.
+    onnxruntime session's; default: the number of cores. ``device``: ``cpu`` or ``cuda`` (torch
+    backend); ``amp``: ``float16`` / ``bfloat16`` autocast for the torch backend, else float32.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    torch_device, amp_dtype = _resolve_device(device, backend, amp)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     cfg = load_config(config, overrides)
@@ -140,7 +176,7 @@ def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str 
     # Fixed shapes, except the batch axis when the batch is not the traced one (1).
     info = model_info_from_config(cfg, (size, size), dynamic_batch=batch > 1, dynamic_size=False)
     with tempfile.TemporaryDirectory() as tmp:
-        call = (_torch_call(module, images, sizes) if backend == "torch" else
+        call = (_torch_call(module, images.to(torch_device), sizes, amp_dtype) if backend == "torch" else
                 _onnxruntime_call(module, info, images, sizes, threads, optimization, Path(tmp)))
         times = time_calls(call, runs, warmup)
     median = statistics.median(times)
@@ -149,8 +185,10 @@ def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str 
         import onnxruntime
         ort_version = onnxruntime.__version__
     return BenchmarkResult(
-        config=Path(config).name, backend=backend, size=size, batch=batch, threads=threads, params=params,
+        config=Path(config).name, backend=backend, size=size, batch=batch, threads=threads,
+        device=torch_device.type, amp_dtype=amp, params=params,
         gflops=round(flops / 1e9, 3), gmacs=round(flops / 2e9, 3), latency_ms=round(median, 3),
         latency_mean_ms=round(float(np.mean(times)), 3), latency_min_ms=round(min(times), 3),
         throughput=round(batch * 1000.0 / median, 3), runs=runs, warmup=warmup, cpu=cpu_name(),
+        gpu=torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None,
         torch_version=torch.__version__, onnxruntime_version=ort_version)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from rtdetr_spartan.deploy.benchmark import count_flops
 from rtdetr_spartan.deploy.export import DeployModel
@@ -44,3 +45,25 @@ def test_flops_include_the_encoder_attention() -> None:
     tokens, dim, ffn = (SIZE // 32) ** 2, 256, 1024
     macs = 4 * tokens * dim * dim + 2 * tokens * tokens * dim + 2 * tokens * dim * ffn
     assert flops[1] - flops[0] == pytest.approx(2 * macs, rel=1e-6)
+
+
+def test_cpu_bfloat16_autocast_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    result = _run(capsys, "--amp", "bfloat16")
+    assert (result["device"], result["amp_dtype"], result["gpu"]) == ("cpu", "bfloat16", None)
+    assert result["latency_ms"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--amp", "float16"), "float16 autocast is for CUDA"),
+    (("--backend", "onnxruntime", "--amp", "bfloat16"), "onnxruntime backend runs on the CPU"),
+])
+def test_impossible_settings_are_refused(extra: tuple[str, ...], message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match=message):
+        _run(capsys, *extra)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="cuda requested"):
+        _run(capsys, "--device", "cuda")

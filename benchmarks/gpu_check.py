@@ -1,0 +1,216 @@
+"""CUDA checks that the CPU test suite cannot make: parity on the GPU, one training step on the GPU
+against the same step on the CPU, and GPU latency of RT-DETR-R18 against RT-DETR-SpaRTAN-T.
+
+    python benchmarks/gpu_check.py --out output/gpu_check
+
+Run it from the repository root on a machine with a CUDA GPU (the test fixtures are read from
+``tests/fixtures/parity``). Sections:
+
+- ``parity``: the reference fixtures (RT-DETR-R18, RT-DETR-SpaRTAN-T, the SpaRTAN-T classifier
+  with and without autograd) reproduced on the GPU in float32 with TF32 off, by the same
+  measures as the CPU tests.
+- ``train_step``: one forward + loss + backward of each detector (denoising without noise
+  and no stochastic depth, so both devices compute the same function) on the CPU and on the GPU from the same weights and targets: largest loss
+  and gradient differences; then the same step under float16 autocast must be finite.
+- ``latency``: ``rtdetr_spartan.deploy.benchmark.benchmark`` on the GPU (model + postprocessor,
+  640 px, random weights) in float32 and float16 autocast at batch 1 and 16, alternating the
+  models round after round.
+
+End-to-end training, resuming and pretraining on the GPU are the tools' own commands (see
+``benchmarks/gpu_check.sh``). The last stdout line is a JSON object with every number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rtdetr_spartan.deploy.benchmark import benchmark  # noqa: E402
+from rtdetr_spartan.deploy.from_config import load_config  # noqa: E402
+from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier  # noqa: E402
+from tests.parity_utils import (load_expected, load_spec, matched_fraction, state_dict_spec,  # noqa: E402
+                                summary_problems, synthetic_scenes, synthetic_state_dict)
+
+logger = logging.getLogger("gpu_check")
+
+DETECTORS = {
+    "RT-DETR-R18": ("rtdetr_r18vd", ROOT / "configs/rtdetr/rtdetr_r18vd_6x_coco.yml"),
+    "RT-DETR-SpaRTAN-T": ("rtdetr_spartan_t", ROOT / "configs/rtdetr/rtdetr_spartan_t_6x_coco.yml"),
+}
+
+
+def _detector(config: Path, fixture: str, overrides: list[str] | None = None) -> torch.nn.Module:
+    """The config's detector with the fixture's synthetic weights (state dict checked against the spec)."""
+    model = load_config(config, overrides or []).build("model")
+    entries, _ = load_spec(fixture)
+    if state_dict_spec(model) != entries:
+        raise AssertionError(f"{config.name}: state dict differs from the {fixture} spec")
+    model.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
+    return model
+
+
+def parity(device: torch.device) -> dict[str, object]:
+    """Reference fixtures reproduced on ``device`` (float32, TF32 off)."""
+    results: dict[str, object] = {}
+    for name, (fixture, config) in DETECTORS.items():
+        model = _detector(config, fixture).eval().to(device)
+        expected = load_expected(f"{fixture}_seed0")
+        batch, _, height, width = expected["input_shape"]
+        with torch.inference_mode():
+            feats = model.backbone(synthetic_scenes(batch, height, width, seed=0).to(device))
+            memory = model.encoder(feats)
+            outputs = model.decoder(memory)
+        problems = []
+        for part, tensors in (("backbone", feats), ("encoder", memory)):
+            for level, (summary, tensor) in enumerate(zip(expected[part], tensors, strict=True)):
+                problems += [f"{part} {level}: {p}" for p in summary_problems(summary, tensor.cpu())]
+        fraction = matched_fraction(expected["pred_logits"], expected["pred_boxes"],
+                                    outputs["pred_logits"].cpu(), outputs["pred_boxes"].cpu(), atol=1e-4)
+        results[name] = {"matched_queries": round(fraction, 4), "problems": problems,
+                         "ok": fraction >= 0.98 and not problems}
+    entries, _ = load_spec("spartan_t_cls")
+    classifier = SpaRTANClassifier()
+    classifier.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
+    classifier = classifier.eval().to(device)
+    expected = load_expected("spartan_t_cls_seed0")
+    x = synthetic_scenes(expected["input_shape"][0], *expected["input_shape"][2:], seed=0).to(device)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            stages = classifier.forward_stages(x, (1, 2, 3))
+            logits = classifier(x)
+        problems = [f"stage {i + 2}: {p}" for i, (summary, stage) in enumerate(zip(expected["stages"], stages))
+                    for p in summary_problems(summary, stage.detach().cpu())]
+        worst = (logits.detach().cpu() - expected["logits"]).abs().max().item()
+        results[f"SpaRTAN-T classifier (grad={grad})"] = {"logits_max_abs_diff": worst, "problems": problems,
+                                                           "ok": worst <= 1e-4 and not problems}
+    return results
+
+
+def _targets(batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    targets = []
+    for _ in range(batch):
+        count = int(torch.randint(1, 8, (1,), generator=generator))
+        centres = 0.2 + 0.6 * torch.rand(count, 2, generator=generator)
+        sizes = 0.05 + 0.3 * torch.rand(count, 2, generator=generator)
+        targets.append({"labels": torch.randint(0, 80, (count,), generator=generator),
+                        "boxes": torch.cat([centres, sizes], dim=1)})
+    return targets
+
+
+def _step(model: torch.nn.Module, criterion: torch.nn.Module, images: torch.Tensor,
+          targets: list[dict[str, torch.Tensor]], amp: torch.dtype | None) -> tuple[dict[str, float], dict]:
+    """Losses and gradients (on the CPU) of one training step on the tensors' device."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, amp or torch.float32, enabled=amp is not None):
+        outputs = model(images, targets)
+        losses = criterion(outputs, targets)
+    total = sum(losses.values())
+    total.backward()
+    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: float(v) for k, v in losses.items()}, grads
+
+
+def _relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """||a - b|| / ||a|| over all tensors together (the same names in both)."""
+    if a.keys() != b.keys():
+        raise AssertionError(f"different gradients: {sorted(a.keys() ^ b.keys())[:5]}")
+    diff = sum(float((a[n].double() - b[n].double()).square().sum()) for n in a)
+    norm = sum(float(a[n].double().square().sum()) for n in a)
+    return math.sqrt(diff / max(norm, 1e-300))
+
+
+def train_step(device: torch.device) -> dict[str, object]:
+    """One training step per detector: CPU float32 against ``device`` float32, then float16 autocast
+    on CUDA (bfloat16 on the CPU)."""
+    results: dict[str, object] = {}
+    for name, (fixture, config) in DETECTORS.items():
+        overrides = ["RTDETRTransformer.label_noise_ratio=0", "RTDETRTransformer.box_noise_scale=0",
+                     "RTDETR.multi_scale=~"] + (["SpaRTAN.drop_path_rate=0"] if "SpaRTAN" in name else [])
+        model = _detector(config, fixture, overrides).train()
+        criterion = load_config(config, overrides).build("criterion")
+        images = synthetic_scenes(2, 320, 320, seed=1)
+        targets = _targets(2, seed=1)
+        cpu_losses, cpu_grads = _step(model, criterion, images, targets, None)
+        model, criterion = model.to(device), criterion.to(device)
+        gpu_targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        gpu_losses, gpu_grads = _step(model, criterion, images.to(device), gpu_targets, None)
+        loss_rel = max(abs(cpu_losses[k] - gpu_losses[k]) / max(abs(cpu_losses[k]), 1e-6) for k in cpu_losses)
+        grad_rel = _relative_difference(cpu_grads, gpu_grads)
+        amp = torch.float16 if device.type == "cuda" else torch.bfloat16
+        amp_losses, amp_grads = _step(model, criterion, images.to(device), gpu_targets, amp)
+        finite = all(math.isfinite(v) for v in amp_losses.values()) and all(
+            bool(torch.isfinite(g).all()) for g in amp_grads.values())
+        results[name] = {"total_loss_cpu": round(sum(cpu_losses.values()), 6),
+                         "loss_max_rel_diff": loss_rel, "grad_rel_diff": grad_rel,
+                         "amp_total_loss": round(sum(amp_losses.values()), 6), "amp_finite": bool(finite),
+                         "ok": loss_rel <= 1e-4 and grad_rel <= 1e-3 and bool(finite)}
+    return results
+
+
+def latency(rounds: int, runs: int, warmup: int) -> dict[str, object]:
+    """Median over rounds of each configuration's median latency (ms per batch) on the GPU."""
+    settings = [(batch, amp) for batch in (1, 16) for amp in (None, "float16")]
+    times: dict[str, list[float]] = {}
+    info: dict[str, object] = {}
+    for _ in range(rounds):
+        for batch, amp in settings:
+            for name, (_, config) in DETECTORS.items():
+                result = benchmark(config, size=640, batch=batch, runs=runs, warmup=warmup, device="cuda",
+                                   amp=amp)
+                times.setdefault(f"{name} batch {batch} {amp or 'float32'}", []).append(result.latency_ms)
+                info.update(gpu=result.gpu, torch=result.torch_version)
+                info[f"{name} gflops"] = result.gflops
+    info.update({key: round(statistics.median(values), 3) for key, values in times.items()})
+    return info
+
+
+def _section(name: str, run: Callable[[], dict[str, object]], summary: dict[str, object]) -> None:
+    try:
+        summary[name] = run()
+    except Exception:  # report and go on: one broken section must not hide the others
+        summary[name] = {"ok": False, "error": traceback.format_exc(limit=6)}
+    logger.info("%s: %s", name, json.dumps(summary[name], indent=1, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("output/gpu_check"))
+    parser.add_argument("--sections", nargs="+", default=["parity", "train_step", "latency"],
+                        choices=("parity", "train_step", "latency"))
+    parser.add_argument("--device", default="cuda", help="cpu checks the script itself (latency needs cuda)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: torch.cuda.is_available() is False")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    summary: dict[str, object] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                                  "torch": torch.__version__}
+    sections = {"parity": lambda: parity(device), "train_step": lambda: train_step(device),
+                "latency": lambda: latency(args.rounds, args.runs, args.warmup)}
+    for name in args.sections:
+        _section(name, sections[name], summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps(summary, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
