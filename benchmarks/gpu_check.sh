@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything this project checks on a CUDA GPU, in one go (CI has no GPU):
 #   1. benchmarks/gpu_check.py: parity fixtures on the GPU, a training step on the GPU against the
-#      CPU, GPU latency of RT-DETR-R18 and RT-DETR-SpaRTAN-T (fp32 / fp16, batch 1 / 16);
+#      CPU, GPU latency of RT-DETR-R18 and RT-DETR-SpaRTAN-T (fp32 / fp16, batch 1 / 16, eager,
+#      CUDA graph, torch.compile);
 #   2. the tools on the GPU with torchrun (NCCL) and --amp: detector training on a generated shapes
 #      set, resuming it, --test-only, and SpaRTAN classifier pretraining;
 #   3. optionally (GPU_CHECK_ORT_THREADS="4 16"), benchmarks/deploy_latency.py on the machine's CPU.
@@ -36,13 +37,15 @@ det_data=(train_dataloader.dataset.img_folder="$data/det/train"
           val_dataloader.dataset.ann_file="$data/det/annotations/instances_val.json"
           train_dataloader.num_workers=2 val_dataloader.num_workers=2)
 device=${GPU_CHECK_DEVICE:-cuda}
-sections=(parity train_step latency)
-[ "$device" = cuda ] || sections=(parity train_step)
 det=(-c configs/rtdetr/rtdetr_spartan_t_shapes.yml --device "$device" --amp --output-dir "$out/det")
 
 step data 120 bash -c "python tools/make_shapes.py --out $data/det --train 256 --val 64 --size 256 &&
   python tools/make_shapes.py --out $data/cls --classification --train 512 --val 128 --size 64"
-step checks 300 python benchmarks/gpu_check.py --out "$out" --device "$device" --sections "${sections[@]}"
+step checks 240 python benchmarks/gpu_check.py --out "$out" --device "$device" --sections parity train_step
+if [ "$device" = cuda ]; then
+  step latency 240 python benchmarks/gpu_check.py --out "$out" --sections latency
+  step compiled 300 python benchmarks/gpu_check.py --out "$out" --sections latency --settings 1-float16-compile
+fi
 step train 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" -u epochs=1 "${det_data[@]}"
 step resume 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" -r "$out/det/last.pth" \
   -u epochs=2 "${det_data[@]}"

@@ -1,7 +1,7 @@
 """Parameters, GFLOPs, latency and throughput of a config's detector (PyTorch or onnxruntime).
 
     python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml --backend onnxruntime
-    python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml --device cuda --amp float16
+    python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml --device cuda --amp float16 --cuda-graph
 
 GFLOPs per image with FLOPs = 2 x MACs (torch.utils.flop_counter; matrix products and
 convolutions). Latency: median over --runs after --warmup calls, model + postprocessor, one
@@ -29,6 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the torch backend runs")
     parser.add_argument("--amp", choices=("float16", "bfloat16"), default=None,
                         help="torch backend: autocast dtype (default float32)")
+    parser.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="torch backend on cuda: time replays of a captured CUDA graph")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = benchmark(args.config, size=args.size, batch=args.batch, backend=args.backend, threads=args.threads,
                        runs=args.runs, warmup=args.warmup, overrides=args.update, checkpoint=args.resume,
-                       optimization=args.ort_optimization, device=args.device, amp=args.amp)
+                       optimization=args.ort_optimization, device=args.device, amp=args.amp,
+                       compile_model=args.compile, cuda_graph=args.cuda_graph)
     logging.getLogger(__name__).info(
         "%s %s (%s): %.2f M params, %.2f GFLOPs (2xMACs) per image, median %.1f ms per batch of %d, %.2f img/s",
         result.config, result.backend, result.device, result.params / 1e6, result.gflops, result.latency_ms, result.batch,

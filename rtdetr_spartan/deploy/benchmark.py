@@ -48,6 +48,8 @@ class BenchmarkResult:
     threads: int
     device: str
     amp_dtype: str | None
+    compiled: bool
+    cuda_graph: bool
     params: int
     gflops: float
     gmacs: float
@@ -104,20 +106,47 @@ def time_calls(call: Callable[[], object], runs: int, warmup: int) -> list[float
 
 
 def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor,
-                amp_dtype: torch.dtype | None) -> Callable[[], object]:
-    """One inference call on ``images.device``; a CUDA call waits for the GPU before returning."""
+                amp_dtype: torch.dtype | None, compile_model: bool = False,
+                cuda_graph: bool = False) -> Callable[[], object]:
+    """One inference call on ``images.device``; a CUDA call waits for the GPU before returning.
+
+    ``compile_model``: ``torch.compile`` the module first (the warm-up calls compile it).
+    ``cuda_graph``: capture one call in a CUDA graph and time its replays, which removes the
+    per-op launch cost of eager PyTorch (what a deployment with fixed input shapes would do).
+    """
     device = images.device
     module = module.to(device)
     sizes = sizes.to(device)
+    forward = torch.compile(module, dynamic=False) if compile_model else module
 
-    def call() -> object:
+    def run() -> object:
         with torch.inference_mode(), torch.autocast(device.type, amp_dtype or torch.float32,
                                                      enabled=amp_dtype is not None):
-            outputs = module(images, sizes)
+            return forward(images, sizes)
+
+    def call() -> object:
+        outputs = run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return outputs
-    return call
+
+    if not cuda_graph:
+        return call
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):                       # warm-up (cuDNN / cuBLAS choices, caches) off the graph
+            run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = run()
+
+    def replay() -> object:
+        graph.replay()
+        torch.cuda.synchronize(device)
+        return outputs
+    return replay
 
 
 def _resolve_device(device: str, backend: str, amp: str | None) -> tuple[torch.device, torch.dtype | None]:
@@ -153,16 +182,21 @@ def _onnxruntime_call(module: DeployModel, info: ModelInfo, images: torch.Tensor
 def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str = "torch",
               threads: int | None = None, runs: int = 20, warmup: int = 5, overrides: Sequence[str] = (),
               checkpoint: str | Path | None = None, optimization: str = "all", device: str = "cpu",
-              amp: str | None = None) -> BenchmarkResult:
+              amp: str | None = None, compile_model: bool = False, cuda_graph: bool = False) -> BenchmarkResult:
     """Build the config's detector and measure it on ``batch`` random ``size`` x ``size`` images.
 
     ``threads``: PyTorch intra-op threads (``torch.set_num_threads``, process-wide) or the
     onnxruntime session's; default: the number of cores. ``device``: ``cpu`` or ``cuda`` (torch
-    backend); ``amp``: ``float16`` / ``bfloat16`` autocast for the torch backend, else float32.
+    backend); ``amp``: ``float16`` / ``bfloat16`` autocast for the torch backend, else float32;
+    ``compile_model`` / ``cuda_graph``: see ``_torch_call`` (torch backend).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     torch_device, amp_dtype = _resolve_device(device, backend, amp)
+    if (compile_model or cuda_graph) and backend != "torch":
+        raise ValueError("compile_model and cuda_graph are options of the torch backend")
+    if cuda_graph and torch_device.type != "cuda":
+        raise ValueError("cuda_graph needs device cuda")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     cfg = load_config(config, overrides)
@@ -176,7 +210,8 @@ def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str 
     # Fixed shapes, except the batch axis when the batch is not the traced one (1).
     info = model_info_from_config(cfg, (size, size), dynamic_batch=batch > 1, dynamic_size=False)
     with tempfile.TemporaryDirectory() as tmp:
-        call = (_torch_call(module, images.to(torch_device), sizes, amp_dtype) if backend == "torch" else
+        call = (_torch_call(module, images.to(torch_device), sizes, amp_dtype, compile_model, cuda_graph)
+                if backend == "torch" else
                 _onnxruntime_call(module, info, images, sizes, threads, optimization, Path(tmp)))
         times = time_calls(call, runs, warmup)
     median = statistics.median(times)
@@ -186,7 +221,7 @@ def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str 
         ort_version = onnxruntime.__version__
     return BenchmarkResult(
         config=Path(config).name, backend=backend, size=size, batch=batch, threads=threads,
-        device=torch_device.type, amp_dtype=amp, params=params,
+        device=torch_device.type, amp_dtype=amp, compiled=compile_model, cuda_graph=cuda_graph, params=params,
         gflops=round(flops / 1e9, 3), gmacs=round(flops / 2e9, 3), latency_ms=round(median, 3),
         latency_mean_ms=round(float(np.mean(times)), 3), latency_min_ms=round(min(times), 3),
         throughput=round(batch * 1000.0 / median, 3), runs=runs, warmup=warmup, cpu=cpu_name(),

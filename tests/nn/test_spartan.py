@@ -331,6 +331,55 @@ def test_convert_to_deploy_keeps_outputs() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
 
 
+def _deployed_block(grouped: bool, seed: int) -> tuple[Block, Block]:
+    block = _randomize(Block(24, 2, grouped, drop_path=0.1), seed).eval()
+    return block, copy.deepcopy(block).convert_to_deploy()
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
+def test_deployed_block_caches_weights_per_device_and_dtype(grouped: bool) -> None:
+    block, deployed = _deployed_block(grouped, seed=11)
+    x = torch.randn(2, 24, 12, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = block(x)
+        torch.testing.assert_close(deployed(x), want, rtol=0, atol=1e-5)
+        cached = deployed._weights
+        assert cached is not None and not any(t.requires_grad for t in cached[1] if isinstance(t, torch.Tensor))
+        deployed(x)
+        assert deployed._weights is cached                               # reused, not rebuilt
+        deployed.double()
+        torch.testing.assert_close(deployed(x.double()), want.double(), rtol=0, atol=1e-5)
+        assert deployed._weights is not cached and deployed._weights[0][1] == torch.float64
+    with torch.inference_mode():
+        torch.testing.assert_close(deployed(x.double()), want.double(), rtol=0, atol=1e-5)
+
+
+def test_deployed_block_follows_new_weights_and_autograd() -> None:
+    block, deployed = _deployed_block(False, seed=12)
+    x = torch.randn(1, 24, 8, 8)
+    with torch.no_grad():
+        deployed(x)
+    other = _randomize(Block(24, 2, False, drop_path=0.0), seed=13).eval()
+    deployed.load_state_dict(other.state_dict())                       # drops the cache
+    assert deployed._weights is None
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), other(x), rtol=0, atol=1e-5)
+    x.requires_grad_(True)
+    deployed(x).sum().backward()                                        # autograd: no cached tensors
+    assert x.grad is not None and deployed.scale_1.grad is not None
+    deployed.train()
+    assert not deployed._deployed and deployed._weights is None
+
+
+def test_deployed_detector_counts_flops() -> None:
+    """FlopCounterMode tracks module inputs for autograd: the cache must hold detached tensors."""
+    backbone = SpaRTAN().convert_to_deploy()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        backbone(torch.rand(1, 3, 64, 64))
+        backbone(torch.rand(1, 3, 64, 64))
+    assert counter.get_total_flops() > 0
+
+
 def test_freeze_at_freezes_stem_and_leading_stages() -> None:
     backbone = SpaRTAN(freeze_at=1)
     frozen = {n.split(".")[0] + "." + n.split(".")[1] for n, p in backbone.named_parameters()

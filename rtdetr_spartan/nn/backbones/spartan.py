@@ -203,10 +203,14 @@ class SpaRTAN(nn.Module):
 
     @torch.no_grad()
     def convert_to_deploy(self) -> SpaRTAN:
-        """Fold every BatchNorm into the conv before it (eval-mode numerics, faster inference)."""
+        """Inference only from here on: eval mode, every BatchNorm folded into the conv before it,
+        and the blocks' mixer weights cached (``Block.convert_to_deploy``)."""
+        self.eval()
         for module in self.modules():
             if isinstance(module, ConvNormAct):
                 module.fuse_norm()
+            elif isinstance(module, Block):
+                module.convert_to_deploy()
         return self
 
 

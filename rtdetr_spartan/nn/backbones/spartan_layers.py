@@ -15,6 +15,10 @@ CPU speed notes (eager PyTorch, all exact up to float rounding):
     two contiguous ops in a "planar" channel order before a depthwise conv;
   * in inference the big early-stage CMixer maps are processed in row tiles, so temporaries
     stay in cache and the allocator does not return and re-fault memory on every block.
+Op count (what limits a GPU at small batches, where every op is a kernel launch): theta and proj
+are one linear layer, the SMixer's two squeeze-excites one block-diagonal pair of layers, and a
+deployed block (``Block.convert_to_deploy``) computes its weights in that form once, not per call:
+about 45 ops per block instead of 90.
 
 ONNX export traces a different, equally exact formulation (``forward_nchw``, and the block's
 export branch): plain NCHW maps, and in the CMixer the real and imaginary channels as separate
@@ -38,7 +42,7 @@ a trace of the eager code.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +51,8 @@ from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
 
 from rtdetr_spartan.nn.common import exporting_fixed_shapes
 
-__all__ = ["Block", "CMixer", "ConvNormAct", "SMixer", "SqueezeExcite", "fold_rotation",
-           "planar_order", "rotate_pairs", "rotate_planar"]
+__all__ = ["Block", "CMixer", "CMixerWeights", "ConvNormAct", "SMixer", "SMixerWeights", "SqueezeExcite",
+           "fold_rotation", "pair_factors", "planar_factors", "planar_order", "rotate_pairs", "rotate_planar"]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
 # onnxruntime's blocked ("NCHWc") conv layout holds 8 (AVX2) or 16 (AVX-512) channels per block;
@@ -61,17 +65,28 @@ TILE_ELEMENTS = 1 << 18
 TILE_MIN_ROWS = 8
 TILE_MIN_COUNT = 4
 
+_Nested = TypeVar("_Nested")
 
-def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+
+def pair_factors(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rotate_pairs``'s per-channel factors of ``rotation`` [E/2, 2]: (re_0, re_0, re_1, ...)
+    and (-im_0, im_0, -im_1, ...), each [E]."""
+    same = rotation[:, 0].repeat_interleave(2)
+    cross = (rotation[:, 1:2] * rotation.new_tensor([-1.0, 1.0])).flatten()
+    return same, cross
+
+
+def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor,
+                 factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Multiply the channel pairs (2k, 2k+1) of the last dim, read as complex numbers re + i im,
     by ``rotation[k]`` = (re_k, im_k), in real arithmetic.
 
     x: [..., E]; rotation: [E/2, 2] -> [..., E] with
     out[2k] = re_k x[2k] - im_k x[2k+1] and out[2k+1] = im_k x[2k] + re_k x[2k+1].
+    ``factors``: ``pair_factors(rotation)`` computed beforehand.
     """
+    same, cross = pair_factors(rotation) if factors is None else factors
     e = x.shape[-1]
-    same = rotation[:, 0].repeat_interleave(2)                          # re_0, re_0, re_1, ...
-    cross = (rotation[:, 1:2] * rotation.new_tensor([-1.0, 1.0])).reshape(e)  # -im_0, im_0, ...
     swapped = x.unflatten(-1, (e // 2, 2)).flip(-1).flatten(-2)
     return torch.addcmul(x * same, swapped, cross)
 
@@ -81,17 +96,24 @@ def planar_order(channels: int) -> torch.Tensor:
     return torch.cat((torch.arange(0, channels, 2), torch.arange(1, channels, 2)))
 
 
-def rotate_planar(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+def planar_factors(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rotate_planar``'s factors of ``rotation`` [E/2, 2]: [[re], [im]] and [[-im], [re]],
+    each [2, E/2]."""
+    re, im = rotation[:, 0], rotation[:, 1]
+    return torch.stack((re, im)), torch.stack((-im, re))
+
+
+def rotate_planar(x: torch.Tensor, rotation: torch.Tensor,
+                  factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``rotate_pairs`` for channels in ``planar_order``: x[..., :E/2] holds the real parts,
     x[..., E/2:] the imaginary parts. x: [..., E] -> [..., E] in the same order.
+    ``factors``: ``planar_factors(rotation)`` computed beforehand.
 
     Unlike the interleaved form this needs no channel swap: two contiguous broadcast ops.
     """
+    from_re, from_im = planar_factors(rotation) if factors is None else factors
     parts = x.unflatten(-1, (2, x.shape[-1] // 2))                      # [..., 2, E/2]
-    re, im = rotation[:, 0], rotation[:, 1]
-    out = torch.addcmul(parts[..., :1, :] * torch.stack((re, im)), parts[..., 1:, :],
-                        torch.stack((-im, re)))
-    return out.flatten(-2)
+    return torch.addcmul(parts[..., :1, :] * from_re, parts[..., 1:, :], from_im).flatten(-2)
 
 
 def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -119,25 +141,44 @@ def _maps(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
-def _project(tokens: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
-             out_scale: torch.Tensor | None, order: torch.Tensor | None = None) -> torch.Tensor:
-    """out_scale * proj(tokens * gate) with gate and out_scale folded into per-sample weights,
-    which saves a pass over the (largest) activations.
-
-    tokens: [B, H, W, E] with channels in ``order`` (None: natural); gate: [B, E] in the same
-    order -> [B, C_out, H, W] (channels_last).
-    """
-    h, w = tokens.shape[1:3]
-    weight = proj.weight.flatten(1)
+def _projection(proj: nn.Conv2d, out_scale: torch.Tensor | None,
+                order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1x1 conv as a linear layer: weight [C_out, E] with input channels in ``order`` (None:
+    natural) and bias [C_out], both multiplied by ``out_scale`` [1, C_out, 1, 1] if given."""
+    weight, bias = proj.weight.flatten(1), proj.bias
     if order is not None:
         weight = weight[:, order]
-    weight = weight[None] * gate[:, None, :]                            # [B, C_out, E]
-    bias = proj.bias
     if out_scale is not None:
-        weight = weight * out_scale.view(1, -1, 1)
+        weight = weight * out_scale.view(-1, 1)
         bias = bias * out_scale.view(-1)
+    return weight, bias
+
+
+def _gated(weight: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """weight [C_out, E] times the per-sample squeeze-excite gate [B, E] -> [B, C_out, E]: the
+    gate folded into the projection, which saves a pass over the (largest) activations."""
+    return weight[None] * gate[:, None, :]
+
+
+def _project(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """tokens: [B, H, W, E]; weight: [B, C_out, E] (``_gated``); bias: [C_out] ->
+    [B, C_out, H, W] (channels_last)."""
+    h, w = tokens.shape[1:3]
     out = torch.baddbmm(bias, tokens.flatten(1, 2), weight.transpose(1, 2))
     return _maps(out.unflatten(1, (h, w)))
+
+
+class _GateWeights(NamedTuple):
+    """Squeeze-excite as two linear layers: gate = sigmoid(w2 relu(w1 pooled + b1) + b2)."""
+
+    w1: torch.Tensor  # [S, E]
+    b1: torch.Tensor  # [S]
+    w2: torch.Tensor  # [E, S]
+    b2: torch.Tensor  # [E]
+
+    def __call__(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled: [B, E] spatial means -> gate [B, E]."""
+        return torch.sigmoid(F.linear(F.relu(F.linear(pooled, self.w1, self.b1)), self.w2, self.b2))
 
 
 def _channels(parts: Sequence[torch.Tensor]) -> list[int]:
@@ -305,18 +346,28 @@ class SqueezeExcite(nn.Module):
         self.squeeze = nn.Conv2d(channels, squeeze_channels, 1)
         self.expand = nn.Conv2d(squeeze_channels, channels, 1)
 
-    def gate(self, pooled: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
-        """pooled: [B, C] spatial means, channels in ``order`` (None: natural) -> [B, C]."""
-        w_in, w_out = self.squeeze.weight.flatten(1), self.expand.weight.flatten(1)
-        b_out = self.expand.bias
+    def weights(self, order: torch.Tensor | None = None) -> _GateWeights:
+        """The two layers as linear weights, channels in ``order`` (None: natural)."""
+        w1, w2, b2 = self.squeeze.weight.flatten(1), self.expand.weight.flatten(1), self.expand.bias
         if order is not None:
-            w_in, w_out, b_out = w_in[:, order], w_out[order], b_out[order]
-        hidden = F.relu(F.linear(pooled, w_in, self.squeeze.bias))
-        return torch.sigmoid(F.linear(hidden, w_out, b_out))
+            w1, w2, b2 = w1[:, order], w2[order], b2[order]
+        return _GateWeights(w1, self.squeeze.bias, w2, b2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W]."""
-        return x * self.gate(x.mean((2, 3)))[:, :, None, None]
+        return x * self.weights()(x.mean((2, 3)))[:, :, None, None]
+
+
+class SMixerWeights(NamedTuple):
+    """An SMixer's parameters as its eager forward uses them (``SMixer.weights``)."""
+
+    proj_in: torch.Tensor          # [C, C/2]: the input 1x1 conv, transposed
+    proj_in_bias: torch.Tensor     # [C/2]
+    one_plus_gamma: torch.Tensor   # [C/2]
+    neg_gamma: torch.Tensor        # [C/2]
+    gate: _GateWeights             # both squeeze-excites as one, block-diagonal (C/4 -> C)
+    proj_out: torch.Tensor         # [C, C], out_scale folded in
+    proj_out_bias: torch.Tensor    # [C]
 
 
 class SMixer(nn.Module):
@@ -339,20 +390,31 @@ class SMixer(nn.Module):
         self.l_attn = SqueezeExcite(half, half // 4)
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given."""
+    def weights(self, out_scale: torch.Tensor | None = None) -> SMixerWeights:
+        """The forward's parameters in the form it uses (``out_scale`` as in ``forward``)."""
+        h, l = self.h_attn, self.l_attn
+        gate = _GateWeights(
+            torch.block_diag(h.squeeze.weight.flatten(1), l.squeeze.weight.flatten(1)),
+            torch.cat((h.squeeze.bias, l.squeeze.bias)),
+            torch.block_diag(h.expand.weight.flatten(1), l.expand.weight.flatten(1)),
+            torch.cat((h.expand.bias, l.expand.bias)))
+        gamma = self.gamma.view(-1)
+        return SMixerWeights(self.proj_in.weight.flatten(1).t(), self.proj_in.bias, 1.0 + gamma, -gamma,
+                             gate, *_projection(self.proj_out, out_scale))
+
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
+                weights: SMixerWeights | None = None) -> torch.Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given.
+        ``weights``: ``self.weights(out_scale)`` computed beforehand (a deployed block's cache)."""
         if torch.onnx.is_in_onnx_export():
             return self.forward_nchw(x, out_scale)
-        y = _tokens(x) @ self.proj_in.weight.flatten(1).t()            # bias enters below
-        gamma = self.gamma.view(-1)
+        w = self.weights(out_scale) if weights is None else weights
+        y = _tokens(x) @ w.proj_in                                      # bias enters below
         # y + b + gamma (y + b - mean(y + b)) == (1 + gamma) y + (b - gamma mean(y)): one pass
-        shift = self.proj_in.bias - gamma * y.mean((1, 2), keepdim=True)
-        y = _maps(torch.addcmul(shift, y, 1.0 + gamma))
-        short = _tokens(self.h_conv(y))
-        long = _tokens(self.l_conv(y))
-        gate = torch.cat((self.h_attn.gate(short.mean((1, 2))),
-                          self.l_attn.gate(long.mean((1, 2)))), dim=-1)
-        return _project(torch.cat((short, long), dim=-1), gate, self.proj_out, out_scale)
+        shift = torch.addcmul(w.proj_in_bias, y.mean((1, 2), keepdim=True), w.neg_gamma)
+        y = _maps(torch.addcmul(shift, y, w.one_plus_gamma))
+        both = torch.cat((_tokens(self.h_conv(y)), _tokens(self.l_conv(y))), dim=-1)
+        return _project(both, _gated(w.proj_out, w.gate(both.mean((1, 2)))), w.proj_out_bias)
 
     def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
                      norm: nn.GroupNorm | None = None,
@@ -373,9 +435,6 @@ class SMixer(nn.Module):
         return _project_maps([short, long], gates, self.proj_out, out_scale, residual=residual)
 
 
-_Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-
 class _ConvPlan(NamedTuple):
     """The CMixer's 3x3 conv for inference: norm folded in, channels in ``order``."""
 
@@ -385,17 +444,18 @@ class _ConvPlan(NamedTuple):
     bias: torch.Tensor | None
     groups: int
     crossed: torch.Tensor | None = None  # second depthwise weight, its output halves swapped
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # of the rotation, for ``rotate``
 
     def rotate(self, feat: torch.Tensor) -> torch.Tensor:
         """feat: tokens [B, H, W, E] -> the same."""
         # The reference rotates in float32 even under autocast; the real form keeps the
         # activations' dtype, so autocast and ONNX export need no special case.
-        if self.rotation is None:
+        if self.rotation is None or self.factors is None:
             return feat
-        rotation = self.rotation.to(feat.dtype)
+        factors = (self.factors[0].to(feat.dtype), self.factors[1].to(feat.dtype))
         if self.order is not None:
-            return rotate_planar(feat, rotation)
-        return rotate_pairs(feat, rotation)
+            return rotate_planar(feat, self.rotation, factors)
+        return rotate_pairs(feat, self.rotation, factors)
 
     def swapped_taps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Depthwise weights (direct, crossed), each [E, 1, 3, 3] in planar order, with
@@ -416,6 +476,18 @@ class _ConvPlan(NamedTuple):
             crossed = F.conv2d(maps, self.crossed, None, padding=1, groups=self.groups)
             out = out + crossed.roll(out.shape[1] // 2, 1)
         return out
+
+
+class CMixerWeights(NamedTuple):
+    """A CMixer's parameters as its eager inference forward uses them (``CMixer.weights``)."""
+
+    mix: torch.Tensor              # [2E, C]: theta and proj rows, outputs in plan.order
+    mix_bias: torch.Tensor         # [2E]
+    peak_index: torch.Tensor       # [C, 2]: where input channel c's theta and proj outputs are
+    plan: _ConvPlan
+    gate: _GateWeights             # in plan.order
+    proj_out: torch.Tensor         # [C, E], input channels in plan.order, out_scale folded in
+    proj_out_bias: torch.Tensor    # [C]
 
 
 class CMixer(nn.Module):
@@ -449,13 +521,16 @@ class CMixer(nn.Module):
         self.proj_out = nn.Conv2d(neck, dim, 1)
         self.register_buffer("_planar", planar_order(neck), persistent=False)
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given."""
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
+                weights: CMixerWeights | None = None) -> torch.Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given.
+        ``weights``: ``self.weights(out_scale)`` computed beforehand (a deployed block's cache)."""
         if self.conv.uses_batch_statistics():
             return self._forward_batch_statistics(x, out_scale)
         if torch.onnx.is_in_onnx_export():
             return self.forward_nchw(x, out_scale)
-        return self._forward_inference(x, out_scale, self._tile_rows(x))
+        weights = self.weights(out_scale) if weights is None else weights
+        return self._forward_inference(x, weights, self._tile_rows(x))
 
     def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -535,35 +610,39 @@ class CMixer(nn.Module):
         return _project_maps(outs, _gates(outs, self.attn, plan.order), self.proj_out, out_scale,
                              plan.order, residual)
 
-    def _projections(self, order: torch.Tensor | None) -> _Projections:
-        """theta and proj as linear layers (weight, bias, weight, bias), outputs in ``order``."""
-        weights = (self.theta.weight.flatten(1), self.theta.bias,
-                   self.proj.weight.flatten(1), self.proj.bias)
-        return weights if order is None else tuple(t[order] for t in weights)
+    def _mix_weights(self, order: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """theta and proj as one linear layer: weight [2E, C] (theta rows, then proj rows, each
+        with outputs in ``order``; None: natural), bias [2E], and ``peak_index`` [C, 2], the
+        positions of input channel c's theta and proj outputs (the argmax picks one per pixel)."""
+        e = self.theta.out_channels
+        weight = torch.cat((self.theta.weight.flatten(1), self.proj.weight.flatten(1)))
+        bias = torch.cat((self.theta.bias, self.proj.bias))
+        position = torch.arange(e, device=weight.device)
+        if order is not None:
+            weight, bias = weight[torch.cat((order, order + e))], bias[torch.cat((order, order + e))]
+            position = torch.empty_like(order).scatter_(0, order, position)
+        position = position[:self.theta.in_channels]
+        return weight, bias, torch.stack((position, position + e), dim=1)
 
-    def _mix(self, tokens: torch.Tensor, projections: _Projections, planar: bool) -> torch.Tensor:
-        """tokens: [B, H, W, C] -> feat [B, H, W, E] before the rotation, channels in planar
-        order if ``planar`` (``projections`` from ``_projections`` in the same order)."""
-        # max(...).indices: the same first-maximum index as argmax, twice as fast on CPU
-        index = tokens.max(dim=-1, keepdim=True).indices               # [B, H, W, 1]
-        if planar:
-            index = index % 2 * (self.theta.out_channels // 2) + index // 2  # planar position
-        theta_w, theta_b, proj_w, proj_b = projections
-        theta, weight = F.linear(tokens, theta_w, theta_b), F.linear(tokens, proj_w, proj_b)
-        peak = F.gelu(theta.gather(-1, index)) * weight.gather(-1, index)
-        return torch.addcmul(peak, F.gelu(theta), weight)
+    def weights(self, out_scale: torch.Tensor | None = None) -> CMixerWeights:
+        """The inference forward's parameters in the form it uses (``out_scale`` as in ``forward``).
+        Needs a BatchNorm without batch statistics (eval mode or frozen)."""
+        plan = self._conv_plan()
+        return CMixerWeights(*self._mix_weights(plan.order), plan, self.attn.weights(plan.order),
+                             *_projection(self.proj_out, out_scale, plan.order))
 
     def _forward_batch_statistics(self, x: torch.Tensor,
                                   out_scale: torch.Tensor | None) -> torch.Tensor:
         """Training-mode BN: natural channel order, the conv module as it is."""
         rotation = self.complex.view(-1, 2)
-        feat = self._mix(_tokens(x), self._projections(None), planar=False)
+        feat = _mix(_tokens(x), *self._mix_weights(None))
         if (self.conv.conv.in_channels // self.conv.conv.groups) % 2 == 0:
             feat = self.conv(_maps(feat), fold_rotation(self.conv.conv.weight, rotation))
         else:
             feat = self.conv(_maps(rotate_pairs(feat, rotation.to(feat.dtype))))
         tokens = _tokens(feat)
-        return _project(tokens, self.attn.gate(tokens.mean((1, 2))), self.proj_out, out_scale)
+        weight, bias = _projection(self.proj_out, out_scale)
+        return _project(tokens, _gated(weight, self.attn.weights()(tokens.mean((1, 2)))), bias)
 
     def _conv_plan(self) -> _ConvPlan:
         conv = self.conv.conv
@@ -571,9 +650,10 @@ class CMixer(nn.Module):
         rotation = self.complex.view(-1, 2)
         if per_group == 1:
             weight, bias = self.conv.folded(order=self._planar)
-            return _ConvPlan(self._planar, rotation, weight, bias, conv.groups)
+            return _ConvPlan(self._planar, rotation, weight, bias, conv.groups,
+                             factors=planar_factors(rotation))
         if per_group % 2:
-            return _ConvPlan(None, rotation, *self.conv.folded(), conv.groups)
+            return _ConvPlan(None, rotation, *self.conv.folded(), conv.groups, factors=pair_factors(rotation))
         weight, bias = self.conv.folded(fold_rotation(conv.weight, rotation))
         if per_group > 2:
             return _ConvPlan(None, None, weight, bias, conv.groups)
@@ -598,8 +678,7 @@ class CMixer(nn.Module):
             return h
         return max(TILE_MIN_ROWS, TILE_ELEMENTS // row)
 
-    def _forward_inference(self, x: torch.Tensor, out_scale: torch.Tensor | None,
-                           rows: int) -> torch.Tensor:
+    def _forward_inference(self, x: torch.Tensor, weights: CMixerWeights, rows: int) -> torch.Tensor:
         """The forward without batch statistics, ``rows`` image rows at a time up to the
         squeeze-excite (each tile recomputes one halo row above and below for the 3x3 conv).
 
@@ -609,13 +688,12 @@ class CMixer(nn.Module):
         """
         tokens = _tokens(x)
         h = tokens.shape[1]
-        plan = self._conv_plan()
-        projections = self._projections(plan.order)
+        plan = weights.plan
         tiles = []
         for top in range(0, h, rows):
             bottom = min(top + rows, h)
             first, last = max(top - 1, 0), min(bottom + 1, h)
-            feat = self._mix(tokens[:, first:last], projections, plan.order is not None)
+            feat = _mix(tokens[:, first:last], weights.mix, weights.mix_bias, weights.peak_index)
             feat = plan.rotate(feat)
             feat = self.conv.act(plan.conv(_maps(feat)))
             tiles.append(_tokens(feat)[:, top - first:bottom - first])
@@ -624,9 +702,40 @@ class CMixer(nn.Module):
         else:
             sums = torch.stack([tile.sum((1, 2)) for tile in tiles])
             pooled = sums.sum(0) / (h * tokens.shape[2])
-        gate = self.attn.gate(pooled, plan.order)
-        out = [_project(tile, gate, self.proj_out, out_scale, plan.order) for tile in tiles]
+        weight = _gated(weights.proj_out, weights.gate(pooled))
+        out = [_project(tile, weight, weights.proj_out_bias) for tile in tiles]
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+
+def _mix(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+         peak_index: torch.Tensor) -> torch.Tensor:
+    """The CMixer's per-pixel part before the rotation: w * gelu(theta) + w[m] * gelu(theta[m]).
+
+    tokens: [B, H, W, C]; weight [2E, C], bias [2E], peak_index [C, 2] from
+    ``CMixer._mix_weights`` -> [B, H, W, E] in the weights' channel order.
+    """
+    e = weight.shape[0] // 2
+    # max(...).indices: the same first-maximum index as argmax, twice as fast on CPU
+    index = tokens.max(dim=-1).indices                                 # [B, H, W]
+    both = F.linear(tokens, weight, bias)                               # [B, H, W, 2E]
+    peak = both.gather(-1, peak_index[index])                           # [B, H, W, 2]
+    return torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
+
+
+def _detached(value: _Nested) -> _Nested:
+    """``value`` (tensors in nested tuples / NamedTuples, or other leaves) with every tensor
+    detached: views of parameters made under ``no_grad`` still report ``requires_grad``."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        items = [_detached(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
+def _drop_cached_weights(module: Block, incompatible_keys: object) -> None:
+    """``load_state_dict`` post-hook: the block's cached mixer weights are stale."""
+    module._drop_weights()
 
 
 def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -638,7 +747,15 @@ def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: SMixer then CMixer, each scaled per channel and drop-pathed."""
+    """Pre-norm residual block: SMixer then CMixer, each scaled per channel and drop-pathed.
+
+    After ``convert_to_deploy`` (inference only) the mixers' weights in the form their eager
+    forward uses (``SMixer.weights``, ``CMixer.weights``) are computed once per device and dtype
+    instead of on every call: about 40 fewer small ops per block, which is what limits a GPU at
+    small batches. Used only without autograd (``torch.no_grad`` / ``torch.inference_mode``).
+    ``train()`` drops the cache and the deploy state, ``load_state_dict`` the cache; editing
+    the parameters in place in between is not supported.
+    """
 
     def __init__(self, dim: int, expand_ratio: int, grouped: bool, drop_path: float) -> None:
         super().__init__()
@@ -650,6 +767,35 @@ class Block(nn.Module):
         self.drop_path_2 = StochasticDepth(drop_path, "row")
         self.norm_1 = nn.GroupNorm(1, dim, eps=NORM_EPS)
         self.norm_2 = nn.GroupNorm(1, dim, eps=NORM_EPS)
+        self._deployed = False
+        self._weights: tuple[tuple[torch.device, torch.dtype], SMixerWeights, CMixerWeights] | None = None
+        self.register_load_state_dict_post_hook(_drop_cached_weights)
+
+    def convert_to_deploy(self) -> Block:
+        """Inference from here on: cache the mixers' forward weights (see the class docstring)."""
+        self.eval()
+        self._deployed = True
+        return self
+
+    def train(self, mode: bool = True) -> Block:
+        if mode:
+            self._deployed = False
+            self._drop_weights()
+        return super().train(mode)
+
+    def _drop_weights(self) -> None:
+        self._weights = None
+
+    def _cached_weights(self) -> tuple[SMixerWeights | None, CMixerWeights | None]:
+        """The deployed mixers' weights for the parameters' device and dtype, else (None, None).
+        Only without autograd: cached tensors carry no gradient."""
+        if not self._deployed or torch.is_grad_enabled():
+            return None, None
+        key = (self.scale_1.device, self.scale_1.dtype)
+        if self._weights is None or self._weights[0] != key:
+            self._weights = (key, _detached(self.smixer.weights(self.scale_1)),
+                             _detached(self.cmixer.weights(self.scale_2)))
+        return self._weights[1], self._weights[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W]."""
@@ -660,5 +806,6 @@ class Block(nn.Module):
             norm = self.norm_2
             normed = _normalize(x, norm.eps) * norm.weight.view(-1, 1, 1) + norm.bias.view(-1, 1, 1)
             return self.cmixer.forward_nchw(normed, self.scale_2, residual=x)
-        x = x + self.drop_path_1(self.smixer(self.norm_1(x), self.scale_1))
-        return x + self.drop_path_2(self.cmixer(self.norm_2(x), self.scale_2))
+        s_weights, c_weights = self._cached_weights()
+        x = x + self.drop_path_1(self.smixer(self.norm_1(x), self.scale_1, s_weights))
+        return x + self.drop_path_2(self.cmixer(self.norm_2(x), self.scale_2, c_weights))
