@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                        compile_model=args.compile, cuda_graph=args.cuda_graph)
     logging.getLogger(__name__).info(
         "%s %s (%s): %.2f M params, %.2f GFLOPs (2xMACs) per image, median %.1f ms per batch of %d, %.2f img/s",
-        result.config, result.backend, result.device, result.params / 1e6, result.gflops, result.latency_ms, result.batch,
-        result.throughput)
+        result.config, result.backend, result.device, result.params / 1e6, result.gflops, result.latency_ms,
+        result.batch, result.throughput)
     print(json.dumps(result.to_dict()), flush=True)  # the machine-readable last line
     return 0
 

@@ -81,10 +81,11 @@ def test_rotation_folds_into_grouped_conv(per_group: int) -> None:
 MODES = ["train", "eval", "eval_tiled"]
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
+@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 2), (True, 3)],
+                         ids=["depthwise", "pair_per_group", "odd_groups"])
 @pytest.mark.parametrize("mode", MODES)
-def test_cmixer_matches_reference(mode: str, grouped: bool, small_tiles: None) -> None:
-    mixer = _randomize(CMixer(16, 4 if not grouped else 2, grouped), seed=2)
+def test_cmixer_matches_reference(mode: str, grouped: bool, ratio: int, small_tiles: None) -> None:
+    mixer = _randomize(CMixer(16, ratio, grouped), seed=2)
     reference = copy.deepcopy(mixer)
     mixer.train(mode == "train")
     reference.train(mode == "train")
@@ -99,6 +100,14 @@ def test_cmixer_matches_reference(mode: str, grouped: bool, small_tiles: None) -
     torch.testing.assert_close(got, scale * cmixer_forward(reference, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())  # BN statistics
     assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 3)], ids=["planar", "pairs"])
+def test_rotation_factors_default_to_the_rotation(grouped: bool, ratio: int) -> None:
+    plan = _randomize(CMixer(16, ratio, grouped), seed=2).eval()._conv_plan()
+    assert plan.rotation is not None and plan.factors is not None
+    feat = torch.randn(2, 5, 4, 16 * ratio)
+    torch.testing.assert_close(plan._replace(factors=None).rotate(feat), plan.rotate(feat), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["dense", "depthwise"])

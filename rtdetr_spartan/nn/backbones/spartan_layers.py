@@ -444,18 +444,18 @@ class _ConvPlan(NamedTuple):
     bias: torch.Tensor | None
     groups: int
     crossed: torch.Tensor | None = None  # second depthwise weight, its output halves swapped
-    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # of the rotation, for ``rotate``
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # rotation factors (None: from rotation)
 
     def rotate(self, feat: torch.Tensor) -> torch.Tensor:
         """feat: tokens [B, H, W, E] -> the same."""
         # The reference rotates in float32 even under autocast; the real form keeps the
         # activations' dtype, so autocast and ONNX export need no special case.
-        if self.rotation is None or self.factors is None:
+        if self.rotation is None:
             return feat
-        factors = (self.factors[0].to(feat.dtype), self.factors[1].to(feat.dtype))
-        if self.order is not None:
-            return rotate_planar(feat, self.rotation, factors)
-        return rotate_pairs(feat, self.rotation, factors)
+        planar = self.order is not None
+        factors = self.factors or (planar_factors if planar else pair_factors)(self.rotation)
+        factors = (factors[0].to(feat.dtype), factors[1].to(feat.dtype))
+        return (rotate_planar if planar else rotate_pairs)(feat, self.rotation, factors)
 
     def swapped_taps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Depthwise weights (direct, crossed), each [E, 1, 3, 3] in planar order, with
