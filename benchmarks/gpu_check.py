@@ -16,6 +16,10 @@ Run it from the repository root on a machine with a CUDA GPU (the test fixtures 
 - ``latency``: ``rtdetr_spartan.deploy.benchmark.benchmark`` on the GPU (model + postprocessor,
   640 px, random weights, deployed) for each ``--settings`` entry BATCH-DTYPE-MODE: float32 or
   float16 autocast; eager PyTorch, replays of a CUDA graph, or torch.compile + CUDA graph.
+  float32 runs with TF32 off (as every section here); ``--cudnn-benchmark`` lets cuDNN pick its
+  algorithms by timing.
+- ``profile``: each deployed detector's GPU kernels for one batch (``--profile-batch``, float16):
+  kernel count and the kernels with the most GPU time (OUT/profile_<model>.txt).
 
 End-to-end training, resuming and pretraining on the GPU are the tools' own commands (see
 ``benchmarks/gpu_check.sh``). The last stdout line is a JSON object with every number.
@@ -198,6 +202,40 @@ def latency(settings: list[str], rounds: int, runs: int, warmup: int) -> dict[st
     return info
 
 
+def profile_kernels(device: torch.device, out: Path, batch: int, top: int = 20) -> dict[str, object]:
+    """Each deployed detector's kernels on ``device`` for one 640 px batch (float16 autocast on
+    CUDA, float32 on the CPU): the number of kernels and of ops, and the ``top`` kernels by
+    self time, written to OUT/profile_<model>.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from rtdetr_spartan.deploy.export import DeployModel, sample_inputs
+
+    cuda = device.type == "cuda"
+    activity, sort_key = ((ProfilerActivity.CUDA, "self_device_time_total") if cuda
+                          else (ProfilerActivity.CPU, "self_cpu_time_total"))
+    results: dict[str, object] = {}
+    for name, (_, config) in DETECTORS.items():
+        cfg = load_config(config)
+        module = DeployModel(cfg.build("model"), cfg.build("postprocessor")).to(device)
+        images, sizes = (t.to(device) for t in sample_inputs((640, 640), batch))
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=cuda):
+            for _ in range(3):
+                module(images, sizes)
+            if cuda:
+                torch.cuda.synchronize(device)
+            with profile(activities=[activity]) as prof:
+                module(images, sizes)
+                if cuda:
+                    torch.cuda.synchronize(device)
+        events = prof.key_averages()
+        table = events.table(sort_by=sort_key, row_limit=top)
+        (out / f"profile_{name}.txt").write_text(table)
+        results[name] = {"kernels" if cuda else "ops": sum(e.count for e in events),
+                         "top": [(e.key[:80], round(getattr(e, sort_key) / 1000, 3), e.count)
+                                 for e in sorted(events, key=lambda e: -getattr(e, sort_key))[:top]]}
+    return results
+
+
 def _section(name: str, run: Callable[[], dict[str, object]], summary: dict[str, object]) -> None:
     try:
         summary[name] = run()
@@ -210,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("output/gpu_check"))
     parser.add_argument("--sections", nargs="+", default=["parity", "train_step", "latency"],
-                        choices=("parity", "train_step", "latency"))
+                        choices=("parity", "train_step", "latency", "profile"))
+    parser.add_argument("--profile-batch", type=int, default=16)
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms first)")
     parser.add_argument("--device", default="cuda", help="cpu checks the script itself (latency needs cuda)")
     parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS),
                         help="latency settings BATCH-DTYPE-MODE, MODE one of eager, graph, compile")
@@ -224,13 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("gpu_check: torch.cuda.is_available() is False")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, object] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                   "torch": torch.__version__}
     sections = {"parity": lambda: parity(device), "train_step": lambda: train_step(device),
-                "latency": lambda: latency(args.settings, args.rounds, args.runs, args.warmup)}
+                "latency": lambda: latency(args.settings, args.rounds, args.runs, args.warmup),
+                "profile": lambda: profile_kernels(device, args.out, args.profile_batch)}
     for name in args.sections:
         _section(name, sections[name], summary)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"gpu_check_{'_'.join(args.sections)}.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, default=str), flush=True)
     return 0

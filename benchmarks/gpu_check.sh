@@ -2,7 +2,7 @@
 # Everything this project checks on a CUDA GPU, in one go (CI has no GPU):
 #   1. benchmarks/gpu_check.py: parity fixtures on the GPU, a training step on the GPU against the
 #      CPU, GPU latency of RT-DETR-R18 and RT-DETR-SpaRTAN-T (fp32 / fp16, batch 1 / 16, eager,
-#      CUDA graph, torch.compile);
+#      CUDA graph, cuDNN autotuning, torch.compile) and their top GPU kernels;
 #   2. the tools on the GPU with torchrun (NCCL) and --amp: detector training on a generated shapes
 #      set, resuming it, --test-only, and SpaRTAN classifier pretraining;
 #   3. optionally (GPU_CHECK_ORT_THREADS="4 16"), benchmarks/deploy_latency.py on the machine's CPU.
@@ -44,6 +44,9 @@ step data 120 bash -c "python tools/make_shapes.py --out $data/det --train 256 -
 step checks 240 python benchmarks/gpu_check.py --out "$out" --device "$device" --sections parity train_step
 if [ "$device" = cuda ]; then
   step latency 240 python benchmarks/gpu_check.py --out "$out" --sections latency
+  step latency_cudnn_benchmark 120 python benchmarks/gpu_check.py --out "$out/cudnn_benchmark" --sections latency \
+    --cudnn-benchmark --settings 1-float16-graph 16-float16-graph
+  step profile 120 python benchmarks/gpu_check.py --out "$out" --sections profile
   step compiled 300 python benchmarks/gpu_check.py --out "$out" --sections latency --settings 1-float16-compile
 fi
 step train 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" -u epochs=1 "${det_data[@]}"
