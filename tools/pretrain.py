@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from rtdetr_spartan.core import ConfigError, YAMLConfig
-from rtdetr_spartan.misc import dist
-from rtdetr_spartan.misc.logger import close_logging, setup_logging
-from rtdetr_spartan.solver.cli import config_overrides, run_solver, solver_args_parser
+from rtdetr_spartan.solver.cli import run_tool, solver_args_parser
 
 logger = logging.getLogger("rtdetr_spartan.tools.pretrain")
 
@@ -31,23 +28,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    dist.init_distributed(device=args.device)
-    try:
-        setup_logging()  # console only until the config names the output directory
-        cfg = YAMLConfig(args.config, **config_overrides(args))
-        if cfg.task != TASK:
-            raise ConfigError(f"{args.config}: task is '{cfg.task}', pretraining needs task: {TASK} "
-                              "(use tools/train.py for other tasks)")
-        setup_logging(cfg.output_dir)
-        logger.info("config %s, world size %d", args.config, dist.get_world_size())
-        best = run_solver(cfg, args.test_only)
-        if best is not None:
-            logger.info("best top-1 %s at epoch %s; checkpoints in %s", best.get("value"), best.get("epoch"),
-                        cfg.output_dir)
-    finally:
-        close_logging()
-        dist.cleanup()
+    best = run_tool(get_args_parser().parse_args(argv), TASK, "tools/train.py")
+    if best is not None:
+        logger.info("best top-1 %s at epoch %s", best.get("value"), best.get("epoch"))
     return 0
 
 

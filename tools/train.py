@@ -12,14 +12,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from rtdetr_spartan.core import YAMLConfig
-from rtdetr_spartan.misc import dist
-from rtdetr_spartan.misc.logger import close_logging, setup_logging
-from rtdetr_spartan.solver.cli import config_overrides, run_solver, solver_args_parser
-
-logger = logging.getLogger("rtdetr_spartan.tools.train")
+from rtdetr_spartan.solver.cli import run_tool, solver_args_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -27,17 +21,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    cfg = YAMLConfig(args.config, **config_overrides(args))
-    try:
-        # After the config: its 'device' decides the backend (NCCL for CUDA, gloo for the CPU).
-        dist.init_distributed(device=cfg.get("device"))
-        setup_logging(cfg.output_dir)
-        logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
-        run_solver(cfg, args.test_only)
-    finally:
-        close_logging()
-        dist.cleanup()
+    run_tool(get_args_parser().parse_args(argv))
     return 0
 
 

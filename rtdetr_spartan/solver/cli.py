@@ -1,12 +1,17 @@
 """Command-line arguments and the run shared by the training tools (tools/train.py,
-tools/pretrain.py)."""
+tools/pretrain.py): ``solver_args_parser`` and ``run_tool``."""
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
-from rtdetr_spartan.core import merge_dict, parse_overrides
+from rtdetr_spartan.core import ConfigError, YAMLConfig, merge_dict, parse_overrides
+from rtdetr_spartan.misc import dist
+from rtdetr_spartan.misc.logger import close_logging, setup_logging
 from rtdetr_spartan.solver import build_solver
+
+logger = logging.getLogger(__name__)
 
 
 def solver_args_parser(description: str, config_help: str, outputs_help: str) -> argparse.ArgumentParser:
@@ -46,3 +51,24 @@ def run_solver(cfg: Any, test_only: bool) -> dict[str, Any] | None:
         solver.val()
         return None
     return solver.fit()
+
+
+def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str = "") -> dict[str, Any] | None:
+    """What a solver tool's ``main`` does with its parsed ``args``: load the config with the
+    command-line overrides (``task``: the one it must declare, else ``other_tool`` is suggested),
+    start torch.distributed for the config's device (NCCL for CUDA, gloo for the CPU), log to its
+    output directory, then train or evaluate (``run_solver``). Logging and the process group are
+    closed however the run ends."""
+    setup_logging()  # console only until the config names the output directory
+    cfg = YAMLConfig(args.config, **config_overrides(args))
+    if task is not None and cfg.task != task:
+        raise ConfigError(f"{args.config}: task is '{cfg.task}', this tool needs task: {task} "
+                          f"(use {other_tool} for other tasks)")
+    try:
+        dist.init_distributed(device=cfg.get("device"))
+        setup_logging(cfg.output_dir)
+        logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
+        return run_solver(cfg, args.test_only)
+    finally:
+        close_logging()
+        dist.cleanup()

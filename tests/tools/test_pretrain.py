@@ -12,9 +12,10 @@ import torch
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
+from rtdetr_spartan.solver.cli import config_overrides
 from tests.cls_utils import PRETRAIN_TOOL, REPO_ROOT, SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
 from tests.train_utils import TINY_SPARTAN_CONFIG, as_cli_updates, read_json_lines
-from tools.pretrain import config_overrides, get_args_parser, main
+from tools.pretrain import get_args_parser, main
 
 TORCHRUN_TIMEOUT_S = 240
 

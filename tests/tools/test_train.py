@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
+from rtdetr_spartan.solver.cli import config_overrides
 from tests.train_utils import (TINY_CONFIG, as_cli_updates, dataset_overrides, make_tiny_dataset,
                                read_json_lines, run_torchrun)
-from tools.train import config_overrides, get_args_parser, main
+from tools.train import get_args_parser, main
 
 TORCHRUN_TIMEOUT_S = 240
 
