@@ -147,7 +147,7 @@ def _projection(proj: nn.Conv2d, out_scale: torch.Tensor | None,
     natural) and bias [C_out], both multiplied by ``out_scale`` [1, C_out, 1, 1] if given."""
     weight, bias = proj.weight.flatten(1), proj.bias
     if order is not None:
-        weight = weight[:, order]
+        weight = weight.index_select(1, order)
     if out_scale is not None:
         weight = weight * out_scale.view(-1, 1)
         bias = bias * out_scale.view(-1)
@@ -200,7 +200,7 @@ def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
     """
     w_sq, b_sq, w_ex, b_ex = se.squeeze.weight, se.squeeze.bias, se.expand.weight, se.expand.bias
     if order is not None:
-        w_sq, w_ex, b_ex = w_sq[:, order], w_ex[order], b_ex[order]
+        w_sq, w_ex, b_ex = w_sq.index_select(1, order), w_ex.index_select(0, order), b_ex.index_select(0, order)
     pad = -w_sq.shape[0] % LAYOUT_BLOCK                 # zero channels: relu(0) = 0, no weight
     if pad:  # (concatenated zeros: a traced F.pad hides the conv weight's shape from the exporter)
         w_sq = torch.cat((w_sq, w_sq.new_zeros(pad, *w_sq.shape[1:])))
@@ -232,7 +232,7 @@ def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], 
     parts: [B, E_i, H, W] with sum E_i = E; gates: from ``_gates`` -> [B, C_out, H, W]."""
     weight, bias = proj.weight, proj.bias
     if order is not None:
-        weight = weight[:, order]
+        weight = weight.index_select(1, order)
     if out_scale is not None:
         weight = weight * out_scale.view(-1, 1, 1, 1)
         bias = bias * out_scale.view(-1)
@@ -301,7 +301,7 @@ class ConvNormAct(nn.Module):
         if order is not None:
             if conv.groups != conv.in_channels:
                 raise RuntimeError("a channel order needs a depthwise conv")
-            weight, bias = weight[order], (None if bias is None else bias[order])
+            weight, bias = weight.index_select(0, order), (None if bias is None else bias.index_select(0, order))
         return weight, bias
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
@@ -350,7 +350,7 @@ class SqueezeExcite(nn.Module):
         """The two layers as linear weights, channels in ``order`` (None: natural)."""
         w1, w2, b2 = self.squeeze.weight.flatten(1), self.expand.weight.flatten(1), self.expand.bias
         if order is not None:
-            w1, w2, b2 = w1[:, order], w2[order], b2[order]
+            w1, w2, b2 = w1.index_select(1, order), w2.index_select(0, order), b2.index_select(0, order)
         return _GateWeights(w1, self.squeeze.bias, w2, b2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -619,7 +619,8 @@ class CMixer(nn.Module):
         bias = torch.cat((self.theta.bias, self.proj.bias))
         position = torch.arange(e, device=weight.device)
         if order is not None:
-            weight, bias = weight[torch.cat((order, order + e))], bias[torch.cat((order, order + e))]
+            both = torch.cat((order, order + e))
+            weight, bias = weight.index_select(0, both), bias.index_select(0, both)
             position = torch.empty_like(order).scatter_(0, order, position)
         position = position[:self.theta.in_channels]
         return weight, bias, torch.stack((position, position + e), dim=1)
@@ -662,7 +663,7 @@ class CMixer(nn.Module):
         taps = weight.view(-1, 2, 2, *weight.shape[2:])                # [pair, out, in, k, k]
         direct = torch.cat((taps[:, 0, 0], taps[:, 1, 1]))[:, None]
         crossed = torch.cat((taps[:, 1, 0], taps[:, 0, 1]))[:, None]
-        return _ConvPlan(self._planar, None, direct, bias[self._planar], conv.in_channels, crossed)
+        return _ConvPlan(self._planar, None, direct, bias.index_select(0, self._planar), conv.in_channels, crossed)
 
     def _tile_rows(self, x: torch.Tensor) -> int:
         """Rows per tile: large maps in CPU inference without autograd, else all rows."""
