@@ -6,6 +6,8 @@
 #   2. the tools on the GPU with torchrun (NCCL) and --amp: detector training on a generated shapes
 #      set, resuming it, --test-only, and SpaRTAN classifier pretraining;
 #   3. optionally (GPU_CHECK_ORT_THREADS="4 16"), benchmarks/deploy_latency.py on the machine's CPU.
+# GPU_CHECK_SKIP_TOOLS=1 stops after step 1. The compile step alone may take its full 300 s: budget
+# about 12 minutes of device time for the whole script, 8 for step 1.
 #
 #   bash benchmarks/gpu_check.sh [OUT]        # default output/gpu_check
 #   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh /tmp/x   # dry run of the script itself
@@ -48,6 +50,10 @@ if [ "$device" = cuda ]; then
     --cudnn-benchmark --settings 1-float16-graph 16-float16-graph
   step profile 120 python benchmarks/gpu_check.py --out "$out" --sections profile
   step compiled 300 python benchmarks/gpu_check.py --out "$out" --sections latency --settings 1-float16-compile
+fi
+if [ -n "${GPU_CHECK_SKIP_TOOLS:-}" ]; then
+  cat "$out/summary.txt"
+  exit $failed
 fi
 step train 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" -u epochs=1 "${det_data[@]}"
 step resume 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" -r "$out/det/last.pth" \
