@@ -14,11 +14,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from rtdetr_spartan.solver.cli import run_tool, solver_args_parser
-
-logger = logging.getLogger("rtdetr_spartan.tools.pretrain")
 
 TASK = "classification"
 
@@ -28,9 +25,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    best = run_tool(get_args_parser().parse_args(argv), TASK, "tools/train.py")
-    if best is not None:
-        logger.info("best top-1 %s at epoch %s", best.get("value"), best.get("epoch"))
+    run_tool(get_args_parser().parse_args(argv), TASK, "tools/train.py")
     return 0
 
 

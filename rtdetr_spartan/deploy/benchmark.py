@@ -149,8 +149,11 @@ def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor,
     return replay
 
 
-def _resolve_device(device: str, backend: str, amp: str | None) -> tuple[torch.device, torch.dtype | None]:
+def _resolve_device(device: str, backend: str, amp: str | None, compile_model: bool,
+                    cuda_graph: bool) -> tuple[torch.device, torch.dtype | None]:
     """The torch device and autocast dtype, with a clear error for combinations that cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     resolved = torch.device(device)
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
@@ -158,6 +161,10 @@ def _resolve_device(device: str, backend: str, amp: str | None) -> tuple[torch.d
         raise ValueError("device cuda requested but torch.cuda.is_available() is False")
     if backend != "torch" and (resolved.type != "cpu" or amp is not None):
         raise ValueError("the onnxruntime backend runs on the CPU in float32: use --device cpu without --amp")
+    if backend != "torch" and (compile_model or cuda_graph):
+        raise ValueError("compile_model and cuda_graph are options of the torch backend")
+    if cuda_graph and resolved.type != "cuda":
+        raise ValueError("cuda_graph needs device cuda")
     if amp is None:
         return resolved, None
     if amp not in ("float16", "bfloat16"):
@@ -190,13 +197,7 @@ def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str 
     backend); ``amp``: ``float16`` / ``bfloat16`` autocast for the torch backend, else float32;
     ``compile_model`` / ``cuda_graph``: see ``_torch_call`` (torch backend).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    torch_device, amp_dtype = _resolve_device(device, backend, amp)
-    if (compile_model or cuda_graph) and backend != "torch":
-        raise ValueError("compile_model and cuda_graph are options of the torch backend")
-    if cuda_graph and torch_device.type != "cuda":
-        raise ValueError("cuda_graph needs device cuda")
+    torch_device, amp_dtype = _resolve_device(device, backend, amp, compile_model, cuda_graph)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     cfg = load_config(config, overrides)

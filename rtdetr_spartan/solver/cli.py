@@ -57,8 +57,8 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
     """What a solver tool's ``main`` does with its parsed ``args``: load the config with the
     command-line overrides (``task``: the one it must declare, else ``other_tool`` is suggested),
     start torch.distributed for the config's device (NCCL for CUDA, gloo for the CPU), log to its
-    output directory, then train or evaluate (``run_solver``). Logging and the process group are
-    closed however the run ends."""
+    output directory, then train or evaluate (``run_solver``) and log the best epoch. Logging and
+    the process group are closed however the run ends."""
     setup_logging()  # console only until the config names the output directory
     cfg = YAMLConfig(args.config, **config_overrides(args))
     if task is not None and cfg.task != task:
@@ -68,7 +68,11 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
         dist.init_distributed(device=cfg.get("device"))
         setup_logging(cfg.output_dir)
         logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
-        return run_solver(cfg, args.test_only)
+        best = run_solver(cfg, args.test_only)
+        if best is not None:
+            logger.info("best %s %s at epoch %s; checkpoints in %s", best.get("metric"), best.get("value"),
+                        best.get("epoch"), cfg.output_dir)
+        return best
     finally:
         close_logging()
         dist.cleanup()

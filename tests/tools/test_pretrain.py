@@ -77,7 +77,9 @@ def test_run_writes_checkpoints_and_logs(pretrained: Path) -> None:
     assert {"model", "ema", "optimizer", "lr_scheduler", "rng", "config"} <= set(last)
     assert last["config"]["task"] == "classification"
     assert any(p.name.startswith("events.out.tfevents") for p in (pretrained / "summary").iterdir())
-    assert "lr 0.0005 = base lr 0.004 x total batch 8" in (pretrained / "train.log").read_text()
+    log = (pretrained / "train.log").read_text()
+    assert "lr 0.0005 = base lr 0.004 x total batch 8" in log
+    assert f"best top1 {last['best']['value']} at epoch {last['best']['epoch']}; checkpoints in {pretrained}" in log
     torch.load(pretrained / "best.pth", weights_only=True)  # loadable without unpickling code
 
 
