@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from rtdetr_spartan.deploy.benchmark import benchmark  # noqa: E402
 from rtdetr_spartan.deploy.from_config import load_config  # noqa: E402
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier  # noqa: E402
-from tests.parity_utils import (load_expected, load_spec, matched_fraction, state_dict_spec,  # noqa: E402
+from tests.parity_utils import (detector_parity, load_expected, load_spec, state_dict_spec,  # noqa: E402
                                 summary_problems, synthetic_scenes, synthetic_state_dict)
 
 logger = logging.getLogger("gpu_check")
@@ -65,22 +65,6 @@ def _detector(config: Path, fixture: str, overrides: list[str] | None = None) ->
     return model
 
 
-def _detector_parity(model: torch.nn.Module, expected: dict, device: torch.device) -> dict[str, object]:
-    """The fixture's backbone / encoder summaries and decoder queries reproduced by ``model``."""
-    batch, _, height, width = expected["input_shape"]
-    with torch.inference_mode():
-        feats = model.backbone(synthetic_scenes(batch, height, width, seed=0).to(device))
-        memory = model.encoder(feats)
-        outputs = model.decoder(memory)
-    problems = []
-    for part, tensors in (("backbone", feats), ("encoder", memory)):
-        for level, (summary, tensor) in enumerate(zip(expected[part], tensors, strict=True)):
-            problems += [f"{part} {level}: {p}" for p in summary_problems(summary, tensor.cpu())]
-    fraction = matched_fraction(expected["pred_logits"], expected["pred_boxes"],
-                                outputs["pred_logits"].cpu(), outputs["pred_boxes"].cpu(), atol=1e-4)
-    return {"matched_queries": round(fraction, 4), "problems": problems, "ok": fraction >= 0.98 and not problems}
-
-
 def parity(device: torch.device) -> dict[str, object]:
     """Reference fixtures reproduced on ``device`` (float32, TF32 off)."""
     results: dict[str, object] = {}
@@ -90,7 +74,9 @@ def parity(device: torch.device) -> dict[str, object]:
         for form in ("eval", "deployed"):
             if form == "deployed":
                 model.deploy()
-            results[f"{name} ({form})"] = _detector_parity(model, expected, device)
+            problems, fraction = detector_parity(model, expected, device)
+            results[f"{name} ({form})"] = {"matched_queries": round(fraction, 4), "problems": problems,
+                                           "ok": fraction >= 0.98 and not problems}
     entries, _ = load_spec("spartan_t_cls")
     classifier = SpaRTANClassifier()
     classifier.load_state_dict(synthetic_state_dict(entries, 0), strict=True)

@@ -118,3 +118,23 @@ def matched_fraction(ref_logits: torch.Tensor, ref_boxes: torch.Tensor,
         nearest = torch.cdist(ref_img, out_img, p=float("inf")).min(dim=1).values
         hits += int((nearest <= atol).sum())
     return hits / (reference.shape[0] * reference.shape[1])
+
+
+def detector_parity(model: torch.nn.Module, expected: dict, device: torch.device | str = "cpu"
+                    ) -> tuple[list[str], float]:
+    """Run an RT-DETR ``model`` (eval mode, on ``device``) on a detector fixture's input and
+    compare: differences of its backbone and encoder maps from the fixture summaries
+    (``summary_problems``, each prefixed by part and level), and the ``matched_fraction`` of
+    the reference decoder queries (atol 1e-4)."""
+    batch, _, height, width = expected["input_shape"]
+    with torch.inference_mode():
+        feats = model.backbone(synthetic_scenes(batch, height, width, seed=0).to(device))
+        memory = model.encoder(feats)
+        outputs = model.decoder(memory)
+    problems = []
+    for part, tensors in (("backbone", feats), ("encoder", memory)):
+        for level, (summary, tensor) in enumerate(zip(expected[part], tensors, strict=True)):
+            problems += [f"{part} level {level}: {p}" for p in summary_problems(summary, tensor.cpu())]
+    fraction = matched_fraction(expected["pred_logits"], expected["pred_boxes"],
+                                outputs["pred_logits"].cpu(), outputs["pred_boxes"].cpu(), atol=1e-4)
+    return problems, fraction

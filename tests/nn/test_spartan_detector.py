@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from rtdetr_spartan.core.yaml_config import YAMLConfig
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
 from rtdetr_spartan.zoo.rtdetr.rtdetr import RTDETR
-from tests.parity_utils import (load_expected, load_spec, matched_fraction, state_dict_spec,
-                                summary_problems, synthetic_scenes, synthetic_state_dict)
+from tests.parity_utils import detector_parity, load_expected, load_spec, state_dict_spec, synthetic_state_dict
 
 MODEL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "spartan" / "spartan_t_model.yml"
 
@@ -30,16 +27,6 @@ def test_spartan_detector_reproduces_reference() -> None:
     model.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
     model.eval()
 
-    expected = load_expected("rtdetr_spartan_t_seed0")
-    batch, _, height, width = expected["input_shape"]
-    with torch.inference_mode():
-        feats = model.backbone(synthetic_scenes(batch, height, width, seed=0))
-        memory = model.encoder(feats)
-        outputs = model.decoder(memory)
-    for name, summaries, tensors in (("backbone", expected["backbone"], feats),
-                                     ("encoder", expected["encoder"], memory)):
-        for level, (summary, tensor) in enumerate(zip(summaries, tensors, strict=True)):
-            assert summary_problems(summary, tensor) == [], f"{name} level {level}"
-    fraction = matched_fraction(expected["pred_logits"], expected["pred_boxes"],
-                                outputs["pred_logits"], outputs["pred_boxes"], atol=1e-4)
+    problems, fraction = detector_parity(model, load_expected("rtdetr_spartan_t_seed0"))
+    assert problems == []
     assert fraction >= 0.98, f"only {fraction:.3f} of the reference queries reproduced"
