@@ -13,6 +13,7 @@ slow phases of a shared machine hit every entry alike. The table gives the media
 each call's median latency, and the fastest single run (on a VM whose host is busy the minimum is
 the steadier of the two). The last stdout line is a JSON object with every measurement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -45,12 +47,17 @@ def measure(threads: list[int], rounds: int, runs: int, warmup: int, size: int) 
         for count in threads:
             for model, config in MODELS.items():
                 for backend in BACKENDS:
-                    result = benchmark(config, size=size, backend=backend, threads=count,
-                                       runs=runs, warmup=warmup)
-                    latencies[model, backend, count].append(
-                        (result.latency_ms, result.latency_min_ms))
-                    logging.info("round %d/%d %s %s %d thread(s): %.1f ms", round_index + 1,
-                                 rounds, model, backend, count, result.latency_ms)
+                    result = benchmark(config, size=size, backend=backend, threads=count, runs=runs, warmup=warmup)
+                    latencies[model, backend, count].append((result.latency_ms, result.latency_min_ms))
+                    logger.info(
+                        "round %d/%d %s %s %d thread(s): %.1f ms",
+                        round_index + 1,
+                        rounds,
+                        model,
+                        backend,
+                        count,
+                        result.latency_ms,
+                    )
     return latencies
 
 
@@ -68,16 +75,16 @@ def format_table(latencies: Latencies, threads: list[int]) -> str:
         cells = []
         for count in threads:
             eager, ort = (summary(latencies, (model, b, count)) for b in BACKENDS)
-            cells += [f"{eager[0]:.0f} / {eager[1]:.0f} ms",
-                      f"{ort[0]:.0f} / {ort[1]:.0f} ms ({eager[0] / ort[0]:.2f}x / "
-                      f"{eager[1] / ort[1]:.2f}x)"]
+            cells += [
+                f"{eager[0]:.0f} / {eager[1]:.0f} ms",
+                f"{ort[0]:.0f} / {ort[1]:.0f} ms ({eager[0] / ort[0]:.2f}x / {eager[1] / ort[1]:.2f}x)",
+            ]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15)
@@ -92,10 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(latencies, args.threads))
     for count in args.threads:
         r18, spartan = (summary(latencies, (m, "onnxruntime", count)) for m in MODELS)
-        print(f"onnxruntime, {count} thread(s): SpaRTAN-T / R18 latency = "
-              f"{spartan[0] / r18[0]:.3f} (median), {spartan[1] / r18[1]:.3f} (min)")
-    print(json.dumps({"size": args.size, "rounds": args.rounds, "runs": args.runs,
-                      "latency_ms": {f"{m}|{b}|{t}": v for (m, b, t), v in latencies.items()}}))
+        print(
+            f"onnxruntime, {count} thread(s): SpaRTAN-T / R18 latency = "
+            f"{spartan[0] / r18[0]:.3f} (median), {spartan[1] / r18[1]:.3f} (min)"
+        )
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "rounds": args.rounds,
+                "runs": args.runs,
+                "latency_ms": {f"{m}|{b}|{t}": v for (m, b, t), v in latencies.items()},
+            }
+        )
+    )
     return 0
 
 

@@ -24,6 +24,7 @@ Run it from the repository root on a machine with a CUDA GPU (the test fixtures 
 End-to-end training, resuming and pretraining on the GPU are the tools' own commands (see
 ``benchmarks/gpu_check.sh``). The last stdout line is a JSON object with every number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,15 @@ sys.path.insert(0, str(ROOT))
 from rtdetr_spartan.deploy.benchmark import benchmark  # noqa: E402
 from rtdetr_spartan.deploy.from_config import load_config  # noqa: E402
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier  # noqa: E402
-from tests.parity_utils import (detector_parity, load_expected, load_spec, state_dict_spec,  # noqa: E402
-                                summary_problems, synthetic_scenes, synthetic_state_dict)
+from tests.parity_utils import (  # noqa: E402
+    detector_parity,
+    load_expected,
+    load_spec,
+    state_dict_spec,
+    summary_problems,
+    synthetic_scenes,
+    synthetic_state_dict,
+)
 
 logger = logging.getLogger("gpu_check")
 
@@ -75,8 +83,11 @@ def parity(device: torch.device) -> dict[str, object]:
             if form == "deployed":
                 model.deploy()
             problems, fraction = detector_parity(model, expected, device)
-            results[f"{name} ({form})"] = {"matched_queries": round(fraction, 4), "problems": problems,
-                                           "ok": fraction >= 0.98 and not problems}
+            results[f"{name} ({form})"] = {
+                "matched_queries": round(fraction, 4),
+                "problems": problems,
+                "ok": fraction >= 0.98 and not problems,
+            }
     entries, _ = load_spec("spartan_t_cls")
     classifier = SpaRTANClassifier()
     classifier.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
@@ -87,11 +98,17 @@ def parity(device: torch.device) -> dict[str, object]:
         with torch.set_grad_enabled(grad):
             stages = classifier.forward_stages(x, (1, 2, 3))
             logits = classifier(x)
-        problems = [f"stage {i + 2}: {p}" for i, (summary, stage) in enumerate(zip(expected["stages"], stages))
-                    for p in summary_problems(summary, stage.detach().cpu())]
+        problems = [
+            f"stage {i + 2}: {p}"
+            for i, (summary, stage) in enumerate(zip(expected["stages"], stages))
+            for p in summary_problems(summary, stage.detach().cpu())
+        ]
         worst = (logits.detach().cpu() - expected["logits"]).abs().max().item()
-        results[f"SpaRTAN-T classifier (grad={grad})"] = {"logits_max_abs_diff": worst, "problems": problems,
-                                                           "ok": worst <= 1e-4 and not problems}
+        results[f"SpaRTAN-T classifier (grad={grad})"] = {
+            "logits_max_abs_diff": worst,
+            "problems": problems,
+            "ok": worst <= 1e-4 and not problems,
+        }
     return results
 
 
@@ -102,13 +119,19 @@ def _targets(batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
         count = int(torch.randint(1, 8, (1,), generator=generator))
         centres = 0.2 + 0.6 * torch.rand(count, 2, generator=generator)
         sizes = 0.05 + 0.3 * torch.rand(count, 2, generator=generator)
-        targets.append({"labels": torch.randint(0, 80, (count,), generator=generator),
-                        "boxes": torch.cat([centres, sizes], dim=1)})
+        targets.append(
+            {"labels": torch.randint(0, 80, (count,), generator=generator), "boxes": torch.cat([centres, sizes], dim=1)}
+        )
     return targets
 
 
-def _step(model: torch.nn.Module, criterion: torch.nn.Module, images: torch.Tensor,
-          targets: list[dict[str, torch.Tensor]], amp: torch.dtype | None) -> tuple[dict[str, float], dict]:
+def _step(
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    images: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+    amp: torch.dtype | None,
+) -> tuple[dict[str, float], dict]:
     """Losses and gradients (on the CPU) of one training step on the tensors' device."""
     model.zero_grad(set_to_none=True)
     with torch.autocast(images.device.type, amp or torch.float32, enabled=amp is not None):
@@ -134,8 +157,11 @@ def train_step(device: torch.device) -> dict[str, object]:
     on CUDA (bfloat16 on the CPU)."""
     results: dict[str, object] = {}
     for name, (fixture, config) in DETECTORS.items():
-        overrides = ["RTDETRTransformer.label_noise_ratio=0", "RTDETRTransformer.box_noise_scale=0",
-                     "RTDETR.multi_scale=~"] + (["SpaRTAN.drop_path_rate=0"] if "SpaRTAN" in name else [])
+        overrides = [
+            "RTDETRTransformer.label_noise_ratio=0",
+            "RTDETRTransformer.box_noise_scale=0",
+            "RTDETR.multi_scale=~",
+        ] + (["SpaRTAN.drop_path_rate=0"] if "SpaRTAN" in name else [])
         model = _detector(config, fixture, overrides).train()
         criterion = load_config(config, overrides).build("criterion")
         images = synthetic_scenes(2, 320, 320, seed=1)
@@ -149,18 +175,29 @@ def train_step(device: torch.device) -> dict[str, object]:
         amp = torch.float16 if device.type == "cuda" else torch.bfloat16
         amp_losses, amp_grads = _step(model, criterion, images.to(device), gpu_targets, amp)
         finite = all(math.isfinite(v) for v in amp_losses.values()) and all(
-            bool(torch.isfinite(g).all()) for g in amp_grads.values())
-        results[name] = {"total_loss_cpu": round(sum(cpu_losses.values()), 6),
-                         "loss_max_rel_diff": loss_rel, "grad_rel_diff": grad_rel,
-                         "amp_total_loss": round(sum(amp_losses.values()), 6), "amp_finite": bool(finite),
-                         "ok": loss_rel <= 1e-4 and grad_rel <= 1e-2 and bool(finite)}
+            bool(torch.isfinite(g).all()) for g in amp_grads.values()
+        )
+        results[name] = {
+            "total_loss_cpu": round(sum(cpu_losses.values()), 6),
+            "loss_max_rel_diff": loss_rel,
+            "grad_rel_diff": grad_rel,
+            "amp_total_loss": round(sum(amp_losses.values()), 6),
+            "amp_finite": bool(finite),
+            "ok": loss_rel <= 1e-4 and grad_rel <= 1e-2 and bool(finite),
+        }
     return results
 
 
 # batch, autocast dtype (None: float32), how the model runs: eager, graph (CUDA graph replay),
 # compile (torch.compile + CUDA graph replay)
-DEFAULT_SETTINGS = ("1-float32-eager", "1-float16-eager", "1-float32-graph", "1-float16-graph",
-                    "16-float32-graph", "16-float16-graph")
+DEFAULT_SETTINGS = (
+    "1-float32-eager",
+    "1-float16-eager",
+    "1-float32-graph",
+    "1-float16-graph",
+    "16-float32-graph",
+    "16-float16-graph",
+)
 
 
 def latency(settings: list[str], rounds: int, runs: int, warmup: int) -> dict[str, object]:
@@ -174,10 +211,18 @@ def latency(settings: list[str], rounds: int, runs: int, warmup: int) -> dict[st
             for name, (_, config) in DETECTORS.items():
                 key = f"{name} {setting}"
                 try:
-                    result = benchmark(config, size=640, batch=int(batch), runs=runs, warmup=warmup,
-                                       device="cuda", amp=None if amp == "float32" else amp,
-                                       compile_model=mode == "compile", cuda_graph=mode in ("graph", "compile"))
-                except Exception as error:  # noqa: BLE001 - reported in the summary
+                    result = benchmark(
+                        config,
+                        size=640,
+                        batch=int(batch),
+                        runs=runs,
+                        warmup=warmup,
+                        device="cuda",
+                        amp=None if amp == "float32" else amp,
+                        compile_model=mode == "compile",
+                        cuda_graph=mode in ("graph", "compile"),
+                    )
+                except Exception as error:
                     info[f"{key} error"] = repr(error)[:300]
                     continue
                 times.setdefault(key, []).append(result.latency_ms)
@@ -197,8 +242,9 @@ def profile_kernels(device: torch.device, out: Path, batch: int, top: int = 20) 
     from rtdetr_spartan.deploy.export import DeployModel, sample_inputs
 
     cuda = device.type == "cuda"
-    activity, sort_key = ((ProfilerActivity.CUDA, "self_device_time_total") if cuda
-                          else (ProfilerActivity.CPU, "self_cpu_time_total"))
+    activity, sort_key = (
+        (ProfilerActivity.CUDA, "self_device_time_total") if cuda else (ProfilerActivity.CPU, "self_cpu_time_total")
+    )
     results: dict[str, object] = {}
     for name, (_, config) in DETECTORS.items():
         cfg = load_config(config)
@@ -216,9 +262,13 @@ def profile_kernels(device: torch.device, out: Path, batch: int, top: int = 20) 
         events = prof.key_averages()
         table = events.table(sort_by=sort_key, row_limit=top)
         (out / f"profile_{name}.txt").write_text(table)
-        results[name] = {"kernels" if cuda else "ops": sum(e.count for e in events),
-                         "top": [(e.key[:80], round(getattr(e, sort_key) / 1000, 3), e.count)
-                                 for e in sorted(events, key=lambda e: -getattr(e, sort_key))[:top]]}
+        results[name] = {
+            "kernels" if cuda else "ops": sum(e.count for e in events),
+            "top": [
+                (e.key[:80], round(getattr(e, sort_key) / 1000, 3), e.count)
+                for e in sorted(events, key=lambda e: -getattr(e, sort_key))[:top]
+            ],
+        }
     return results
 
 
@@ -233,14 +283,25 @@ def _section(name: str, run: Callable[[], dict[str, object]], summary: dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("output/gpu_check"))
-    parser.add_argument("--sections", nargs="+", default=["parity", "train_step", "latency"],
-                        choices=("parity", "train_step", "latency", "profile"))
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["parity", "train_step", "latency"],
+        choices=("parity", "train_step", "latency", "profile"),
+    )
     parser.add_argument("--profile-batch", type=int, default=16)
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms first)")
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms first)",
+    )
     parser.add_argument("--device", default="cuda", help="cpu checks the script itself (latency needs cuda)")
-    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS),
-                        help="latency settings BATCH-DTYPE-MODE, MODE one of eager, graph, compile")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=list(DEFAULT_SETTINGS),
+        help="latency settings BATCH-DTYPE-MODE, MODE one of eager, graph, compile",
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
@@ -253,11 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     args.out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, object] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                                  "torch": torch.__version__}
-    sections = {"parity": lambda: parity(device), "train_step": lambda: train_step(device),
-                "latency": lambda: latency(args.settings, args.rounds, args.runs, args.warmup),
-                "profile": lambda: profile_kernels(device, args.out, args.profile_batch)}
+    summary: dict[str, object] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    sections = {
+        "parity": lambda: parity(device),
+        "train_step": lambda: train_step(device),
+        "latency": lambda: latency(args.settings, args.rounds, args.runs, args.warmup),
+        "profile": lambda: profile_kernels(device, args.out, args.profile_batch),
+    }
     for name in args.sections:
         _section(name, sections[name], summary)
     (args.out / f"gpu_check_{'_'.join(args.sections)}.json").write_text(json.dumps(summary, indent=1, default=str))

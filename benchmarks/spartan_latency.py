@@ -23,6 +23,7 @@ spin-waiting makes every multi-threaded op wait for a descheduled sibling thread
 models with many small ops most; there run with ``OMP_WAIT_POLICY=PASSIVE`` (set before Python
 starts) and compare ``--threads 1`` CPU times as well.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ R18_CONFIG = ROOT / "configs" / "rtdetr" / "rtdetr_r18vd_6x_coco.yml"
 
 # ---- models ------------------------------------------------------------------------------------
 
+
 def build_models(detectors: bool, reference_style: bool) -> dict[str, nn.Module]:
     """Eval-mode models by display name (random weights: speed does not depend on them)."""
     spartan_det = YAMLConfig(SPARTAN_CONFIG).model.eval()
@@ -82,6 +84,7 @@ def build_models(detectors: bool, reference_style: bool) -> dict[str, nn.Module]
 
 # ---- measurement -------------------------------------------------------------------------------
 
+
 @dataclass
 class Timing:
     median_ms: float
@@ -101,10 +104,8 @@ def count_gmacs(model: nn.Module, images: torch.Tensor) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def time_interleaved(models: dict[str, nn.Module], images: torch.Tensor, runs: int,
-                     warmup: int) -> dict[str, Timing]:
-    calls: dict[str, Callable[[], object]] = {name: (lambda m=m: m(images))
-                                              for name, m in models.items()}
+def time_interleaved(models: dict[str, nn.Module], images: torch.Tensor, runs: int, warmup: int) -> dict[str, Timing]:
+    calls: dict[str, Callable[[], object]] = {name: (lambda m=m: m(images)) for name, m in models.items()}
     wall: dict[str, list[float]] = {name: [] for name in calls}
     cpu: dict[str, list[float]] = {name: [] for name in calls}
     faults: dict[str, int] = {name: 0 for name in calls}
@@ -122,15 +123,19 @@ def time_interleaved(models: dict[str, nn.Module], images: torch.Tensor, runs: i
                 after = _faults()
                 faults[name] += 0 if before is None else after - before
             logger.info("run %d/%d done", run + 1, runs)
-    return {name: Timing(median_ms=1e3 * statistics.median(wall[name]),
-                         min_ms=1e3 * min(wall[name]),
-                         cpu_ms=1e3 * statistics.median(cpu[name]),
-                         faults=faults[name] / runs if resource else None,
-                         gmacs=count_gmacs(models[name], images)) for name in calls}
+    return {
+        name: Timing(
+            median_ms=1e3 * statistics.median(wall[name]),
+            min_ms=1e3 * min(wall[name]),
+            cpu_ms=1e3 * statistics.median(cpu[name]),
+            faults=faults[name] / runs if resource else None,
+            gmacs=count_gmacs(models[name], images),
+        )
+        for name in calls
+    }
 
 
-def save_profile(name: str, model: nn.Module, images: torch.Tensor, out_dir: Path, runs: int,
-                 top: int) -> str:
+def save_profile(name: str, model: nn.Module, images: torch.Tensor, out_dir: Path, runs: int, top: int) -> str:
     """Profile ``runs`` calls; write the top ops (by self CPU time) and return the first lines."""
     with torch.inference_mode():
         model(images)
@@ -139,7 +144,8 @@ def save_profile(name: str, model: nn.Module, images: torch.Tensor, out_dir: Pat
                 model(images)
     by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
     by_shape = prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=top, max_shapes_column_width=80)
+        sort_by="self_cpu_time_total", row_limit=top, max_shapes_column_width=80
+    )
     path = out_dir / (name.replace(" ", "_") + ".profile.txt")
     path.write_text(f"{name}: {runs} calls, input {tuple(images.shape)}\n\n{by_op}\n\n{by_shape}\n")
     logger.info("profile of %s -> %s", name, path)
@@ -148,42 +154,44 @@ def save_profile(name: str, model: nn.Module, images: torch.Tensor, out_dir: Pat
 
 # ---- report ------------------------------------------------------------------------------------
 
+
 def format_table(results: dict[str, Timing]) -> str:
-    lines = [f"{'model':36s} {'median ms':>10s} {'min ms':>9s} {'cpu ms':>9s} {'faults':>8s} "
-             f"{'GMACs':>7s}"]
+    lines = [f"{'model':36s} {'median ms':>10s} {'min ms':>9s} {'cpu ms':>9s} {'faults':>8s} {'GMACs':>7s}"]
     for name, t in results.items():
         faults = "n/a" if t.faults is None else f"{t.faults:.0f}"
-        lines.append(f"{name:36s} {t.median_ms:10.1f} {t.min_ms:9.1f} {t.cpu_ms:9.1f} {faults:>8s} "
-                     f"{t.gmacs:7.2f}")
+        lines.append(f"{name:36s} {t.median_ms:10.1f} {t.min_ms:9.1f} {t.cpu_ms:9.1f} {faults:>8s} {t.gmacs:7.2f}")
     return "\n".join(lines)
 
 
 def format_ratios(results: dict[str, Timing]) -> str:
-    pairs = [("SpaRTAN-T", "PResNet-18"), ("SpaRTAN-T deploy", "PResNet-18"),
-             ("SpaRTAN-T reference-style", "PResNet-18"),
-             ("SpaRTAN-T reference-style", "SpaRTAN-T"),
-             ("RT-DETR-SpaRTAN-T", "RT-DETR-R18"),
-             ("RT-DETR-SpaRTAN-T deploy", "RT-DETR-R18 deploy"),
-             ("RT-DETR-SpaRTAN-T reference-style", "RT-DETR-R18")]
+    pairs = [
+        ("SpaRTAN-T", "PResNet-18"),
+        ("SpaRTAN-T deploy", "PResNet-18"),
+        ("SpaRTAN-T reference-style", "PResNet-18"),
+        ("SpaRTAN-T reference-style", "SpaRTAN-T"),
+        ("RT-DETR-SpaRTAN-T", "RT-DETR-R18"),
+        ("RT-DETR-SpaRTAN-T deploy", "RT-DETR-R18 deploy"),
+        ("RT-DETR-SpaRTAN-T reference-style", "RT-DETR-R18"),
+    ]
     lines = []
     for a, b in pairs:
         if a in results and b in results:
-            lines.append(f"{a} / {b}: median {results[a].median_ms / results[b].median_ms:.2f}x, "
-                         f"min {results[a].min_ms / results[b].min_ms:.2f}x")
+            lines.append(
+                f"{a} / {b}: median {results[a].median_ms / results[b].median_ms:.2f}x, "
+                f"min {results[a].min_ms / results[b].min_ms:.2f}x"
+            )
     return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
     parser.add_argument("--size", type=int, default=640, help="square input side")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--backbones-only", action="store_true", help="skip the detectors")
-    parser.add_argument("--no-reference-style", action="store_true",
-                        help="skip the reference-style baseline")
+    parser.add_argument("--no-reference-style", action="store_true", help="skip the reference-style baseline")
     parser.add_argument("--profile-runs", type=int, default=3, help="0: no profiles")
     parser.add_argument("--top", type=int, default=30, help="ops per profile table")
     parser.add_argument("--out", type=Path, default=Path("output/spartan_latency"))
@@ -196,29 +204,37 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    logger.info("load average %s on %s cores, OMP_WAIT_POLICY=%s", load, os.cpu_count(),
-                os.environ.get("OMP_WAIT_POLICY", "(default)"))
-    models = build_models(detectors=not args.backbones_only,
-                          reference_style=not args.no_reference_style)
+    logger.info(
+        "load average %s on %s cores, OMP_WAIT_POLICY=%s",
+        load,
+        os.cpu_count(),
+        os.environ.get("OMP_WAIT_POLICY", "(default)"),
+    )
+    models = build_models(detectors=not args.backbones_only, reference_style=not args.no_reference_style)
     images = torch.rand(args.batch, 3, args.size, args.size)
     results = time_interleaved(models, images, args.runs, args.warmup)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.profile_runs > 0:
         for name in ("SpaRTAN-T", "PResNet-18", "SpaRTAN-T reference-style"):
             if name in models:
-                top = save_profile(name, models[name], images, args.out, args.profile_runs,
-                                   args.top)
-                print(f"\n{name}: top ops over {args.profile_runs} calls\n"
-                      + "\n".join(top.splitlines()[:14]))
-    print(f"\nbatch {args.batch}, {args.size}x{args.size}, {torch.get_num_threads()} threads, "
-          f"{args.runs} interleaved runs after {args.warmup} warm-up calls each, load average "
-          f"{load} on {os.cpu_count()} cores before the run\n")
+                top = save_profile(name, models[name], images, args.out, args.profile_runs, args.top)
+                print(f"\n{name}: top ops over {args.profile_runs} calls\n" + "\n".join(top.splitlines()[:14]))
+    print(
+        f"\nbatch {args.batch}, {args.size}x{args.size}, {torch.get_num_threads()} threads, "
+        f"{args.runs} interleaved runs after {args.warmup} warm-up calls each, load average "
+        f"{load} on {os.cpu_count()} cores before the run\n"
+    )
     print(format_table(results))
     print("\n" + format_ratios(results))
-    summary = {"threads": torch.get_num_threads(), "size": args.size, "batch": args.batch,
-               "runs": args.runs, "load_average": load,
-               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-               "results": {k: asdict(v) for k, v in results.items()}}
+    summary = {
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "batch": args.batch,
+        "runs": args.runs,
+        "load_average": load,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "results": {k: asdict(v) for k, v in results.items()},
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary), flush=True)
     return 0

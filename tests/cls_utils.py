@@ -1,5 +1,6 @@
 """Helpers for the pretraining tests: a tiny generated 4-class ImageFolder and the overrides that
 shrink the shapes pretraining config to a few seconds on a CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,9 +31,13 @@ def tiny_overrides(root: Path, epochs: int = 2, batch_size: int = 8, image_size:
         "base_lr_batch": 64,
         "optimizer": {"lr": 4e-3},
         "lr_scheduler": {"warmup_epochs": 1},
-        "train_dataloader": {"dataset": {"root": str(root / "train"), "transforms": augment},
-                             "collate_fn": {"prob": 1.0}, "batch_size": batch_size},
-        "val_dataloader": {"dataset": {"root": str(root / "val"),
-                                       "transforms": {"resize": image_size, "crop": image_size}},
-                           "batch_size": batch_size},
+        "train_dataloader": {
+            "dataset": {"root": str(root / "train"), "transforms": augment},
+            "collate_fn": {"prob": 1.0},
+            "batch_size": batch_size,
+        },
+        "val_dataloader": {
+            "dataset": {"root": str(root / "val"), "transforms": {"resize": image_size, "crop": image_size}},
+            "batch_size": batch_size,
+        },
     }

@@ -5,6 +5,7 @@ OpenMP's default spin-waiting then makes small ops (BatchNorm, depthwise convs) 
 magnitude slower. Passive waiting must be set before the OpenMP runtime starts, i.e. before
 torch is imported by any test module; child processes inherit it.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Implements the fixtures' documented synthetic-weight rule: each state-dict entry
 filled from NumPy's PCG64 stream seeded with ``seed * 1_000_003 + i``; the kind of entry
 (BN statistics, 1-D scale, 1-D other, N-D) picks the distribution.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,7 +75,7 @@ def synthetic_scenes(batch: int, height: int, width: int, seed: int = 0) -> torc
             y0 = stream.integers(0, height - 8)
             w = stream.integers(8, width // 3)
             h = stream.integers(8, height // 3)
-            images[b, :, y0:y0 + h, x0:x0 + w] = stream.random(3)[:, None, None]
+            images[b, :, y0 : y0 + h, x0 : x0 + w] = stream.random(3)[:, None, None]
     return torch.from_numpy(images).float()
 
 
@@ -101,16 +102,19 @@ def summary_problems(summary: dict, tensor: torch.Tensor, tol: float = 1e-4) -> 
     return problems
 
 
-def matched_fraction(ref_logits: torch.Tensor, ref_boxes: torch.Tensor,
-                     logits: torch.Tensor, boxes: torch.Tensor, atol: float = 1e-4) -> float:
+def matched_fraction(
+    ref_logits: torch.Tensor, ref_boxes: torch.Tensor, logits: torch.Tensor, boxes: torch.Tensor, atol: float = 1e-4
+) -> float:
     """Share of reference queries that some output query reproduces within ``atol``.
 
     logits: [B, Q, C]; boxes: [B, Q, 4]. Per image, each reference query is compared with every
     output query by the largest absolute difference over logits and box.
     """
     if ref_logits.shape != logits.shape or ref_boxes.shape != boxes.shape:
-        raise ValueError(f"shapes {tuple(logits.shape)}/{tuple(boxes.shape)} != reference "
-                         f"{tuple(ref_logits.shape)}/{tuple(ref_boxes.shape)}")
+        raise ValueError(
+            f"shapes {tuple(logits.shape)}/{tuple(boxes.shape)} != reference "
+            f"{tuple(ref_logits.shape)}/{tuple(ref_boxes.shape)}"
+        )
     reference = torch.cat([ref_logits, ref_boxes], dim=-1).double()
     produced = torch.cat([logits, boxes], dim=-1).double()
     hits = 0
@@ -120,8 +124,9 @@ def matched_fraction(ref_logits: torch.Tensor, ref_boxes: torch.Tensor,
     return hits / (reference.shape[0] * reference.shape[1])
 
 
-def detector_parity(model: torch.nn.Module, expected: dict, device: torch.device | str = "cpu"
-                    ) -> tuple[list[str], float]:
+def detector_parity(
+    model: torch.nn.Module, expected: dict, device: torch.device | str = "cpu"
+) -> tuple[list[str], float]:
     """Run an RT-DETR ``model`` (eval mode, on ``device``) on a detector fixture's input and
     compare: differences of its backbone and encoder maps from the fixture summaries
     (``summary_problems``, each prefixed by part and level), and the ``matched_fraction`` of
@@ -135,6 +140,11 @@ def detector_parity(model: torch.nn.Module, expected: dict, device: torch.device
     for part, tensors in (("backbone", feats), ("encoder", memory)):
         for level, (summary, tensor) in enumerate(zip(expected[part], tensors, strict=True)):
             problems += [f"{part} level {level}: {p}" for p in summary_problems(summary, tensor.cpu())]
-    fraction = matched_fraction(expected["pred_logits"], expected["pred_boxes"],
-                                outputs["pred_logits"].cpu(), outputs["pred_boxes"].cpu(), atol=1e-4)
+    fraction = matched_fraction(
+        expected["pred_logits"],
+        expected["pred_boxes"],
+        outputs["pred_logits"].cpu(),
+        outputs["pred_boxes"].cpu(),
+        atol=1e-4,
+    )
     return problems, fraction

@@ -1,4 +1,5 @@
 """Helpers for the training tests: a tiny generated shapes dataset and the tiny RT-DETR config."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,10 @@ def dataset_overrides(root: Path, train_ann: Path | None = None) -> dict[str, An
     """Config overrides pointing both loaders at the dataset in ``root``."""
     ann = root / "annotations"
     return {
-        "train_dataloader": {"dataset": {"img_folder": str(root / "train"),
-                                         "ann_file": str(train_ann or ann / "instances_train.json")}},
-        "val_dataloader": {"dataset": {"img_folder": str(root / "val"),
-                                       "ann_file": str(ann / "instances_val.json")}},
+        "train_dataloader": {
+            "dataset": {"img_folder": str(root / "train"), "ann_file": str(train_ann or ann / "instances_train.json")}
+        },
+        "val_dataloader": {"dataset": {"img_folder": str(root / "val"), "ann_file": str(ann / "instances_val.json")}},
     }
 
 
@@ -47,8 +48,15 @@ def as_cli_updates(overrides: dict[str, Any], prefix: str = "") -> list[str]:
 def run_torchrun(args: Sequence[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc-per-node=N tools/train.py ARGS`` on the CPU, one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               str(TRAIN_TOOL), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(TRAIN_TOOL),
+        *args,
+    ]
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -7,6 +7,7 @@ the numbers compare one to one with the PyTorch model's. Label ``i`` is the ``i`
 category id of the annotation file, or the COCO id when the model remaps COCO categories
 (stored in the ONNX metadata at export).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     predictor = OnnxPredictor(args.onnx, threads=args.threads)
-    evaluator = evaluate_predictor(predictor, args.ann, args.images, backend=args.backend,
-                                   batch_size=args.batch_size)
+    evaluator = evaluate_predictor(predictor, args.ann, args.images, backend=args.backend, batch_size=args.batch_size)
     logger = logging.getLogger(__name__)
     logger.info("%s", ", ".join(f"{name} {value:.4f}" for name, value in zip(STAT_NAMES, evaluator.stats)))
     if args.summary:

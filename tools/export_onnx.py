@@ -8,6 +8,7 @@ Inputs ``images`` [N, 3, H, W] float in [0, 1] and ``orig_target_sizes`` [N, 2] 
 class names and category ids. The export fails when onnxruntime differs from PyTorch by more
 than --tolerance on a sample.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,23 +24,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", required=True, help="YAML config of the model")
     parser.add_argument("-r", "--resume", default=None, help="checkpoint with trained weights (EMA preferred)")
     parser.add_argument("-o", "--output", default="model.onnx", help="ONNX file to write")
-    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. -u num_classes=4 remap_mscoco_category=False")
+    parser.add_argument(
+        "-u",
+        "--update",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. -u num_classes=4 remap_mscoco_category=False",
+    )
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="input size to export at (default: the config's eval_spatial_size)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="input size to export at (default: the config's eval_spatial_size)",
+    )
     batch = parser.add_mutually_exclusive_group()
-    batch.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True,
-                       help="symbolic batch axis (default)")
+    batch.add_argument(
+        "--dynamic-batch", dest="dynamic_batch", action="store_true", default=True, help="symbolic batch axis (default)"
+    )
     batch.add_argument("--static", dest="dynamic_batch", action="store_false", help="fixed batch of 1")
     parser.add_argument("--dynamic-size", action="store_true", help="symbolic image height and width as well")
-    parser.add_argument("--size-dtype", choices=("int64", "float32"), default="int64",
-                        help="dtype of the orig_target_sizes input")
+    parser.add_argument(
+        "--size-dtype", choices=("int64", "float32"), default="int64", help="dtype of the orig_target_sizes input"
+    )
     parser.add_argument("--simplify", action="store_true", help="simplify with onnxslim/onnxsim (or onnxscript)")
-    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the full onnx.checker (default on)")
-    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                        help="compare onnxruntime with PyTorch on a sample (default on)")
+    parser.add_argument(
+        "--check", action=argparse.BooleanOptionalAction, default=True, help="run the full onnx.checker (default on)"
+    )
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare onnxruntime with PyTorch on a sample (default on)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed difference")
     return parser
 
@@ -48,10 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = export_from_config(
-        args.config, args.output, checkpoint=args.resume, overrides=args.update,
-        input_size=tuple(args.size) if args.size else None, opset=args.opset,
-        dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size, simplify=args.simplify,
-        check=args.check, verify=args.verify, tolerance=args.tolerance, orig_size_dtype=getattr(torch, args.size_dtype))
+        args.config,
+        args.output,
+        checkpoint=args.resume,
+        overrides=args.update,
+        input_size=tuple(args.size) if args.size else None,
+        opset=args.opset,
+        dynamic_batch=args.dynamic_batch,
+        dynamic_size=args.dynamic_size,
+        simplify=args.simplify,
+        check=args.check,
+        verify=args.verify,
+        tolerance=args.tolerance,
+        orig_size_dtype=getattr(torch, args.size_dtype),
+    )
     logging.getLogger(__name__).info("wrote %s", result.path)
     return 0
 

@@ -8,6 +8,7 @@ Writes one annotated picture per image (``<name>_frames/`` per video) and ``dete
 Video needs imageio with ffmpeg (or a torchvision with video support); without one, videos are
 reported as errors and the rest is processed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--onnx", help="exported model (tools/export_onnx.py)")
     source.add_argument("-c", "--config", help="YAML config of a PyTorch model (with -r)")
     parser.add_argument("-r", "--resume", default=None, help="checkpoint for --config")
-    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. -u num_classes=4 (repeatable)")
+    parser.add_argument(
+        "-u",
+        "--update",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. -u num_classes=4 (repeatable)",
+    )
     parser.add_argument("-i", "--input", required=True, help="image, folder of images, or video")
     parser.add_argument("-o", "--output", required=True, help="folder for pictures and detections.json")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score to keep a detection")

@@ -1,8 +1,9 @@
 """Write a generated shapes dataset: COCO detection (default) or ImageFolder classification.
 
-    python tools/make_shapes.py --out data/shapes --train 400 --val 100 --size 256 --seed 0
-    python tools/make_shapes.py --out data/shapes_cls --classification --train 800 --val 200 --size 64
+python tools/make_shapes.py --out data/shapes --train 400 --val 100 --size 256 --seed 0
+python tools/make_shapes.py --out data/shapes_cls --classification --train 800 --val 200 --size 64
 """
+
 from __future__ import annotations
 
 import argparse

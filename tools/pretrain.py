@@ -11,6 +11,7 @@
 (``lr x batch_size x processes / base_lr_batch``). The detector loads the result with
 ``SpaRTAN: {pretrained: OUTPUT_DIR/best.pth}``.
 """
+
 from __future__ import annotations
 
 import argparse

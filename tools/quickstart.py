@@ -10,6 +10,7 @@ with PyTorch -> COCO mAP of the ONNX model -> annotated validation pictures and 
 training-curve PNGs. OUTPUT_DIR/summary.json holds AP, AP50, the ONNX difference, latency,
 wall time and the paths of everything written; OUTPUT_DIR/train.log the full log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the datasets and of training")
     parser.add_argument("--fast", action="store_true", help="tiny datasets, one epoch per stage (smoke test)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    parser.add_argument("--threads", type=int, help="CPU threads of PyTorch (default: one per core); 1 is "
-                        "faster when other processes keep the cores busy")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of PyTorch (default: one per core); 1 is faster when other processes keep the cores busy",
+    )
     parser.add_argument("--detection-config", default=str(DETECTION_CONFIG), help="RT-DETR config")
     parser.add_argument("--pretrain-config", default=str(PRETRAIN_CONFIG), help="SpaRTAN classifier config")
     parser.add_argument("--pretrain-epochs", type=int, help="0 trains the detector from scratch")
     parser.add_argument("--detector-epochs", type=int)
-    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="detector config overrides, e.g. -u optimizer.lr=0.0002")
-    parser.add_argument("--pretrain-update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="pretraining config overrides")
+    parser.add_argument(
+        "-u",
+        "--update",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="detector config overrides, e.g. -u optimizer.lr=0.0002",
+    )
+    parser.add_argument(
+        "--pretrain-update",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pretraining config overrides",
+    )
     return parser
 
 
@@ -52,18 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     preset = fast_settings if args.fast else default_settings
     settings = preset(args.output_dir, args.data_dir, args.detection_config, args.pretrain_config, args.seed)
-    changes = {"pretrain_epochs": args.pretrain_epochs, "detector_epochs": args.detector_epochs,
-               "device": args.device}
+    changes = {"pretrain_epochs": args.pretrain_epochs, "detector_epochs": args.detector_epochs, "device": args.device}
     settings = settings.replace(
         **{k: v for k, v in changes.items() if v is not None},
         detector_overrides=(*settings.detector_overrides, *args.update),
-        pretrain_overrides=(*settings.pretrain_overrides, *args.pretrain_update))
+        pretrain_overrides=(*settings.pretrain_overrides, *args.pretrain_update),
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     setup_logging(settings.output_dir)
     try:
-        logger.info("quickstart%s: output in %s, datasets in %s", " (fast)" if args.fast else "",
-                    settings.output_dir, settings.data_dir)
+        logger.info(
+            "quickstart%s: output in %s, datasets in %s",
+            " (fast)" if args.fast else "",
+            settings.output_dir,
+            settings.data_dir,
+        )
         run_quickstart(settings)
     finally:
         close_logging()

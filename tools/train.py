@@ -9,6 +9,7 @@
 
 ``batch_size`` in the config is per process: the total batch is batch_size x world size.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ of the config (``num_classes``, ``eval_spatial_size``, ...).
 Unlike the reference, the registry only maps names to objects: it never stores config values,
 so building is pure (see :mod:`rtdetr_spartan.core.workspace`).
 """
+
 from __future__ import annotations
 
 import difflib

@@ -12,6 +12,7 @@ Follows RT-DETR's ``create`` semantics (lyuwenyu/RT-DETR, Apache-2.0):
 Unlike the reference, nothing global is modified, every value is deep-copied before use, and
 a keyword that the constructor does not take is an error naming its key path.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,7 @@ def _signature_params(target: Any) -> tuple[list[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _check_keys(target: Any, kwargs: Mapping[str, Any], inline: Mapping[str, Any], name: str,
-                path: str) -> None:
+def _check_keys(target: Any, kwargs: Mapping[str, Any], inline: Mapping[str, Any], name: str, path: str) -> None:
     """Reject keywords the constructor does not take, naming the YAML key that holds them:
     ``path.key`` for keys written inline in a ``{type: ...}`` dict, ``Name.key`` for keys of the
     top-level section ``Name``."""
@@ -49,8 +49,7 @@ def _check_keys(target: Any, kwargs: Mapping[str, Any], inline: Mapping[str, Any
             where = f"{path}.{key}" if key in inline or path == name else f"{name}.{key} (building {path})"
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"{where}: {target.__name__} takes no argument '{key}'{hint} "
-                              f"(valid: {', '.join(names)})")
+            raise ConfigError(f"{where}: {target.__name__} takes no argument '{key}'{hint} (valid: {', '.join(names)})")
 
 
 def _lookup(name: str, path: str) -> Any:
@@ -72,8 +71,7 @@ def _build_injected(value: Any, cfg: Mapping[str, Any], path: str) -> Any:
     return copy.deepcopy(value)
 
 
-def create(spec: str | Mapping[str, Any], cfg: Mapping[str, Any], path: str | None = None,
-           **extra: Any) -> Any:
+def create(spec: str | Mapping[str, Any], cfg: Mapping[str, Any], path: str | None = None, **extra: Any) -> Any:
     """Build ``spec`` (a registered name or a ``{type: Name, ...}`` dict) from config ``cfg``.
 
     ``extra`` are runtime arguments supplied by code (e.g. ``params`` for an optimizer); they win

@@ -5,6 +5,7 @@ Follows RT-DETR's ``YAMLConfig`` (lyuwenyu/RT-DETR, Apache-2.0): the same keys
 ``scaler``, ``train_dataloader``, ``val_dataloader``, ...) and keyword overrides deep-merged into
 the loaded file, e.g. ``YAMLConfig(path, PResNet={'pretrained': False})``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,22 +25,63 @@ from rtdetr_spartan.core.yaml_utils import load_yaml, merge_dict
 logger = logging.getLogger(__name__)
 
 # Packages whose import registers the buildable classes.
-_REGISTERING_PACKAGES = ("rtdetr_spartan.nn", "rtdetr_spartan.zoo", "rtdetr_spartan.data",
-                         "rtdetr_spartan.optim", "rtdetr_spartan.solver")
+_REGISTERING_PACKAGES = (
+    "rtdetr_spartan.nn",
+    "rtdetr_spartan.zoo",
+    "rtdetr_spartan.data",
+    "rtdetr_spartan.optim",
+    "rtdetr_spartan.solver",
+)
 
 # Reference key names still accepted, with a warning.
 DEPRECATED_KEYS = {"epoches": "epochs"}
 
 # Top-level keys that are settings rather than registered sections.
-RUNTIME_KEYS = frozenset({
-    "task", "num_classes", "use_focal_loss", "remap_mscoco_category", "eval_spatial_size",
-    "model", "criterion", "postprocessor", "optimizer", "lr_scheduler", "lr_warmup_scheduler",
-    "ema", "use_ema", "scaler", "use_amp", "amp_dtype", "sync_bn", "find_unused_parameters",
-    "epochs", "clip_max_norm", "output_dir", "train_dataloader", "val_dataloader", "evaluator",
-    "seed", "print_freq", "log_step", "checkpoint_freq", "checkpoint_step", "summary_dir",
-    "device", "tuning", "resume", "batch_size_reference", "bn_sync_every_epoch", "base_lr_batch",
-    "label_smoothing", "mixup", "num_top_queries", "eval_backend", "num_workers",
-})
+RUNTIME_KEYS = frozenset(
+    {
+        "task",
+        "num_classes",
+        "use_focal_loss",
+        "remap_mscoco_category",
+        "eval_spatial_size",
+        "model",
+        "criterion",
+        "postprocessor",
+        "optimizer",
+        "lr_scheduler",
+        "lr_warmup_scheduler",
+        "ema",
+        "use_ema",
+        "scaler",
+        "use_amp",
+        "amp_dtype",
+        "sync_bn",
+        "find_unused_parameters",
+        "epochs",
+        "clip_max_norm",
+        "output_dir",
+        "train_dataloader",
+        "val_dataloader",
+        "evaluator",
+        "seed",
+        "print_freq",
+        "log_step",
+        "checkpoint_freq",
+        "checkpoint_step",
+        "summary_dir",
+        "device",
+        "tuning",
+        "resume",
+        "batch_size_reference",
+        "bn_sync_every_epoch",
+        "base_lr_batch",
+        "label_smoothing",
+        "mixup",
+        "num_top_queries",
+        "eval_backend",
+        "num_workers",
+    }
+)
 
 
 def import_registered_modules() -> None:
@@ -65,8 +107,9 @@ def _check_top_level(cfg: dict[str, Any], path: Path) -> None:
             continue
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
         if close:
-            raise ConfigError(f"{path}: unknown top-level key '{key}'; did you mean "
-                              f"{', '.join(repr(c) for c in close)}?")
+            raise ConfigError(
+                f"{path}: unknown top-level key '{key}'; did you mean {', '.join(repr(c) for c in close)}?"
+            )
         logger.warning("%s: top-level key '%s' is not used by any registered component", path, key)
 
 

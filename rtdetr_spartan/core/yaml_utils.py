@@ -5,6 +5,7 @@ files under ``__include__`` (paths relative to the including file); included fil
 first, in order, and the including file's own keys win. Dicts are merged recursively; any other
 value (lists included) is replaced.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,8 +54,11 @@ def _include_list(value: Any, path: Path) -> list[str]:
     raise ValueError(f"{path}: '{INCLUDE_KEY}' must be a path or a list of paths, got {value!r}")
 
 
-def load_yaml(path: str | Path, transform: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
-              _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_yaml(
+    path: str | Path,
+    transform: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
+    _stack: tuple[Path, ...] = (),
+) -> dict[str, Any]:
     """Load ``path`` with its ``__include__`` files resolved (recursively, cycles rejected).
 
     ``transform(cfg, file)`` is applied to each file's own keys before merging (used to rename

@@ -1,6 +1,7 @@
 """Data: COCO detection dataset and category mapping, detection transforms, loaders, generated
 shapes datasets, the COCO evaluator and ImageFolder classification data. Importing the package
 registers its config names."""
+
 from rtdetr_spartan.data import categories, classification, coco, coco_eval, dataloader, shapes, transforms
 from rtdetr_spartan.data.coco import CocoDetection, ImageReadError
 from rtdetr_spartan.data.coco_eval import CocoEvaluator, to_category_ids

@@ -4,6 +4,7 @@ COCO numbers its 80 object categories 1..90 with gaps; models predict contiguous
 ``MSCOCO_CATEGORIES`` lists ``(category_id, name)`` in id order, so label ``i`` is entry ``i``;
 it is the table of :mod:`rtdetr_spartan.zoo.rtdetr.coco_categories`.
 """
+
 from __future__ import annotations
 
 from rtdetr_spartan.zoo.rtdetr.coco_categories import COCO_CATEGORIES

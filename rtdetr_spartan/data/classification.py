@@ -6,6 +6,7 @@ RandomResizedCrop, horizontal flip, RandAugment, scaling to [0, 1], ImageNet nor
 RandomErasing; evaluation images through Resize + CenterCrop; every training batch is mixed by
 CutMix or MixUp, chosen with equal probability.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,9 +52,11 @@ def _interpolation(name: str, owner: str) -> T.InterpolationMode:
 
 
 def _layout_hint(root: Path) -> str:
-    return (f"expected the ImageFolder layout {root}/<class>/<image> (e.g. {root}/n01440764/"
-            "xxx.JPEG); the README's pretraining section shows how to sort the ImageNet val split "
-            "into class folders")
+    return (
+        f"expected the ImageFolder layout {root}/<class>/<image> (e.g. {root}/n01440764/"
+        "xxx.JPEG); the README's pretraining section shows how to sort the ImageNet val split "
+        "into class folders"
+    )
 
 
 @register()
@@ -97,10 +100,17 @@ class ClassificationTrainTransforms(T.Compose):
     ``hflip: 0`` and ``random_erasing: 0`` make those steps no-ops.
     """
 
-    def __init__(self, size: int = 224, scale: Sequence[float] = (0.08, 1.0), hflip: float = 0.5,
-                 randaugment_magnitude: int | None = 9, random_erasing: float = 0.0,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 interpolation: str = "bilinear") -> None:
+    def __init__(
+        self,
+        size: int = 224,
+        scale: Sequence[float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        randaugment_magnitude: int | None = 9,
+        random_erasing: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        interpolation: str = "bilinear",
+    ) -> None:
         mode = _interpolation(interpolation, type(self).__name__)
         ops: list[Callable[..., Any]] = [
             T.ToImage(),
@@ -120,16 +130,24 @@ class ClassificationEvalTransforms(T.Compose):
     """Evaluation preprocessing: ToImage -> Resize(resize, shorter side) -> CenterCrop(crop) ->
     ToDtype(float32, [0, 1]) -> Normalize(mean, std); output ``[3, crop, crop]`` float."""
 
-    def __init__(self, resize: int = 256, crop: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, interpolation: str = "bilinear") -> None:
+    def __init__(
+        self,
+        resize: int = 256,
+        crop: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        interpolation: str = "bilinear",
+    ) -> None:
         mode = _interpolation(interpolation, type(self).__name__)
-        super().__init__([
-            T.ToImage(),
-            T.Resize(resize, interpolation=mode, antialias=True),
-            T.CenterCrop(crop),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(list(mean), list(std)),
-        ])
+        super().__init__(
+            [
+                T.ToImage(),
+                T.Resize(resize, interpolation=mode, antialias=True),
+                T.CenterCrop(crop),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(list(mean), list(std)),
+            ]
+        )
 
 
 @register()
@@ -145,11 +163,13 @@ class MixUpCutMixCollate:
 
     __share__ = ["num_classes"]
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,
-                 prob: float = 1.0) -> None:
+    def __init__(
+        self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0, prob: float = 1.0
+    ) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(f"MixUpCutMixCollate: alphas must be >= 0, got mixup_alpha={mixup_alpha}, "
-                             f"cutmix_alpha={cutmix_alpha}")
+            raise ValueError(
+                f"MixUpCutMixCollate: alphas must be >= 0, got mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}"
+            )
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"MixUpCutMixCollate: prob must be in [0, 1], got {prob}")
         self.num_classes = int(num_classes)
@@ -171,8 +191,10 @@ class MixUpCutMixCollate:
         return self.mix(images, labels)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
-                f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob})")
+        return (
+            f"{type(self).__name__}(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
+            f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob})"
+        )
 
 
 @register()

@@ -1,5 +1,6 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """COCO-format detection dataset with contiguous labels and tv_tensors targets."""
+
 from __future__ import annotations
 
 import contextlib
@@ -189,7 +190,11 @@ class CocoDetection(torchvision.datasets.CocoDetection):
             self._size_warned.add(image_id)
             logger.warning(
                 "%s: image %s decodes to %dx%d but the annotation file records %sx%s",
-                self.ann_file, image_id, w, h, *recorded,
+                self.ann_file,
+                image_id,
+                w,
+                h,
+                *recorded,
             )
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ themselves (not per-image partial evaluations) and runs one ordinary COCOeval at
 numbers are by construction those of COCOeval on the same detections. Backends:
 ``faster_coco_eval`` (C++, default) and ``pycocotools``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,18 @@ logger = logging.getLogger(__name__)
 BACKENDS: tuple[str, ...] = ("faster_coco_eval", "pycocotools")
 IOU_TYPES: tuple[str, ...] = ("bbox",)
 STAT_NAMES: tuple[str, ...] = (
-    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
 )
 
 
@@ -57,13 +68,19 @@ def to_category_ids(
         for label in labels[~known].tolist():
             dropped[label] = dropped.get(label, 0) + 1
         keep = known.nonzero().flatten()
-        out[image_id] = {k: (v[keep.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == labels.shape else v)
-                         for k, v in pred.items()}
+        out[image_id] = {
+            k: (v[keep.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == labels.shape else v)
+            for k, v in pred.items()
+        }
         out[image_id]["labels"] = categories[keep]
     if dropped:
-        logger.warning("dropped %d detections whose labels have no dataset category (label: count %s; "
-                       "the dataset has %d categories — is num_classes larger?)",
-                       sum(dropped.values()), dict(sorted(dropped.items())), len(label_to_category))
+        logger.warning(
+            "dropped %d detections whose labels have no dataset category (label: count %s; "
+            "the dataset has %d categories — is num_classes larger?)",
+            sum(dropped.values()),
+            dict(sorted(dropped.items())),
+            len(label_to_category),
+        )
     return out
 
 
@@ -212,7 +229,10 @@ class CocoEvaluator:
         logger.warning(
             "image %d: category ids %s are not in the ground truth %s; such detections are ignored "
             "(if these are contiguous labels, map them with to_category_ids)",
-            image_id, unknown, sorted(self._valid_category_ids))
+            image_id,
+            unknown,
+            sorted(self._valid_category_ids),
+        )
 
     def results(self) -> list[dict[str, Any]]:
         """COCO results records (XYWH boxes, category ids) of all images, by image id."""
@@ -272,12 +292,14 @@ class CocoEvaluator:
         rows = []
         for k, cid in enumerate(coco_eval.params.catIds):
             p = precision[:, :, k, 0, -1]
-            rows.append({
-                "category_id": int(cid),
-                "name": self.category_names.get(int(cid), str(cid)),
-                "ap": _mean_valid(p),
-                "ap50": _mean_valid(p[t50]),
-            })
+            rows.append(
+                {
+                    "category_id": int(cid),
+                    "name": self.category_names.get(int(cid), str(cid)),
+                    "ap": _mean_valid(p),
+                    "ap50": _mean_valid(p[t50]),
+                }
+            )
         return rows
 
     def format_per_class_table(self) -> str:

@@ -1,5 +1,6 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """Config-buildable DataLoader and detection collate functions."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence

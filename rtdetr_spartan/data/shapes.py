@@ -6,6 +6,7 @@ dataset's label mapping is exercised); classification mode writes an ImageFolder
 ``out/{train,val}/<class>/NNNNNN.jpg``. Output is a pure function of the arguments: every image
 draws from its own generator seeded with ``(seed, split, index)``.
 """
+
 from __future__ import annotations
 
 import json

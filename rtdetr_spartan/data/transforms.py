@@ -5,6 +5,7 @@
 reference's torchvision-0.15 names (``SanitizeBoundingBox``, ``ToImageTensor``,
 ``ConvertDtype``, ``ConvertBox``) are registered as aliases so its configs port unchanged.
 """
+
 from __future__ import annotations
 
 import copy

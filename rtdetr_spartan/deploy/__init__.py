@@ -1,5 +1,6 @@
 """Deployment: ONNX export with checks, onnxruntime/PyTorch predictors, drawing, COCO evaluation
 of exported models and benchmarking."""
+
 from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.export import (
     INPUT_NAMES,

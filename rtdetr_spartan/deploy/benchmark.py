@@ -8,6 +8,7 @@ timed calls after ``warmup`` untimed ones. PyTorch can also run on a CUDA GPU (e
 a device synchronize, so the wall time covers the GPU work), optionally under float16 or bfloat16
 autocast.
 """
+
 from __future__ import annotations
 
 import logging
@@ -105,9 +106,14 @@ def time_calls(call: Callable[[], object], runs: int, warmup: int) -> list[float
     return times
 
 
-def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor,
-                amp_dtype: torch.dtype | None, compile_model: bool = False,
-                cuda_graph: bool = False) -> Callable[[], object]:
+def _torch_call(
+    module: DeployModel,
+    images: torch.Tensor,
+    sizes: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+    compile_model: bool = False,
+    cuda_graph: bool = False,
+) -> Callable[[], object]:
     """One inference call on ``images.device``; a CUDA call waits for the GPU before returning.
 
     ``compile_model``: ``torch.compile`` the module first (the warm-up calls compile it).
@@ -120,8 +126,10 @@ def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor,
     forward = torch.compile(module, dynamic=False) if compile_model else module
 
     def run() -> object:
-        with torch.inference_mode(), torch.autocast(device.type, amp_dtype or torch.float32,
-                                                     enabled=amp_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None),
+        ):
             return forward(images, sizes)
 
     def call() -> object:
@@ -135,7 +143,7 @@ def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor,
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
-        for _ in range(3):                       # warm-up (cuDNN / cuBLAS choices, caches) off the graph
+        for _ in range(3):  # warm-up (cuDNN / cuBLAS choices, caches) off the graph
             run()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
@@ -146,11 +154,13 @@ def _torch_call(module: DeployModel, images: torch.Tensor, sizes: torch.Tensor,
         graph.replay()
         torch.cuda.synchronize(device)
         return outputs
+
     return replay
 
 
-def _resolve_device(device: str, backend: str, amp: str | None, compile_model: bool,
-                    cuda_graph: bool) -> tuple[torch.device, torch.dtype | None]:
+def _resolve_device(
+    device: str, backend: str, amp: str | None, compile_model: bool, cuda_graph: bool
+) -> tuple[torch.device, torch.dtype | None]:
     """The torch device and autocast dtype, with a clear error for combinations that cannot run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -174,22 +184,42 @@ def _resolve_device(device: str, backend: str, amp: str | None, compile_model: b
     return resolved, getattr(torch, amp)
 
 
-def _onnxruntime_call(module: DeployModel, info: ModelInfo, images: torch.Tensor, sizes: torch.Tensor,
-                      threads: int, optimization: str, work_dir: Path) -> Callable[[], object]:
+def _onnxruntime_call(
+    module: DeployModel,
+    info: ModelInfo,
+    images: torch.Tensor,
+    sizes: torch.Tensor,
+    threads: int,
+    optimization: str,
+    work_dir: Path,
+) -> Callable[[], object]:
     """Export ``module`` as ``info`` says and return a call of an onnxruntime session on it."""
     import onnxruntime as ort
 
     path = export_onnx(module, work_dir / "model.onnx", info, check=False, verify=False).path
-    session = ort.InferenceSession(str(path), session_options(threads, optimization),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), session_options(threads, optimization), providers=["CPUExecutionProvider"]
+    )
     feed = {"images": images.numpy(), "orig_target_sizes": sizes.numpy()}
     return lambda: session.run(None, feed)
 
 
-def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str = "torch",
-              threads: int | None = None, runs: int = 20, warmup: int = 5, overrides: Sequence[str] = (),
-              checkpoint: str | Path | None = None, optimization: str = "all", device: str = "cpu",
-              amp: str | None = None, compile_model: bool = False, cuda_graph: bool = False) -> BenchmarkResult:
+def benchmark(
+    config: str | Path,
+    size: int = 640,
+    batch: int = 1,
+    backend: str = "torch",
+    threads: int | None = None,
+    runs: int = 20,
+    warmup: int = 5,
+    overrides: Sequence[str] = (),
+    checkpoint: str | Path | None = None,
+    optimization: str = "all",
+    device: str = "cpu",
+    amp: str | None = None,
+    compile_model: bool = False,
+    cuda_graph: bool = False,
+) -> BenchmarkResult:
     """Build the config's detector and measure it on ``batch`` random ``size`` x ``size`` images.
 
     ``threads``: PyTorch intra-op threads (``torch.set_num_threads``, process-wide) or the
@@ -211,20 +241,39 @@ def benchmark(config: str | Path, size: int = 640, batch: int = 1, backend: str 
     # Fixed shapes, except the batch axis when the batch is not the traced one (1).
     info = model_info_from_config(cfg, (size, size), dynamic_batch=batch > 1, dynamic_size=False)
     with tempfile.TemporaryDirectory() as tmp:
-        call = (_torch_call(module, images.to(torch_device), sizes, amp_dtype, compile_model, cuda_graph)
-                if backend == "torch" else
-                _onnxruntime_call(module, info, images, sizes, threads, optimization, Path(tmp)))
+        call = (
+            _torch_call(module, images.to(torch_device), sizes, amp_dtype, compile_model, cuda_graph)
+            if backend == "torch"
+            else _onnxruntime_call(module, info, images, sizes, threads, optimization, Path(tmp))
+        )
         times = time_calls(call, runs, warmup)
     median = statistics.median(times)
     ort_version = None
     if backend == "onnxruntime":
         import onnxruntime
+
         ort_version = onnxruntime.__version__
     return BenchmarkResult(
-        config=Path(config).name, backend=backend, size=size, batch=batch, threads=threads,
-        device=torch_device.type, amp_dtype=amp, compiled=compile_model, cuda_graph=cuda_graph, params=params,
-        gflops=round(flops / 1e9, 3), gmacs=round(flops / 2e9, 3), latency_ms=round(median, 3),
-        latency_mean_ms=round(float(np.mean(times)), 3), latency_min_ms=round(min(times), 3),
-        throughput=round(batch * 1000.0 / median, 3), runs=runs, warmup=warmup, cpu=cpu_name(),
+        config=Path(config).name,
+        backend=backend,
+        size=size,
+        batch=batch,
+        threads=threads,
+        device=torch_device.type,
+        amp_dtype=amp,
+        compiled=compile_model,
+        cuda_graph=cuda_graph,
+        params=params,
+        gflops=round(flops / 1e9, 3),
+        gmacs=round(flops / 2e9, 3),
+        latency_ms=round(median, 3),
+        latency_mean_ms=round(float(np.mean(times)), 3),
+        latency_min_ms=round(min(times), 3),
+        throughput=round(batch * 1000.0 / median, 3),
+        runs=runs,
+        warmup=warmup,
+        cpu=cpu_name(),
         gpu=torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None,
-        torch_version=torch.__version__, onnxruntime_version=ort_version)
+        torch_version=torch.__version__,
+        onnxruntime_version=ort_version,
+    )

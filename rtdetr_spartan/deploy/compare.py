@@ -4,6 +4,7 @@ A freshly initialised (or weakly trained) detector gives many detections whose s
 only in the 7th digit, so two correct runtimes may order them differently. Detections are
 therefore matched per image (same label; minimal difference) before they are compared.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,14 @@ __all__ = ["detection_difference"]
 _LABEL_MISMATCH_COST = 1e6
 
 
-def _pairwise_cost(labels_a: np.ndarray, boxes_a: np.ndarray, scores_a: np.ndarray,
-                   labels_b: np.ndarray, boxes_b: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
+def _pairwise_cost(
+    labels_a: np.ndarray,
+    boxes_a: np.ndarray,
+    scores_a: np.ndarray,
+    labels_b: np.ndarray,
+    boxes_b: np.ndarray,
+    scores_b: np.ndarray,
+) -> np.ndarray:
     """[K, K]: max(|score diff|, max |box coordinate diff|) plus a large label-mismatch cost."""
     box_diff = np.abs(boxes_a[:, None, :] - boxes_b[None, :, :]).max(-1)
     score_diff = np.abs(scores_a[:, None] - scores_b[None, :])
@@ -24,8 +31,9 @@ def _pairwise_cost(labels_a: np.ndarray, boxes_a: np.ndarray, scores_a: np.ndarr
     return cost + _LABEL_MISMATCH_COST * (labels_a[:, None] != labels_b[None, :])
 
 
-def _image_difference(ref: tuple[np.ndarray, np.ndarray, np.ndarray],
-                      got: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+def _image_difference(
+    ref: tuple[np.ndarray, np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> float:
     """Bottleneck of the better of two matchings: same position, and the minimal-sum one."""
     cost = _pairwise_cost(*ref, *got)
     if cost.size == 0:
@@ -35,9 +43,11 @@ def _image_difference(ref: tuple[np.ndarray, np.ndarray, np.ndarray],
     return min(same_position, float(cost[rows, cols].max()))
 
 
-def detection_difference(ref: tuple[np.ndarray, np.ndarray, np.ndarray],
-                         got: tuple[np.ndarray, np.ndarray, np.ndarray],
-                         image_sizes: np.ndarray) -> float:
+def detection_difference(
+    ref: tuple[np.ndarray, np.ndarray, np.ndarray],
+    got: tuple[np.ndarray, np.ndarray, np.ndarray],
+    image_sizes: np.ndarray,
+) -> float:
     """Largest difference between matched detections of two runs.
 
     Args:

@@ -1,4 +1,5 @@
 """Draw detections on a PIL image: one colour per class, a labelled box per detection."""
+
 from __future__ import annotations
 
 import colorsys
@@ -23,8 +24,12 @@ def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
 
-def draw_detections(image: Image.Image, detections: Sequence[Detection], line_width: int | None = None,
-                    font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> Image.Image:
+def draw_detections(
+    image: Image.Image,
+    detections: Sequence[Detection],
+    line_width: int | None = None,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None,
+) -> Image.Image:
     """A copy of ``image`` (as RGB) with each detection's box and ``"name score"`` caption.
 
     Boxes are XYXY pixels of ``image``. ``line_width`` defaults to ~0.3% of the longer side.

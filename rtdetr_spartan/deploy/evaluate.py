@@ -5,6 +5,7 @@ evaluation during training, so an exported model's numbers are comparable one to
 Category ids: contiguous label ``i`` is the ``i``-th sorted category id of the annotation file,
 or the COCO id of label ``i`` when the model was trained with ``remap_mscoco_category``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,11 +27,15 @@ __all__ = ["evaluate_predictor", "validation_dataset"]
 logger = logging.getLogger(__name__)
 
 
-def validation_dataset(ann_file: str | Path, img_folder: str | Path, input_size: tuple[int, int],
-                       remap_mscoco_category: bool = False) -> CocoDetection:
+def validation_dataset(
+    ann_file: str | Path, img_folder: str | Path, input_size: tuple[int, int], remap_mscoco_category: bool = False
+) -> CocoDetection:
     """The dataset with the configs' validation transforms at ``input_size`` (H, W)."""
-    ops = [{"type": "Resize", "size": [int(input_size[0]), int(input_size[1])]},
-           {"type": "ToImage"}, {"type": "ToDtype", "scale": True}]
+    ops = [
+        {"type": "Resize", "size": [int(input_size[0]), int(input_size[1])]},
+        {"type": "ToImage"},
+        {"type": "ToDtype", "scale": True},
+    ]
     return CocoDetection(img_folder, ann_file, transforms=Compose(ops), remap_mscoco_category=remap_mscoco_category)
 
 
@@ -39,41 +44,56 @@ def _check_mapping(predictor: Predictor, dataset: CocoDetection) -> None:
     stored = predictor.info.label_to_category
     identity = all(k == v for k, v in stored.items())
     if stored and not identity and any(stored.get(k) != v for k, v in dataset.label_to_category.items()):
-        logger.warning("the model's metadata maps labels to category ids %s, but %s gives %s; "
-                       "using the annotation file's", dict(list(stored.items())[:5]), dataset.ann_file,
-                       dict(list(dataset.label_to_category.items())[:5]))
+        logger.warning(
+            "the model's metadata maps labels to category ids %s, but %s gives %s; using the annotation file's",
+            dict(list(stored.items())[:5]),
+            dataset.ann_file,
+            dict(list(dataset.label_to_category.items())[:5]),
+        )
 
 
-def _known_labels(labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                  known: list[int]) -> dict[str, torch.Tensor]:
+def _known_labels(
+    labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, known: list[int]
+) -> dict[str, torch.Tensor]:
     """One image's detections as tensors, without labels whose category the annotation file does
     not list (a model with more classes than the dataset); COCOeval ignores those anyway."""
     keep = np.isin(labels, known)
-    return {"labels": torch.from_numpy(labels[keep]), "boxes": torch.from_numpy(boxes[keep]),
-            "scores": torch.from_numpy(scores[keep])}
+    return {
+        "labels": torch.from_numpy(labels[keep]),
+        "boxes": torch.from_numpy(boxes[keep]),
+        "scores": torch.from_numpy(scores[keep]),
+    }
 
 
-def evaluate_predictor(predictor: Predictor, ann_file: str | Path, img_folder: str | Path,
-                       backend: str = "faster_coco_eval", batch_size: int = 4,
-                       num_workers: int = 0) -> CocoEvaluator:
+def evaluate_predictor(
+    predictor: Predictor,
+    ann_file: str | Path,
+    img_folder: str | Path,
+    backend: str = "faster_coco_eval",
+    batch_size: int = 4,
+    num_workers: int = 0,
+) -> CocoEvaluator:
     """Detect on every image of ``ann_file`` and return the summarized evaluator
     (``evaluator.stats``: the 12 COCO statistics, ``STAT_NAMES`` order)."""
-    dataset = validation_dataset(ann_file, img_folder, predictor.input_size,
-                                 predictor.info.remap_mscoco_category)
+    dataset = validation_dataset(ann_file, img_folder, predictor.input_size, predictor.info.remap_mscoco_category)
     _check_mapping(predictor, dataset)
     if predictor.info.num_classes < len(dataset.label_to_category):
-        raise ValueError(f"{ann_file} has {len(dataset.label_to_category)} categories but the model "
-                         f"predicts {predictor.info.num_classes} classes")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=default_collate_fn)
+        raise ValueError(
+            f"{ann_file} has {len(dataset.label_to_category)} categories but the model "
+            f"predicts {predictor.info.num_classes} classes"
+        )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=default_collate_fn
+    )
     evaluator = CocoEvaluator(dataset.coco, iou_types=("bbox",), backend=backend)
     listed = {int(c["id"]) for c in dataset.coco.dataset.get("categories", [])}
     known = [label for label, cid in dataset.label_to_category.items() if cid in listed]
     for images, targets in tqdm(loader, desc="eval", unit="batch", leave=False):
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
         labels, boxes, scores = predictor.run(images.numpy(), orig_sizes.numpy())
-        predictions = {int(t["image_id"]): _known_labels(labels[i], boxes[i], scores[i], known)
-                       for i, t in enumerate(targets)}
+        predictions = {
+            int(t["image_id"]): _known_labels(labels[i], boxes[i], scores[i], known) for i, t in enumerate(targets)
+        }
         evaluator.update(to_category_ids(predictions, dataset.label_to_category))
     evaluator.synchronize_between_processes()
     evaluator.accumulate()

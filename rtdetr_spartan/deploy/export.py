@@ -27,6 +27,7 @@ at session start, and ``simplify`` removes them from the file. The TorchScript e
 deprecated upstream; when it goes, switch to ``dynamo=True`` with opset >= 18 and a batch-2
 example (the wrapper and the checks here do not change).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,17 @@ from rtdetr_spartan.deploy.compare import detection_difference
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.nn.common import fixed_shape_export
 
-__all__ = ["DeployModel", "ExportResult", "ExportVerificationError", "INPUT_NAMES", "OUTPUT_NAMES",
-           "complex_tensor_names", "export_onnx", "sample_inputs", "verify_onnx"]
+__all__ = [
+    "DeployModel",
+    "ExportResult",
+    "ExportVerificationError",
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "complex_tensor_names",
+    "export_onnx",
+    "sample_inputs",
+    "verify_onnx",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +80,9 @@ class DeployModel(nn.Module):
         self.model = model.deploy()
         self.postprocessor = postprocessor.deploy()
 
-    def forward(self, images: torch.Tensor, orig_target_sizes: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, orig_target_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images [N, 3, H, W] in [0, 1]; orig_target_sizes [N, 2] (w, h) ->
         (labels [N, K] int64, boxes [N, K, 4] XYXY pixels, scores [N, K])."""
         return self.postprocessor(self.model(images), orig_target_sizes)
@@ -91,8 +102,9 @@ class ExportResult:
     simplified_with: str | None
 
 
-def sample_inputs(input_size: tuple[int, int], batch: int, orig_size_dtype: torch.dtype = torch.int64,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_inputs(
+    input_size: tuple[int, int], batch: int, orig_size_dtype: torch.dtype = torch.int64, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic ``(images [batch, 3, H, W] in [0, 1], orig_target_sizes [batch, 2])``;
     the original sizes differ per image (e.g. 640x480, 960x360) to exercise the box scaling."""
     height, width = input_size
@@ -112,8 +124,13 @@ def _dynamic_axes(dynamic_batch: bool, dynamic_size: bool) -> dict[str, dict[int
     return {name: value for name, value in axes.items() if value}
 
 
-def _trace(module: DeployModel, sample: tuple[torch.Tensor, torch.Tensor], path: Path, opset: int,
-           dynamic_axes: dict[str, dict[int, str]] | None) -> list[tuple[int, ...]]:
+def _trace(
+    module: DeployModel,
+    sample: tuple[torch.Tensor, torch.Tensor],
+    path: Path,
+    opset: int,
+    dynamic_axes: dict[str, dict[int, str]] | None,
+) -> list[tuple[int, ...]]:
     """TorchScript-based export; returns the traced output shapes. Tracer warnings go to the
     debug log (they flag Python-side shape arithmetic, intended here: shapes stay symbolic)."""
     shapes: list[tuple[int, ...]] = []
@@ -123,9 +140,17 @@ def _trace(module: DeployModel, sample: tuple[torch.Tensor, torch.Tensor], path:
             warnings.simplefilter("always")
             fixed = fixed_shape_export() if dynamic_axes is None else contextlib.nullcontext()
             with torch.no_grad(), fixed:
-                torch.onnx.export(module, sample, str(path), input_names=list(INPUT_NAMES),
-                                  output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False,
-                                  dynamic_axes=dynamic_axes, do_constant_folding=True)
+                torch.onnx.export(
+                    module,
+                    sample,
+                    str(path),
+                    input_names=list(INPUT_NAMES),
+                    output_names=list(OUTPUT_NAMES),
+                    opset_version=opset,
+                    dynamo=False,
+                    dynamic_axes=dynamic_axes,
+                    do_constant_folding=True,
+                )
     finally:
         hook.remove()
     for warning in caught:
@@ -133,8 +158,9 @@ def _trace(module: DeployModel, sample: tuple[torch.Tensor, torch.Tensor], path:
     return shapes
 
 
-def _fix_output_shapes(model: onnx.ModelProto, shapes: list[tuple[int, ...]],
-                       dynamic_axes: dict[str, dict[int, str]] | None) -> None:
+def _fix_output_shapes(
+    model: onnx.ModelProto, shapes: list[tuple[int, ...]], dynamic_axes: dict[str, dict[int, str]] | None
+) -> None:
     """Write the fixed output sizes (K detections, 4 coordinates) into the graph outputs,
     where the exporter leaves generated names (it cannot see through TopK)."""
     for output, shape in zip(model.graph.output, shapes):
@@ -168,8 +194,11 @@ def complex_tensor_names(model: onnx.ModelProto) -> list[str]:
                 bad.append(value.name)
         bad.extend(t.name for t in graph.initializer if t.data_type in _COMPLEX_TYPES)
         for node in graph.node:
-            bad.extend(f"{node.name}.{a.name}" for a in node.attribute
-                       if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in _COMPLEX_TYPES)
+            bad.extend(
+                f"{node.name}.{a.name}"
+                for a in node.attribute
+                if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in _COMPLEX_TYPES
+            )
     return bad
 
 
@@ -177,11 +206,13 @@ def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """Simplify with onnxslim, else onnxsim, else onnxscript's optimizer, whichever imports."""
     try:
         import onnxslim
+
         return onnxslim.slim(model), "onnxslim"
     except ImportError:
         pass
     try:
         import onnxsim
+
         simplified, ok = onnxsim.simplify(model)
         if ok:
             return simplified, "onnxsim"
@@ -191,14 +222,20 @@ def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         pass
     try:
         import onnxscript.optimizer
+
         return onnxscript.optimizer.optimize(model), "onnxscript"
     except ImportError:
         logger.warning("simplify requested but none of onnxslim, onnxsim, onnxscript is importable; skipped")
         return model, None
 
 
-def verify_onnx(path: str | Path, module: DeployModel, images: torch.Tensor, orig_target_sizes: torch.Tensor,
-                threads: int | None = None) -> float:
+def verify_onnx(
+    path: str | Path,
+    module: DeployModel,
+    images: torch.Tensor,
+    orig_target_sizes: torch.Tensor,
+    threads: int | None = None,
+) -> float:
     """Run ``path`` with onnxruntime and ``module`` with PyTorch on the same inputs.
 
     Returns the largest difference over matched detections (same label, see
@@ -232,9 +269,17 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export_onnx(module: DeployModel, path: str | Path, info: ModelInfo, opset: int = 17,
-                simplify: bool = False, check: bool = True, verify: bool = True, tolerance: float = 1e-3,
-                orig_size_dtype: torch.dtype = torch.int64) -> ExportResult:
+def export_onnx(
+    module: DeployModel,
+    path: str | Path,
+    info: ModelInfo,
+    opset: int = 17,
+    simplify: bool = False,
+    check: bool = True,
+    verify: bool = True,
+    tolerance: float = 1e-3,
+    orig_size_dtype: torch.dtype = torch.int64,
+) -> ExportResult:
     """Export ``module`` to ``path`` with ``info`` as metadata, then check and verify it.
 
     ``info.input_size`` is the traced size (the only one accepted without
@@ -263,15 +308,22 @@ def export_onnx(module: DeployModel, path: str | Path, info: ModelInfo, opset: i
         onnx.checker.check_model(str(path), full_check=True)
     diff = _verify(module, path, info, orig_size_dtype) if verify else None
     if diff is not None and diff > tolerance:
-        raise ExportVerificationError(f"{path}: onnxruntime differs from PyTorch by {diff:.3g} "
-                                      f"(> {tolerance:g}) on matched detections")
-    logger.info("exported %s (opset %d%s); max |onnxruntime - torch| = %s", path, opset,
-                f", simplified with {used}" if used else "", "n/a" if diff is None else f"{diff:.2e}")
+        raise ExportVerificationError(
+            f"{path}: onnxruntime differs from PyTorch by {diff:.3g} (> {tolerance:g}) on matched detections"
+        )
+    logger.info(
+        "exported %s (opset %d%s); max |onnxruntime - torch| = %s",
+        path,
+        opset,
+        f", simplified with {used}" if used else "",
+        "n/a" if diff is None else f"{diff:.2e}",
+    )
     return ExportResult(path=path, opset=opset, max_abs_diff=diff, simplified_with=used)
 
 
 def _verify(module: DeployModel, path: Path, info: ModelInfo, orig_size_dtype: torch.dtype) -> float:
     batch = 2 if info.dynamic_batch else 1
-    diffs = [verify_onnx(path, module, *sample_inputs(size, batch, orig_size_dtype, seed=1))
-             for size in _verify_sizes(info)]
+    diffs = [
+        verify_onnx(path, module, *sample_inputs(size, batch, orig_size_dtype, seed=1)) for size in _verify_sizes(info)
+    ]
     return float(np.max(diffs))

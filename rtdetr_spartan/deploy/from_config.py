@@ -1,4 +1,5 @@
 """Build the deployable detector of a YAML config (optionally with trained weights) and export it."""
+
 from __future__ import annotations
 
 import logging
@@ -33,29 +34,55 @@ def build_deploy_model(cfg: YAMLConfig, checkpoint: str | Path | None = None) ->
     return DeployModel(model, cfg.build("postprocessor")).eval()
 
 
-def model_info_from_config(cfg: YAMLConfig, input_size: tuple[int, int] | None = None,
-                           dynamic_batch: bool = True, dynamic_size: bool = False) -> ModelInfo:
+def model_info_from_config(
+    cfg: YAMLConfig, input_size: tuple[int, int] | None = None, dynamic_batch: bool = True, dynamic_size: bool = False
+) -> ModelInfo:
     """Metadata for the config's model: classes and category ids, input size (default: the
     config's ``eval_spatial_size``)."""
     label_to_category, names = categories_from_config(cfg.yaml_cfg)
     size = input_size or input_size_from_config(cfg.yaml_cfg)
     extra = {"config": cfg.path.name}
-    return ModelInfo(input_size=(int(size[0]), int(size[1])), num_classes=int(cfg.yaml_cfg.get("num_classes", 80)),
-                     label_to_category=label_to_category, class_names=names,
-                     remap_mscoco_category=bool(cfg.yaml_cfg.get("remap_mscoco_category", False)),
-                     dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, extra=extra)
+    return ModelInfo(
+        input_size=(int(size[0]), int(size[1])),
+        num_classes=int(cfg.yaml_cfg.get("num_classes", 80)),
+        label_to_category=label_to_category,
+        class_names=names,
+        remap_mscoco_category=bool(cfg.yaml_cfg.get("remap_mscoco_category", False)),
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic_size,
+        extra=extra,
+    )
 
 
-def export_from_config(config: str | Path, output: str | Path, checkpoint: str | Path | None = None,
-                       overrides: Sequence[str] = (), input_size: tuple[int, int] | None = None,
-                       opset: int = 17, dynamic_batch: bool = True, dynamic_size: bool = False,
-                       simplify: bool = False, check: bool = True, verify: bool = True,
-                       tolerance: float = 1e-3, orig_size_dtype: torch.dtype = torch.int64) -> ExportResult:
+def export_from_config(
+    config: str | Path,
+    output: str | Path,
+    checkpoint: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    input_size: tuple[int, int] | None = None,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    dynamic_size: bool = False,
+    simplify: bool = False,
+    check: bool = True,
+    verify: bool = True,
+    tolerance: float = 1e-3,
+    orig_size_dtype: torch.dtype = torch.int64,
+) -> ExportResult:
     """Build, load, export, check and verify in one call (what ``tools/export_onnx.py`` runs)."""
     cfg = load_config(config, overrides)
     module = build_deploy_model(cfg, checkpoint)
     info = model_info_from_config(cfg, input_size, dynamic_batch, dynamic_size)
     if checkpoint is not None:
         info.extra["checkpoint"] = Path(checkpoint).name
-    return export_onnx(module, output, info, opset=opset, simplify=simplify, check=check, verify=verify,
-                       tolerance=tolerance, orig_size_dtype=orig_size_dtype)
+    return export_onnx(
+        module,
+        output,
+        info,
+        opset=opset,
+        simplify=simplify,
+        check=check,
+        verify=verify,
+        tolerance=tolerance,
+        orig_size_dtype=orig_size_dtype,
+    )

@@ -1,4 +1,5 @@
 """Detect objects in images, folders of images and videos; write annotated pictures and JSON."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,7 @@ def collect_inputs(source: str | Path) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise FileNotFoundError(f"input {source} is neither a file nor a directory")
-    found = sorted(p for p in source.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if not found:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         raise FileNotFoundError(f"no images or videos ({suffixes}) in {source}")
@@ -63,16 +63,22 @@ def _video_frames(path: Path) -> Iterator[Image.Image]:
         for frame in frames:
             yield Image.fromarray(frame.numpy())
         return
-    raise VideoBackendError(f"cannot decode video {path}: no video backend is installed; install imageio "
-                            "with its ffmpeg plugin (pip install 'imageio[ffmpeg]') or a torchvision build "
-                            "with video support")
+    raise VideoBackendError(
+        f"cannot decode video {path}: no video backend is installed; install imageio "
+        "with its ffmpeg plugin (pip install 'imageio[ffmpeg]') or a torchvision build "
+        "with video support"
+    )
 
 
 def _annotate(predictor: Predictor, image: Image.Image, out_path: Path, threshold: float) -> dict[str, Any]:
     detections = predictor.predict([image], threshold)[0]
     draw_detections(image, detections).save(out_path)
-    return {"width": image.width, "height": image.height, "output": out_path.name,
-            "detections": [d.to_dict() for d in detections]}
+    return {
+        "width": image.width,
+        "height": image.height,
+        "output": out_path.name,
+        "detections": [d.to_dict() for d in detections],
+    }
 
 
 def _image_record(predictor: Predictor, path: Path, out_dir: Path, threshold: float) -> dict[str, Any]:
@@ -98,8 +104,9 @@ def _video_record(predictor: Predictor, path: Path, out_dir: Path, threshold: fl
     return {"file": path.name, "frames": frames}
 
 
-def run_inference(predictor: Predictor, source: str | Path, out_dir: str | Path,
-                  threshold: float = 0.5) -> dict[str, Any]:
+def run_inference(
+    predictor: Predictor, source: str | Path, out_dir: str | Path, threshold: float = 0.5
+) -> dict[str, Any]:
     """Annotate every input of ``source`` into ``out_dir`` and write ``out_dir/detections.json``.
 
     Returns the JSON content: ``images`` (per image: file, size, output picture, detections with
@@ -108,8 +115,13 @@ def run_inference(predictor: Predictor, source: str | Path, out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"threshold": threshold, "input_size": list(predictor.input_size),
-                               "images": [], "videos": [], "errors": []}
+    results: dict[str, Any] = {
+        "threshold": threshold,
+        "input_size": list(predictor.input_size),
+        "images": [],
+        "videos": [],
+        "errors": [],
+    }
     for path in collect_inputs(source):
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:

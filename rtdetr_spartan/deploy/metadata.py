@@ -4,6 +4,7 @@ The exporter writes a :class:`ModelInfo` into the ONNX file's ``metadata_props``
 string value; structured values as JSON), and the runtime reads it back, so an ``.onnx`` file
 alone is enough to run, label and COCO-evaluate detections.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ class ModelInfo:
             "dynamic_size": json.dumps(self.dynamic_size),
             "preprocessing": PREPROCESSING,
             "outputs": "labels [N, K] int64 contiguous; boxes [N, K, 4] XYXY pixels of orig_target_sizes; "
-                       "scores [N, K]",
+            "scores [N, K]",
         }
         props.update(self.extra)
         return props
@@ -74,8 +75,10 @@ class ModelInfo:
             num_classes = int(props["num_classes"])
             label_to_category = {int(k): int(v) for k, v in json.loads(props.get("label_to_category", "{}")).items()}
             names = {int(k): str(v) for k, v in json.loads(props.get("class_names", "{}")).items()}
-            flags = {k: bool(json.loads(props.get(k, "false")))
-                     for k in ("remap_mscoco_category", "dynamic_batch", "dynamic_size")}
+            flags = {
+                k: bool(json.loads(props.get(k, "false")))
+                for k in ("remap_mscoco_category", "dynamic_batch", "dynamic_size")
+            }
         except (ValueError, TypeError) as err:
             raise ValueError(f"{source}: malformed metadata ({err})") from err
         known = {"input_size", "num_classes", "label_to_category", "class_names", *flags}
@@ -101,13 +104,18 @@ def categories_from_config(cfg: Mapping[str, Any]) -> tuple[dict[int, int], dict
         return dict(MSCOCO_LABEL_TO_CATEGORY), names
     ann_file = _val_ann_file(cfg)
     if ann_file is not None and ann_file.is_file():
-        categories = {int(c["id"]): str(c.get("name", c["id"]))
-                      for c in json.loads(ann_file.read_text()).get("categories", [])}
+        categories = {
+            int(c["id"]): str(c.get("name", c["id"])) for c in json.loads(ann_file.read_text()).get("categories", [])
+        }
         if 0 < len(categories) <= num_classes:
             _, label_to_category = contiguous_mapping(list(categories))
             return label_to_category, {k: categories[v] for k, v in label_to_category.items()}
-        logger.warning("%s has %d categories for num_classes=%d; using identity category ids",
-                       ann_file, len(categories), num_classes)
+        logger.warning(
+            "%s has %d categories for num_classes=%d; using identity category ids",
+            ann_file,
+            len(categories),
+            num_classes,
+        )
     return {i: i for i in range(num_classes)}, {i: f"class_{i}" for i in range(num_classes)}
 
 

@@ -4,6 +4,7 @@ Preprocessing is the validation pipeline of the configs (``Resize`` to the model
 ``ToImage``, ``ToDtype(float32, scale=True)``; no mean/std), done with the same torchvision
 functions, so the numbers equal those of evaluation in PyTorch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,19 +58,25 @@ class Predictor(ABC):
         labels, boxes, scores = self.run(batch, sizes)
         return [self.detections(labels[i], boxes[i], scores[i], threshold) for i in range(len(images))]
 
-    def detections(self, labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                   threshold: float) -> list[Detection]:
+    def detections(
+        self, labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float
+    ) -> list[Detection]:
         """One image's outputs (labels [K], boxes [K, 4], scores [K]) as :class:`Detection` s."""
         keep = np.nonzero(scores >= threshold)[0]
         keep = keep[np.argsort(-scores[keep], kind="stable")]
-        return [Detection(label=int(labels[k]), category_id=self.info.category_id(int(labels[k])),
-                          name=self.info.class_name(int(labels[k])), score=float(scores[k]),
-                          box=tuple(float(v) for v in boxes[k]))
-                for k in keep]
+        return [
+            Detection(
+                label=int(labels[k]),
+                category_id=self.info.category_id(int(labels[k])),
+                name=self.info.class_name(int(labels[k])),
+                score=float(scores[k]),
+                box=tuple(float(v) for v in boxes[k]),
+            )
+            for k in keep
+        ]
 
 
-def session_options(threads: int | None = None, optimization: str = "all",
-                    profile_prefix: str | None = None) -> object:
+def session_options(threads: int | None = None, optimization: str = "all", profile_prefix: str | None = None) -> object:
     """onnxruntime ``SessionOptions``: intra-op ``threads`` (None: onnxruntime's default, one per
     core), graph ``optimization`` level, and optional profiling to ``profile_prefix*.json``."""
     import onnxruntime as ort
@@ -99,16 +106,22 @@ class OnnxPredictor(Predictor):
     exported with a fixed batch is fed in chunks of that batch.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, optimization: str = "all",
-                 input_size: tuple[int, int] | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        optimization: str = "all",
+        input_size: tuple[int, int] | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} does not exist")
-        self.session = ort.InferenceSession(str(self.path), session_options(threads, optimization),
-                                            providers=list(providers))
+        self.session = ort.InferenceSession(
+            str(self.path), session_options(threads, optimization), providers=list(providers)
+        )
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(self.path))
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -120,16 +133,24 @@ class OnnxPredictor(Predictor):
         self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
         if input_size is not None:
             if not self.info.dynamic_size and tuple(input_size) != self.info.input_size:
-                raise ValueError(f"{self.path} was exported for input size {self.info.input_size}, "
-                                 f"not {tuple(input_size)}; export with --dynamic-size to change it")
+                raise ValueError(
+                    f"{self.path} was exported for input size {self.info.input_size}, "
+                    f"not {tuple(input_size)}; export with --dynamic-size to change it"
+                )
             self.info.input_size = (int(input_size[0]), int(input_size[1]))
 
     def run(self, images: np.ndarray, orig_sizes: np.ndarray) -> Outputs:
         step = self._fixed_batch or len(images)
-        parts = [self.session.run(["labels", "boxes", "scores"],
-                                  {"images": np.ascontiguousarray(images[i:i + step], dtype=np.float32),
-                                   "orig_target_sizes": np.asarray(orig_sizes[i:i + step], dtype=self._size_dtype)})
-                 for i in range(0, len(images), step)]
+        parts = [
+            self.session.run(
+                ["labels", "boxes", "scores"],
+                {
+                    "images": np.ascontiguousarray(images[i : i + step], dtype=np.float32),
+                    "orig_target_sizes": np.asarray(orig_sizes[i : i + step], dtype=self._size_dtype),
+                },
+            )
+            for i in range(0, len(images), step)
+        ]
         return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
 
 
@@ -142,8 +163,13 @@ class TorchPredictor(Predictor):
         self.info = info
 
     @classmethod
-    def from_config(cls, config: str | Path, checkpoint: str | Path | None = None,
-                    overrides: Sequence[str] = (), device: str | torch.device = "cpu") -> TorchPredictor:
+    def from_config(
+        cls,
+        config: str | Path,
+        checkpoint: str | Path | None = None,
+        overrides: Sequence[str] = (),
+        device: str | torch.device = "cpu",
+    ) -> TorchPredictor:
         from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config, model_info_from_config
 
         cfg = load_config(config, overrides)
@@ -151,6 +177,7 @@ class TorchPredictor(Predictor):
 
     def run(self, images: np.ndarray, orig_sizes: np.ndarray) -> Outputs:
         with torch.inference_mode():
-            outputs = self.module(torch.from_numpy(images).to(self.device),
-                                  torch.from_numpy(np.asarray(orig_sizes)).to(self.device))
+            outputs = self.module(
+                torch.from_numpy(images).to(self.device), torch.from_numpy(np.asarray(orig_sizes)).to(self.device)
+            )
         return tuple(t.cpu().numpy() for t in outputs)  # type: ignore[return-value]

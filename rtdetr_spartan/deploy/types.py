@@ -1,4 +1,5 @@
 """Plain result types shared by the exporter, the runtimes and the tools."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

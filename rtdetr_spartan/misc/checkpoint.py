@@ -3,6 +3,7 @@
 Published RT-DETR checkpoints store weights as ``{'ema': {'module': sd}}``, ``{'model': sd}`` or
 a bare state dict; all three load here, EMA weights first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,16 +84,20 @@ class LoadReport:
 
     def describe(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
-        for label, names in (("missing in checkpoint", self.missing),
-                             ("not in model", self.unexpected), ("shape mismatch", self.mismatched)):
+        for label, names in (
+            ("missing in checkpoint", self.missing),
+            ("not in model", self.unexpected),
+            ("shape mismatch", self.mismatched),
+        ):
             if names:
                 shown = ", ".join(names[:8]) + (f", ... (+{len(names) - 8})" if len(names) > 8 else "")
                 lines.append(f"{label}: {len(names)} ({shown})")
         return "; ".join(lines)
 
 
-def load_model_weights(model: torch.nn.Module, source: str | Path | Mapping[str, Any],
-                       strict: bool = True) -> LoadReport:
+def load_model_weights(
+    model: torch.nn.Module, source: str | Path | Mapping[str, Any], strict: bool = True
+) -> LoadReport:
     """Load weights into ``model`` from a checkpoint path or an already-read checkpoint.
 
     ``strict=True``: names and shapes must match exactly (error lists the differences).
@@ -114,8 +119,10 @@ def load_model_weights(model: torch.nn.Module, source: str | Path | Mapping[str,
     report.missing = [n for n in own if n not in state]
     report.loaded = list(usable)
     if strict and (report.missing or report.unexpected or report.mismatched):
-        raise ValueError(f"checkpoint does not match the model ({report.describe()}); "
-                         "use tuning (strict=False) to load only matching tensors")
+        raise ValueError(
+            f"checkpoint does not match the model ({report.describe()}); "
+            "use tuning (strict=False) to load only matching tensors"
+        )
     model.load_state_dict(usable, strict=False)
     logger.info("weights: %s", report.describe())
     return report

@@ -6,6 +6,7 @@
 program runs as a single process and every helper here behaves as if ``world_size == 1``.
 Backend: NCCL when the run uses CUDA, gloo on the CPU.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,9 +20,19 @@ import torch
 import torch.distributed as tdist
 
 __all__ = [
-    "all_gather_object", "any_rank", "barrier", "cleanup", "collective_device", "get_local_rank",
-    "get_rank", "get_world_size", "init_distributed", "is_dist_initialized", "is_main_process",
-    "reduce_dict", "seed_everything",
+    "all_gather_object",
+    "any_rank",
+    "barrier",
+    "cleanup",
+    "collective_device",
+    "get_local_rank",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_dist_initialized",
+    "is_main_process",
+    "reduce_dict",
+    "seed_everything",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,8 +69,7 @@ def _env_world_size() -> int:
         raise ValueError(f"environment variable WORLD_SIZE must be an integer, got {raw!r}") from None
 
 
-def init_distributed(device: str | None = None,
-                     timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> bool:
+def init_distributed(device: str | None = None, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> bool:
     """Join the process group described by torchrun's environment; ``True`` when distributed.
 
     ``device``: ``"cpu"`` forces gloo; ``"cuda"`` (or ``None`` with CUDA available) uses NCCL and
@@ -71,8 +81,9 @@ def init_distributed(device: str | None = None,
         return False
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} "
-                           "is not set; launch with torchrun")
+        raise RuntimeError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} is not set; launch with torchrun"
+        )
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
@@ -116,8 +127,7 @@ def reduce_dict(data: Mapping[str, torch.Tensor], average: bool = True) -> dict[
         return {}
     device = collective_device()
     zero = torch.zeros((), device=device)
-    values = torch.stack([data[k].detach().reshape(()).float().to(device) if k in data else zero
-                          for k in keys])
+    values = torch.stack([data[k].detach().reshape(()).float().to(device) if k in data else zero for k in keys])
     tdist.all_reduce(values)
     if average:
         values /= get_world_size()

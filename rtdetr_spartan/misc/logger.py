@@ -5,6 +5,7 @@ tools' own loggers share one format, one console stream and one file (``OUTPUT_D
 Handlers it installs are tagged and replaced on the next call, so calling it twice (e.g. several
 runs in one process) never duplicates lines; ``close_logging`` removes them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ def _tagged(handler: logging.Handler) -> logging.Handler:
     return handler
 
 
-def setup_logging(output_dir: str | Path | None = None, level: int = logging.INFO,
-                  rank: int | None = None) -> logging.Logger:
+def setup_logging(
+    output_dir: str | Path | None = None, level: int = logging.INFO, rank: int | None = None
+) -> logging.Logger:
     """Configure the root logger for this process and return it.
 
     Rank 0 logs at ``level`` to stderr and, when ``output_dir`` is given, appends to

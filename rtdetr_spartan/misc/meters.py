@@ -1,5 +1,6 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """Running averages of training statistics, reduced across ranks at the end of an epoch."""
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,9 @@ class SmoothedValue:
         return self.window[-1] if self.window else math.nan
 
     def __str__(self) -> str:
-        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
-                               max=self.max, value=self.value)
+        return self.fmt.format(
+            median=self.median, avg=self.avg, global_avg=self.global_avg, max=self.max, value=self.value
+        )
 
 
 class MetricLogger:
@@ -76,8 +78,9 @@ class MetricLogger:
     def add_meter(self, name: str, meter: SmoothedValue) -> None:
         self.meters[name] = meter
 
-    def update(self, values: Mapping[str, float | torch.Tensor] | None = None, n: int = 1,
-               **named: float | torch.Tensor) -> None:
+    def update(
+        self, values: Mapping[str, float | torch.Tensor] | None = None, n: int = 1, **named: float | torch.Tensor
+    ) -> None:
         """Add one observation per name (tensors must hold one number)."""
         for name, value in {**(values or {}), **named}.items():
             number = value.item() if isinstance(value, torch.Tensor) else float(value)

@@ -6,6 +6,7 @@ The figure has two panels per epoch: the training loss, and the validation metri
 or top-1). Drawing uses matplotlib's Agg canvas directly, so no pyplot state or GUI backend is
 touched.
 """
+
 from __future__ import annotations
 
 import json

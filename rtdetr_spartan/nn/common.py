@@ -1,6 +1,7 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """Layers shared by the backbones and the encoder: activations, conv + norm + act, frozen BN,
 and the fixed-shape ONNX export switch."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -12,8 +13,14 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["ConvNormLayer", "FrozenBatchNorm2d", "exporting_fixed_shapes", "fixed_shape_export",
-           "freeze_batch_norm", "get_activation"]
+__all__ = [
+    "ConvNormLayer",
+    "FrozenBatchNorm2d",
+    "exporting_fixed_shapes",
+    "fixed_shape_export",
+    "freeze_batch_norm",
+    "get_activation",
+]
 
 # torchvision's FrozenBatchNorm2d has the reference's buffer names (weight, bias, running_mean,
 # running_var), its eps (1e-5), its forward (x * w * rsqrt(var + eps) + b - mean * scale) and also
@@ -46,8 +53,7 @@ def get_activation(act: str | nn.Module | None, inplace: bool = True) -> nn.Modu
     elif isinstance(act, str) and act.lower() in _ACTIVATIONS:
         module = _ACTIVATIONS[act.lower()]()
     else:
-        raise ValueError(f"unknown activation {act!r}; expected None, an nn.Module or one of "
-                         f"{sorted(_ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {act!r}; expected None, an nn.Module or one of {sorted(_ACTIVATIONS)}")
     if hasattr(module, "inplace"):
         module.inplace = inplace
     return module
@@ -59,9 +65,16 @@ class ConvNormLayer(nn.Module):
     Padding defaults to ``(kernel_size - 1) // 2`` ("same" for odd kernels at stride 1).
     """
 
-    def __init__(self, ch_in: int, ch_out: int, kernel_size: int, stride: int,
-                 padding: int | None = None, bias: bool | None = False,
-                 act: str | nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        ch_in: int,
+        ch_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int | None = None,
+        bias: bool | None = False,
+        act: str | nn.Module | None = None,
+    ) -> None:
         super().__init__()
         pad = (kernel_size - 1) // 2 if padding is None else padding
         self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=pad, bias=bool(bias))

@@ -1,5 +1,6 @@
 """Optimizers, schedulers, EMA and parameter groups; torch's own classes are registered so that
 configs name them (``type: AdamW``, ``type: MultiStepLR``, ``type: GradScaler``)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,11 +13,22 @@ from rtdetr_spartan.optim.warmup_cosine import WarmupCosineLR
 
 for _cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
     register(_cls)
-for _cls in (torch.optim.lr_scheduler.MultiStepLR, torch.optim.lr_scheduler.StepLR,
-             torch.optim.lr_scheduler.CosineAnnealingLR, torch.optim.lr_scheduler.OneCycleLR,
-             torch.optim.lr_scheduler.LinearLR, torch.optim.lr_scheduler.LambdaLR):
+for _cls in (
+    torch.optim.lr_scheduler.MultiStepLR,
+    torch.optim.lr_scheduler.StepLR,
+    torch.optim.lr_scheduler.CosineAnnealingLR,
+    torch.optim.lr_scheduler.OneCycleLR,
+    torch.optim.lr_scheduler.LinearLR,
+    torch.optim.lr_scheduler.LambdaLR,
+):
     register(_cls)
 register(torch.amp.GradScaler)
 
-__all__ = ["ModelEMA", "WarmupCosineLR", "no_weight_decay_groups", "param_groups_for",
-           "param_groups_from_config", "unwrap_model"]
+__all__ = [
+    "ModelEMA",
+    "WarmupCosineLR",
+    "no_weight_decay_groups",
+    "param_groups_for",
+    "param_groups_from_config",
+    "unwrap_model",
+]

@@ -3,6 +3,7 @@
 Follows RT-DETR's ``ModelEMA`` (lyuwenyu/RT-DETR, Apache-2.0): after ``n`` updates the decay is
 ``decay * (1 - exp(-n / warmups))``, so early averages follow the model closely.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,9 @@ from rtdetr_spartan.core import register
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel/DataParallel wrapper (or ``model`` itself)."""
-    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel,
-                                              torch.nn.DataParallel)) else model
+    return (
+        model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+    )
 
 
 @register()

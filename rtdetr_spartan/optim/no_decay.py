@@ -13,6 +13,7 @@ Select it from a config in place of a regex list (see :func:`param_groups_for`):
       params: {type: no_weight_decay_groups, skip_names: [norm, gamma]}
       weight_decay: 0.03
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -32,8 +33,9 @@ def is_no_decay(name: str, param: torch.Tensor, skip_names: Sequence[str] = ("no
 
 
 @register()
-def no_weight_decay_groups(model: torch.nn.Module,
-                           skip_names: Sequence[str] = ("norm", "gamma")) -> list[dict[str, Any]]:
+def no_weight_decay_groups(
+    model: torch.nn.Module, skip_names: Sequence[str] = ("norm", "gamma")
+) -> list[dict[str, Any]]:
     """Two groups over the trainable parameters of ``model``: ``[decay, no_decay]``.
 
     The second group sets ``weight_decay: 0``; the first uses the optimizer's default. Each group
@@ -56,8 +58,9 @@ def no_weight_decay_groups(model: torch.nn.Module,
     return groups
 
 
-def param_groups_for(optimizer_cfg: Mapping[str, Any], model: torch.nn.Module,
-                     cfg: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def param_groups_for(
+    optimizer_cfg: Mapping[str, Any], model: torch.nn.Module, cfg: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Parameter groups as ``optimizer.params`` selects them.
 
     ``params`` may name a registered group function (``no_weight_decay_groups``) or be a
@@ -66,10 +69,12 @@ def param_groups_for(optimizer_cfg: Mapping[str, Any], model: torch.nn.Module,
     """
     spec = optimizer_cfg.get("params")
     if isinstance(spec, str) or (isinstance(spec, Mapping) and "type" in spec):
-        built = create(spec if isinstance(spec, Mapping) else {"type": spec}, cfg or {},
-                       path="optimizer.params", model=model)
+        built = create(
+            spec if isinstance(spec, Mapping) else {"type": spec}, cfg or {}, path="optimizer.params", model=model
+        )
         if not isinstance(built, list):
-            raise ConfigError(f"optimizer.params: {spec!r} returned {type(built).__name__}, "
-                              "expected a list of parameter groups")
+            raise ConfigError(
+                f"optimizer.params: {spec!r} returned {type(built).__name__}, expected a list of parameter groups"
+            )
         return built
     return param_groups_from_config(optimizer_cfg, model)

@@ -6,6 +6,7 @@ optimizer config's ``params`` list holds a regex under ``params`` plus its own o
 finds anything. Trainable parameters that no group selects form a last group with the
 optimizer's defaults.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,10 @@ def param_groups_from_config(optimizer_cfg: Mapping[str, Any], model: torch.nn.M
         for name, param in named:
             if re.findall(pattern, name):
                 if name in owner:
-                    raise ValueError(f"parameter '{name}' is selected by optimizer.params pattern "
-                                     f"{owner[name]!r} and again by {pattern!r}")
+                    raise ValueError(
+                        f"parameter '{name}' is selected by optimizer.params pattern "
+                        f"{owner[name]!r} and again by {pattern!r}"
+                    )
                 owner[name] = pattern
                 chosen.append(param)
         groups.append({**{k: v for k, v in spec.items() if k != "params"}, "params": chosen})

@@ -18,6 +18,7 @@ differ by at most 6.3 % of the base lr (around epoch 113).
 matters for large batches and short runs; ``step_per: epoch`` steps once per epoch as the
 reference does. Either way the schedule is defined in epochs.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ __all__ = ["WarmupCosineLR", "warmup_cosine_lr"]
 STEP_UNITS = ("iteration", "epoch")
 
 
-def warmup_cosine_lr(epoch: float, base_lr: float, epochs: int, warmup_epochs: int,
-                     warmup_lr: float, min_lr: float) -> float:
+def warmup_cosine_lr(
+    epoch: float, base_lr: float, epochs: int, warmup_epochs: int, warmup_lr: float, min_lr: float
+) -> float:
     """The learning rate of the schedule at (possibly fractional) ``epoch``; the closed form
     that :class:`WarmupCosineLR` follows, for tests and plots."""
     warmup_lr = min(warmup_lr, base_lr)  # a warm-up never goes down (LinearLR factors are <= 1)
@@ -53,9 +55,16 @@ class WarmupCosineLR(SequentialLR):
 
     __share__ = ["epochs"]
 
-    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 0,
-                 warmup_lr: float = 1e-4, min_lr: float = 1e-6, step_per: str = "iteration",
-                 iters_per_epoch: int = 1) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        epochs: int,
+        warmup_epochs: int = 0,
+        warmup_lr: float = 1e-4,
+        min_lr: float = 1e-6,
+        step_per: str = "iteration",
+        iters_per_epoch: int = 1,
+    ) -> None:
         if step_per not in STEP_UNITS:
             raise ValueError(f"lr_scheduler.step_per must be one of {STEP_UNITS}, got {step_per!r}")
         if not 0 <= warmup_epochs < epochs:

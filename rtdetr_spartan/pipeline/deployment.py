@@ -1,5 +1,6 @@
 """Deployment stages of the quickstart: ONNX export, onnxruntime vs PyTorch on real images,
 annotated pictures and latency."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,15 @@ from rtdetr_spartan.deploy.export import DeployModel, export_onnx
 from rtdetr_spartan.deploy.from_config import build_deploy_model, model_info_from_config
 from rtdetr_spartan.deploy.runtime import OnnxPredictor, Predictor, TorchPredictor, preprocess
 
-__all__ = ["ExportOutcome", "annotate_images", "export_detector", "max_difference_on_images",
-           "onnx_latency_ms", "predictors", "validation_images"]
+__all__ = [
+    "ExportOutcome",
+    "annotate_images",
+    "export_detector",
+    "max_difference_on_images",
+    "onnx_latency_ms",
+    "predictors",
+    "validation_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +73,9 @@ def _load(paths: Sequence[Path]) -> list[Image.Image]:
     return images
 
 
-def max_difference_on_images(torch_predictor: TorchPredictor, onnx_predictor: OnnxPredictor,
-                             paths: Sequence[Path]) -> float:
+def max_difference_on_images(
+    torch_predictor: TorchPredictor, onnx_predictor: OnnxPredictor, paths: Sequence[Path]
+) -> float:
     """Largest difference between onnxruntime's and PyTorch's detections on real images
     (scores, and boxes in units of the image size; see ``detection_difference``)."""
     images = _load(paths)
@@ -75,8 +84,7 @@ def max_difference_on_images(torch_predictor: TorchPredictor, onnx_predictor: On
     return detection_difference(torch_predictor.run(batch, sizes), onnx_predictor.run(batch, sizes), sizes)
 
 
-def annotate_images(predictor: Predictor, paths: Sequence[Path], out_dir: Path,
-                    threshold: float) -> list[Path]:
+def annotate_images(predictor: Predictor, paths: Sequence[Path], out_dir: Path, threshold: float) -> list[Path]:
     """Draw the detections scoring >= ``threshold`` on each image into ``out_dir`` (PNG)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -4,6 +4,7 @@ Two presets: :func:`default_settings` (the full demonstration, sized for a 2-cor
 quarter of an hour) and :func:`fast_settings` (tiny datasets and one epoch per stage, a smoke
 test of every stage). The model itself (input size, widths, optimizer) comes from the configs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,22 +70,49 @@ class QuickstartSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-def default_settings(output_dir: str | Path, data_dir: str | Path, detection_config: str | Path,
-                     pretrain_config: str | Path, seed: int = 0) -> QuickstartSettings:
+def default_settings(
+    output_dir: str | Path,
+    data_dir: str | Path,
+    detection_config: str | Path,
+    pretrain_config: str | Path,
+    seed: int = 0,
+) -> QuickstartSettings:
     """The full run: pretraining on shapes, detector training, evaluation, export, demo."""
-    return QuickstartSettings(output_dir=Path(output_dir), data_dir=Path(data_dir),
-                              detection_config=Path(detection_config), pretrain_config=Path(pretrain_config),
-                              seed=seed)
+    return QuickstartSettings(
+        output_dir=Path(output_dir),
+        data_dir=Path(data_dir),
+        detection_config=Path(detection_config),
+        pretrain_config=Path(pretrain_config),
+        seed=seed,
+    )
 
 
-def fast_settings(output_dir: str | Path, data_dir: str | Path, detection_config: str | Path,
-                  pretrain_config: str | Path, seed: int = 0) -> QuickstartSettings:
+def fast_settings(
+    output_dir: str | Path,
+    data_dir: str | Path,
+    detection_config: str | Path,
+    pretrain_config: str | Path,
+    seed: int = 0,
+) -> QuickstartSettings:
     """Every stage on tiny datasets for one epoch: checks that the pipeline runs, not quality."""
     return default_settings(output_dir, data_dir, detection_config, pretrain_config, seed).replace(
-        dataset_name="quickstart_fast", det_train=16, det_val=4, det_image_size=96, detector_input_size=96,
-        cls_train=32, cls_val=8, cls_image_size=32,
-        pretrain_epochs=1, detector_epochs=1, num_samples=2, latency_runs=3,
+        dataset_name="quickstart_fast",
+        det_train=16,
+        det_val=4,
+        det_image_size=96,
+        detector_input_size=96,
+        cls_train=32,
+        cls_val=8,
+        cls_image_size=32,
+        pretrain_epochs=1,
+        detector_epochs=1,
+        num_samples=2,
+        latency_runs=3,
         # one epoch: no warm-up epoch (the schedulers need warmup_epochs < epochs)
-        detector_overrides=("train_dataloader.batch_size=8", "val_dataloader.batch_size=4",
-                            "lr_scheduler.warmup_epochs=0"),
-        pretrain_overrides=("train_dataloader.batch_size=16", "lr_scheduler.warmup_epochs=0"))
+        detector_overrides=(
+            "train_dataloader.batch_size=8",
+            "val_dataloader.batch_size=4",
+            "lr_scheduler.warmup_epochs=0",
+        ),
+        pretrain_overrides=("train_dataloader.batch_size=16", "lr_scheduler.warmup_epochs=0"),
+    )

@@ -1,6 +1,7 @@
 """Training stages of the quickstart: SpaRTAN-T classification pretraining and RT-DETR training,
 both through the solvers in this process (as ``tools/pretrain.py`` and ``tools/train.py`` run them).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from rtdetr_spartan.core import YAMLConfig, merge_dict, parse_overrides
 from rtdetr_spartan.pipeline.settings import QuickstartSettings
 from rtdetr_spartan.solver import build_solver
 
-__all__ = ["DetectorResult", "PretrainResult", "detector_config", "pretrain_backbone", "pretrain_config",
-           "train_detector"]
+__all__ = [
+    "DetectorResult",
+    "PretrainResult",
+    "detector_config",
+    "pretrain_backbone",
+    "pretrain_config",
+    "train_detector",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +31,12 @@ logger = logging.getLogger(__name__)
 IDENTITY_NORMALIZATION: dict[str, list[float]] = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 # A few epochs of pretraining learn fastest from plain cross-entropy on lightly augmented crops:
 # MixUp/CutMix, RandAugment and erasing pay off over hundreds of epochs, not a handful.
-SHORT_PRETRAINING: dict[str, Any] = {"train_dataloader": {
-    "collate_fn": "classification_collate_fn",
-    "dataset": {"transforms": {"randaugment_magnitude": None, "random_erasing": 0.0}}}}
+SHORT_PRETRAINING: dict[str, Any] = {
+    "train_dataloader": {
+        "collate_fn": "classification_collate_fn",
+        "dataset": {"transforms": {"randaugment_magnitude": None, "random_erasing": 0.0}},
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,7 @@ class DetectorResult:
 
 def _config(path: Path, overrides: dict[str, Any], extra: tuple[str, ...]) -> YAMLConfig:
     if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist (run from the repository root or pass "
-                                "the config path)")
+        raise FileNotFoundError(f"config {path} does not exist (run from the repository root or pass the config path)")
     return YAMLConfig(path, **merge_dict(overrides, parse_overrides(extra)))
 
 
@@ -74,14 +83,30 @@ def _runtime(settings: QuickstartSettings, output_dir: Path, epochs: int) -> dic
 def pretrain_config(settings: QuickstartSettings) -> YAMLConfig:
     """The classification config on the generated ImageFolder set, with [0, 1] inputs."""
     root = settings.classification_data
-    runtime = merge_dict(_runtime(settings, settings.output_dir / "pretrain", settings.pretrain_epochs),
-                         SHORT_PRETRAINING)
-    overrides = merge_dict(runtime, {
-        "train_dataloader": {"dataset": {"root": str(root / "train"), "transforms": {
-            "size": settings.cls_image_size, **IDENTITY_NORMALIZATION}}},
-        "val_dataloader": {"dataset": {"root": str(root / "val"), "transforms": {
-            "resize": settings.cls_image_size, "crop": settings.cls_image_size, **IDENTITY_NORMALIZATION}}},
-    })
+    runtime = merge_dict(
+        _runtime(settings, settings.output_dir / "pretrain", settings.pretrain_epochs), SHORT_PRETRAINING
+    )
+    overrides = merge_dict(
+        runtime,
+        {
+            "train_dataloader": {
+                "dataset": {
+                    "root": str(root / "train"),
+                    "transforms": {"size": settings.cls_image_size, **IDENTITY_NORMALIZATION},
+                }
+            },
+            "val_dataloader": {
+                "dataset": {
+                    "root": str(root / "val"),
+                    "transforms": {
+                        "resize": settings.cls_image_size,
+                        "crop": settings.cls_image_size,
+                        **IDENTITY_NORMALIZATION,
+                    },
+                }
+            },
+        },
+    )
     return _config(settings.pretrain_config, overrides, settings.pretrain_overrides)
 
 
@@ -96,24 +121,31 @@ def pretrain_backbone(settings: QuickstartSettings) -> PretrainResult:
     if not checkpoint.is_file():
         raise RuntimeError(f"pretraining finished without writing {checkpoint}")
     logger.info("pretraining: best top-1 %.2f%% at epoch %d -> %s", best["value"], best["epoch"], checkpoint)
-    return PretrainResult(checkpoint=checkpoint, top1=float(best["value"]), epoch=int(best["epoch"]),
-                          log=cfg.output_dir / "log.txt")
+    return PretrainResult(
+        checkpoint=checkpoint, top1=float(best["value"]), epoch=int(best["epoch"]), log=cfg.output_dir / "log.txt"
+    )
 
 
-def detector_config(settings: QuickstartSettings, pretrained: Path | None,
-                    output_dir: Path | None = None) -> YAMLConfig:
+def detector_config(
+    settings: QuickstartSettings, pretrained: Path | None, output_dir: Path | None = None
+) -> YAMLConfig:
     """The detection config on the generated COCO set, its backbone from ``pretrained`` (or scratch)."""
     root = settings.detection_data
     ann = root / "annotations"
     output_dir = output_dir or settings.output_dir / "detector"
-    overrides = merge_dict(_runtime(settings, output_dir, settings.detector_epochs), {
-        "SpaRTAN": {"pretrained": str(pretrained) if pretrained is not None else None},
-        **({"optimizer": {"lr": settings.detector_lr}} if settings.detector_lr is not None else {}),
-        "train_dataloader": {"dataset": {"img_folder": str(root / "train"),
-                                         "ann_file": str(ann / "instances_train.json")}},
-        "val_dataloader": {"dataset": {"img_folder": str(root / "val"),
-                                       "ann_file": str(ann / "instances_val.json")}},
-    })
+    overrides = merge_dict(
+        _runtime(settings, output_dir, settings.detector_epochs),
+        {
+            "SpaRTAN": {"pretrained": str(pretrained) if pretrained is not None else None},
+            **({"optimizer": {"lr": settings.detector_lr}} if settings.detector_lr is not None else {}),
+            "train_dataloader": {
+                "dataset": {"img_folder": str(root / "train"), "ann_file": str(ann / "instances_train.json")}
+            },
+            "val_dataloader": {
+                "dataset": {"img_folder": str(root / "val"), "ann_file": str(ann / "instances_val.json")}
+            },
+        },
+    )
     cfg = _config(settings.detection_config, overrides, settings.detector_overrides)
     if settings.detector_input_size is None:
         return cfg
@@ -124,8 +156,7 @@ def _resized_ops(ops: Any, size: int) -> Any:
     """``ops`` (a transforms list) with every ``Resize`` op resizing to ``size`` x ``size``."""
     if not isinstance(ops, list):
         return ops
-    return [{**op, "size": [size, size]} if isinstance(op, dict) and op.get("type") == "Resize" else op
-            for op in ops]
+    return [{**op, "size": [size, size]} if isinstance(op, dict) and op.get("type") == "Resize" else op for op in ops]
 
 
 def _input_size_overrides(cfg: YAMLConfig, size: int) -> dict[str, Any]:
@@ -155,6 +186,10 @@ def train_detector(settings: QuickstartSettings, pretrained: Path | None) -> Det
     if not checkpoint.is_file() or not summary_path.is_file():
         raise RuntimeError(f"detector training finished without writing {checkpoint} and {summary_path}")
     summary = json.loads(summary_path.read_text())
-    return DetectorResult(checkpoint=checkpoint, stats=[float(v) for v in summary["stats"]],
-                          per_class=list(summary.get("per_class", [])), best=dict(best),
-                          log=cfg.output_dir / "log.txt")
+    return DetectorResult(
+        checkpoint=checkpoint,
+        stats=[float(v) for v in summary["stats"]],
+        per_class=list(summary.get("per_class", [])),
+        best=dict(best),
+        log=cfg.output_dir / "log.txt",
+    )

@@ -1,5 +1,6 @@
 """Solvers: the training and evaluation loops of each task, on a shared base
 (device, DDP, AMP, EMA, checkpoints). ``TASKS`` maps a config's ``task`` to its solver class."""
+
 from __future__ import annotations
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig

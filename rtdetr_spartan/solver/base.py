@@ -14,6 +14,7 @@ holds model, EMA, optimizer, scheduler and scaler states, the epoch, the best me
 rank's RNG states (python, NumPy, torch CPU/CUDA and the data-order generator) and the
 resolved config, so a resumed run continues exactly as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,7 @@ from torch import nn
 import rtdetr_spartan
 from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.misc import dist
-from rtdetr_spartan.misc.checkpoint import (extract_state_dict, load_checkpoint, load_model_weights,
-                                            save_atomic)
+from rtdetr_spartan.misc.checkpoint import extract_state_dict, load_checkpoint, load_model_weights, save_atomic
 from rtdetr_spartan.optim import param_groups_from_config, unwrap_model
 from rtdetr_spartan.solver.loaders import prepare_eval_loader, prepare_train_loader
 
@@ -82,8 +82,7 @@ def _numpy_rng_state() -> tuple[str, list[int], int, int, float]:
 
 
 def _rng_state(device: torch.device, data_generator: torch.Generator | None) -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": _numpy_rng_state(),
-                             "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     if data_generator is not None:
@@ -91,8 +90,7 @@ def _rng_state(device: torch.device, data_generator: torch.Generator | None) -> 
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any], device: torch.device,
-                   data_generator: torch.Generator | None) -> None:
+def _set_rng_state(state: Mapping[str, Any], device: torch.device, data_generator: torch.Generator | None) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -116,8 +114,10 @@ class BaseSolver:
         self.amp_dtype = resolve_amp_dtype(cfg, self.device)
         self.output_dir = cfg.output_dir
         if cfg.get("resume") and cfg.get("tuning"):
-            raise ConfigError(f"{cfg.path}: 'resume' ({cfg.get('resume')}) and 'tuning' ({cfg.get('tuning')}) "
-                              "exclude each other: resume continues a run, tuning starts a new one")
+            raise ConfigError(
+                f"{cfg.path}: 'resume' ({cfg.get('resume')}) and 'tuning' ({cfg.get('tuning')}) "
+                "exclude each other: resume continues a run, tuning starts a new one"
+            )
         self.seed = int(cfg.get("seed") or 0)
         self.epochs = cfg.epochs
         self.checkpoint_freq = int(cfg.get("checkpoint_freq", 1) or 0)
@@ -207,8 +207,13 @@ class BaseSolver:
         self.postprocessor = self.cfg.postprocessor.to(self.device)
         self.ema = self.cfg.build("ema", model=model) if self.cfg.use_ema else None
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info("model: %d trainable parameters, device %s, amp %s, ema %s", n_params, self.device,
-                    self.amp_dtype, self.ema is not None)
+        logger.info(
+            "model: %d trainable parameters, device %s, amp %s, ema %s",
+            n_params,
+            self.device,
+            self.amp_dtype,
+            self.ema is not None,
+        )
 
     def _wrap_distributed(self, model: nn.Module) -> nn.Module:
         if not dist.is_dist_initialized():
@@ -217,18 +222,18 @@ class BaseSolver:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:
-                logger.warning("sync_bn: SyncBatchNorm needs CUDA; BatchNorm stays per process on %s",
-                               self.device)
+                logger.warning("sync_bn: SyncBatchNorm needs CUDA; BatchNorm stays per process on %s", self.device)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids,
-            find_unused_parameters=bool(self.cfg.get("find_unused_parameters", False)))
+            model, device_ids=device_ids, find_unused_parameters=bool(self.cfg.get("find_unused_parameters", False))
+        )
 
     def _setup_optimization(self) -> None:
         groups = param_groups_from_config(self.cfg.get("optimizer") or {}, self.module)
         self.optimizer = self.cfg.build("optimizer", params=groups)
-        self.lr_scheduler = self.cfg.build("lr_scheduler", optimizer=self.optimizer) \
-            if self.cfg.get("lr_scheduler") else None
+        self.lr_scheduler = (
+            self.cfg.build("lr_scheduler", optimizer=self.optimizer) if self.cfg.get("lr_scheduler") else None
+        )
         self.scaler = None
         if self.amp_dtype == torch.float16:
             self.scaler = self.cfg.build("scaler") if self.cfg.get("scaler") else torch.amp.GradScaler("cuda")
@@ -306,9 +311,13 @@ class BaseSolver:
         if not saved:
             return None
         if len(saved) != dist.get_world_size():
-            logger.warning("%s: saved by %d processes, resumed with %d; random streams are reseeded "
-                           "(data order and augmentation differ from an uninterrupted run)",
-                           source, len(saved), dist.get_world_size())
+            logger.warning(
+                "%s: saved by %d processes, resumed with %d; random streams are reseeded "
+                "(data order and augmentation differ from an uninterrupted run)",
+                source,
+                len(saved),
+                dist.get_world_size(),
+            )
             dist.seed_everything(self.seed + self.last_epoch + 1)
             return None
         return saved[dist.get_rank()]

@@ -1,5 +1,6 @@
 """Command-line arguments and the run shared by the training tools (tools/train.py,
 tools/pretrain.py): ``solver_args_parser`` and ``run_tool``."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,20 +24,33 @@ def solver_args_parser(description: str, config_help: str, outputs_help: str) ->
     start.add_argument("-r", "--resume", help="checkpoint to resume (model, EMA, optimizer, scheduler, epoch, RNG)")
     start.add_argument("-t", "--tuning", help="checkpoint whose matching weights initialise the model")
     parser.add_argument("--test-only", action="store_true", help="evaluate on the validation set only")
-    parser.add_argument("--amp", action="store_true",
-                        help="mixed precision (fp16 + GradScaler on CUDA; bf16 autocast on the CPU)")
+    parser.add_argument(
+        "--amp", action="store_true", help="mixed precision (fp16 + GradScaler on CUDA; bf16 autocast on the CPU)"
+    )
     parser.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
     parser.add_argument("--output-dir", help=outputs_help)
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    parser.add_argument("-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. -u epochs=12 train_dataloader.batch_size=4")
+    parser.add_argument(
+        "-u",
+        "--update",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. -u epochs=12 train_dataloader.batch_size=4",
+    )
     return parser
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config values from the command line; ``-u`` overrides come first, named flags win."""
-    named = {"resume": args.resume, "tuning": args.tuning, "seed": args.seed,
-             "output_dir": args.output_dir, "device": args.device}
+    named = {
+        "resume": args.resume,
+        "tuning": args.tuning,
+        "seed": args.seed,
+        "output_dir": args.output_dir,
+        "device": args.device,
+    }
     overrides = merge_dict(parse_overrides(args.update), {k: v for k, v in named.items() if v is not None})
     if args.amp:
         overrides["use_amp"] = True
@@ -62,16 +76,22 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
     setup_logging()  # console only until the config names the output directory
     cfg = YAMLConfig(args.config, **config_overrides(args))
     if task is not None and cfg.task != task:
-        raise ConfigError(f"{args.config}: task is '{cfg.task}', this tool needs task: {task} "
-                          f"(use {other_tool} for other tasks)")
+        raise ConfigError(
+            f"{args.config}: task is '{cfg.task}', this tool needs task: {task} (use {other_tool} for other tasks)"
+        )
     try:
         dist.init_distributed(device=cfg.get("device"))
         setup_logging(cfg.output_dir)
         logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
         best = run_solver(cfg, args.test_only)
         if best is not None:
-            logger.info("best %s %s at epoch %s; checkpoints in %s", best.get("metric"), best.get("value"),
-                        best.get("epoch"), cfg.output_dir)
+            logger.info(
+                "best %s %s at epoch %s; checkpoints in %s",
+                best.get("metric"),
+                best.get("value"),
+                best.get("epoch"),
+                cfg.output_dir,
+            )
         return best
     finally:
         close_logging()

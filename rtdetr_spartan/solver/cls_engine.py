@@ -5,6 +5,7 @@ Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0): soft-target cross
 MixUp/CutMix targets, top-1/top-5 accuracy reduced across ranks, BatchNorm running statistics
 averaged across ranks after every epoch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,13 @@ from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.meters import MetricLogger
 from rtdetr_spartan.solver.steps import autocast, backward_and_step, progress
 
-__all__ = ["ClassificationPostProcessor", "SoftTargetCrossEntropy", "all_reduce_batchnorm_stats",
-           "evaluate", "train_one_epoch"]
+__all__ = [
+    "ClassificationPostProcessor",
+    "SoftTargetCrossEntropy",
+    "all_reduce_batchnorm_stats",
+    "evaluate",
+    "train_one_epoch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +71,28 @@ def _mean_loss(loss: torch.Tensor, epoch: int, iteration: int) -> float:
     """The loss averaged over ranks; every rank raises together when it is not finite."""
     value = float(dist.reduce_dict({"loss": loss})["loss"].item())
     if not math.isfinite(value):
-        raise FloatingPointError(f"non-finite loss {value} at epoch {epoch}, iteration {iteration} "
-                                 f"(rank {dist.get_rank()}: {loss.item()})")
+        raise FloatingPointError(
+            f"non-finite loss {value} at epoch {epoch}, iteration {iteration} (rank {dist.get_rank()}: {loss.item()})"
+        )
     return value
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable[Any],
-                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int, *,
-                    lr_scheduler: Any = None, clip_max_norm: float = 0.0, ema: Any = None,
-                    scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
-                    print_freq: int = 50, writer: Any = None) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    data_loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+    *,
+    lr_scheduler: Any = None,
+    clip_max_norm: float = 0.0,
+    ema: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    print_freq: int = 50,
+    writer: Any = None,
+) -> dict[str, float]:
     """One pass over ``data_loader`` of ``(images [B, 3, H, W], targets [B, C] or [B])``.
 
     ``lr_scheduler``, when given, is stepped after every optimizer step (per-iteration
@@ -119,8 +137,14 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int])
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data_loader: Iterable[Any], device: torch.device, *,
-             amp_dtype: torch.dtype | None = None, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    topk: Sequence[int] = (1, 5),
+) -> dict[str, float]:
     """Top-k accuracy (in %) and mean cross-entropy over the whole validation set.
 
     Batches are ``(images [B, 3, H, W], labels [B] int64)``; each rank evaluates its shard and
@@ -156,8 +180,13 @@ def all_reduce_batchnorm_stats(module: nn.Module) -> int:
     """
     if dist.get_world_size() < 2:
         return 0
-    tensors = [buf for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               for buf in (m.running_mean, m.running_var) if buf is not None]
+    tensors = [
+        buf
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buf in (m.running_mean, m.running_var)
+        if buf is not None
+    ]
     if not tensors:
         return 0
     flat = torch.cat([t.reshape(-1).float() for t in tensors])
@@ -165,6 +194,6 @@ def all_reduce_batchnorm_stats(module: nn.Module) -> int:
     flat /= dist.get_world_size()
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
     return len(tensors)

@@ -5,6 +5,7 @@ Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0): AdamW with the le
 scaled to the total batch, warm-up + cosine schedule, BatchNorm statistics averaged across ranks
 after each epoch, top-1 selects ``best.pth``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -60,8 +61,10 @@ class ClsSolver(BaseSolver):
     def _setup_optimization(self) -> None:
         optimizer_cfg = self.cfg.get("optimizer") or {}
         groups = param_groups_for(optimizer_cfg, self.module, self.cfg.yaml_cfg)
-        logger.info("optimizer parameter groups: %s", ", ".join(
-            f"{len(g['params'])} tensors (weight_decay {g.get('weight_decay', 'default')})" for g in groups))
+        logger.info(
+            "optimizer parameter groups: %s",
+            ", ".join(f"{len(g['params'])} tensors (weight_decay {g.get('weight_decay', 'default')})" for g in groups),
+        )
         self.optimizer = self.cfg.build("optimizer", params=groups)
         self._scale_lr()
         self.lr_scheduler = self._build_scheduler() if self.cfg.get("lr_scheduler") else None
@@ -80,8 +83,15 @@ class ClsSolver(BaseSolver):
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
         self.optimizer.defaults["lr"] = lr
-        logger.info("lr %.6g = base lr %.6g x total batch %d (%d x %d processes) / base_lr_batch %s",
-                    lr, base, total, batch, dist.get_world_size(), base_lr_batch)
+        logger.info(
+            "lr %.6g = base lr %.6g x total batch %d (%d x %d processes) / base_lr_batch %s",
+            lr,
+            base,
+            total,
+            batch,
+            dist.get_world_size(),
+            base_lr_batch,
+        )
 
     def _build_scheduler(self) -> Any:
         spec = self.cfg.get("lr_scheduler")
@@ -109,8 +119,13 @@ class ClsSolver(BaseSolver):
         """Evaluate only (``--test-only``)."""
         self.setup_eval()
         stats = self.evaluate()
-        logger.info("top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d images)", stats["top1"], stats["top5"],
-                    stats["loss"], stats["num_images"])
+        logger.info(
+            "top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d images)",
+            stats["top1"],
+            stats["top5"],
+            stats["loss"],
+            stats["num_images"],
+        )
         self.append_log({f"test_{k}": v for k, v in stats.items()})
         return stats
 
@@ -128,14 +143,28 @@ class ClsSolver(BaseSolver):
 
         return SummaryWriter(log_dir=str(self.cfg.get("summary_dir") or self.output_dir / "summary"))
 
-    def _log_epoch(self, epoch: int, train_stats: Mapping[str, float], test_stats: Mapping[str, float],
-                   writer: Any, seconds: float) -> None:
-        self.append_log({**{f"train_{k}": v for k, v in train_stats.items()},
-                         **{f"test_{k}": v for k, v in test_stats.items()},
-                         "epoch": epoch, "best": self.best, "epoch_time_s": round(seconds, 3)})
-        logger.info("epoch %d: loss %.4f  top-1 %.2f%%  top-5 %.2f%%  (best top-1 %.2f%% at epoch %d, %.1f s)",
-                    epoch, train_stats.get("loss", float("nan")), test_stats["top1"], test_stats["top5"],
-                    self.best["value"], self.best["epoch"], seconds)
+    def _log_epoch(
+        self, epoch: int, train_stats: Mapping[str, float], test_stats: Mapping[str, float], writer: Any, seconds: float
+    ) -> None:
+        self.append_log(
+            {
+                **{f"train_{k}": v for k, v in train_stats.items()},
+                **{f"test_{k}": v for k, v in test_stats.items()},
+                "epoch": epoch,
+                "best": self.best,
+                "epoch_time_s": round(seconds, 3),
+            }
+        )
+        logger.info(
+            "epoch %d: loss %.4f  top-1 %.2f%%  top-5 %.2f%%  (best top-1 %.2f%% at epoch %d, %.1f s)",
+            epoch,
+            train_stats.get("loss", float("nan")),
+            test_stats["top1"],
+            test_stats["top5"],
+            self.best["value"],
+            self.best["epoch"],
+            seconds,
+        )
         if writer is not None:
             writer.add_scalar("Train/loss", train_stats.get("loss", float("nan")), epoch)
             for key in ("top1", "top5", "loss"):
@@ -148,10 +177,20 @@ class ClsSolver(BaseSolver):
         set_epoch(self.train_dataloader, epoch)
         per_iteration = self.lr_scheduler if self._steps_per_iteration else None
         train_stats = train_one_epoch(
-            self.model, self.criterion, self.train_dataloader, self.optimizer, self.device, epoch,
-            lr_scheduler=per_iteration, clip_max_norm=self.cfg.clip_max_norm, ema=self.ema,
-            scaler=self.scaler, amp_dtype=self.amp_dtype, print_freq=int(self.cfg.get("print_freq", 50) or 0),
-            writer=writer)
+            self.model,
+            self.criterion,
+            self.train_dataloader,
+            self.optimizer,
+            self.device,
+            epoch,
+            lr_scheduler=per_iteration,
+            clip_max_norm=self.cfg.clip_max_norm,
+            ema=self.ema,
+            scaler=self.scaler,
+            amp_dtype=self.amp_dtype,
+            print_freq=int(self.cfg.get("print_freq", 50) or 0),
+            writer=writer,
+        )
         if self.lr_scheduler is not None and per_iteration is None:
             self.lr_scheduler.step()
         all_reduce_batchnorm_stats(self.module)

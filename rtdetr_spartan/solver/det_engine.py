@@ -1,5 +1,6 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """One detection training epoch and one COCO evaluation pass."""
+
 from __future__ import annotations
 
 import json
@@ -41,22 +42,30 @@ def _float32(value: Any) -> Any:
 def check_finite_outputs(outputs: Mapping[str, Any], epoch: int, iteration: int) -> None:
     """Raise :class:`FloatingPointError` on every rank when any rank's predictions are not finite
     (the matcher could not even compute the loss)."""
-    bad = [k for k in ("pred_logits", "pred_boxes")
-           if isinstance(outputs.get(k), torch.Tensor) and not bool(torch.isfinite(outputs[k]).all())]
+    bad = [
+        k
+        for k in ("pred_logits", "pred_boxes")
+        if isinstance(outputs.get(k), torch.Tensor) and not bool(torch.isfinite(outputs[k]).all())
+    ]
     if dist.any_rank(bool(bad)):
         where = f"rank {dist.get_rank()}: {', '.join(bad)}" if bad else f"another rank than {dist.get_rank()}"
-        raise FloatingPointError(f"non-finite model outputs at epoch {epoch}, iteration {iteration} "
-                                 f"({where}); the weights have diverged, so no loss can be computed")
+        raise FloatingPointError(
+            f"non-finite model outputs at epoch {epoch}, iteration {iteration} "
+            f"({where}); the weights have diverged, so no loss can be computed"
+        )
 
 
-def check_finite_loss(reduced: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor],
-                      epoch: int, iteration: int) -> float:
+def check_finite_loss(
+    reduced: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor], epoch: int, iteration: int
+) -> float:
     """The total of the rank-averaged losses; every rank raises together when it is not finite."""
     total = float(sum(v.item() for v in reduced.values()))
     if not math.isfinite(total):
         shown = {k: float(v.item()) for k, v in local.items()}
-        raise FloatingPointError(f"non-finite loss {total} at epoch {epoch}, iteration {iteration}; "
-                                 f"losses of rank {dist.get_rank()}: {shown}")
+        raise FloatingPointError(
+            f"non-finite loss {total} at epoch {epoch}, iteration {iteration}; "
+            f"losses of rank {dist.get_rank()}: {shown}"
+        )
     return total
 
 
@@ -68,11 +77,21 @@ def _log_iteration(epoch: int, iteration: int, total: int, loss: float, lr: floa
         writer.add_scalar("Lr/pg_0", lr, step)
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable[Any],
-                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int, *,
-                    clip_max_norm: float = 0.0, ema: Any = None,
-                    scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
-                    print_freq: int = 50, writer: Any = None) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    data_loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+    *,
+    clip_max_norm: float = 0.0,
+    ema: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    print_freq: int = 50,
+    writer: Any = None,
+) -> dict[str, float]:
     """Train ``model`` for one pass over ``data_loader``; returns rank-averaged mean losses and lr.
 
     Batches are ``(images [B, 3, H, W], targets)`` with target ``boxes`` cxcywh normalized and
@@ -108,8 +127,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     return meters.global_averages()
 
 
-def _predictions(outputs: Mapping[str, Any], targets: Targets, postprocessor: nn.Module,
-                 label_to_category: Mapping[int, int] | None) -> dict[int, dict[str, torch.Tensor]]:
+def _predictions(
+    outputs: Mapping[str, Any], targets: Targets, postprocessor: nn.Module, label_to_category: Mapping[int, int] | None
+) -> dict[int, dict[str, torch.Tensor]]:
     """Per image id: XYXY pixel boxes of the original image, scores, category ids."""
     orig_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
     results = postprocessor(outputs, orig_sizes)
@@ -117,8 +137,10 @@ def _predictions(outputs: Mapping[str, Any], targets: Targets, postprocessor: nn
     if getattr(postprocessor, "remap_mscoco_category", False):
         return predictions  # the postprocessor already returns COCO category ids
     if label_to_category is None:
-        raise ValueError("the dataset has no label_to_category and the postprocessor does not remap "
-                         "labels; category ids of the predictions are unknown")
+        raise ValueError(
+            "the dataset has no label_to_category and the postprocessor does not remap "
+            "labels; category ids of the predictions are unknown"
+        )
     return to_category_ids(predictions, label_to_category)
 
 
@@ -129,10 +151,16 @@ def _write_eval_files(evaluator: CocoEvaluator, summary: Mapping[str, Any], eval
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, postprocessor: nn.Module, data_loader: Iterable[Any],
-             evaluator: CocoEvaluator, device: torch.device, *,
-             label_to_category: Mapping[int, int] | None = None,
-             output_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    postprocessor: nn.Module,
+    data_loader: Iterable[Any],
+    evaluator: CocoEvaluator,
+    device: torch.device,
+    *,
+    label_to_category: Mapping[int, int] | None = None,
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """COCO box evaluation of ``model`` over ``data_loader`` (each rank its shard).
 
     Returns ``{"stats": 12 COCOeval numbers, "stat_names", "per_class": [{category_id, name, ap,
@@ -151,8 +179,12 @@ def evaluate(model: nn.Module, postprocessor: nn.Module, data_loader: Iterable[A
     evaluator.accumulate()
     stats = evaluator.summarize()
     logger.info("per-class AP:\n%s", evaluator.format_per_class_table())
-    summary = {"stats": stats, "stat_names": list(STAT_NAMES), "per_class": evaluator.per_class(),
-               "num_images": len(evaluator.img_ids)}
+    summary = {
+        "stats": stats,
+        "stat_names": list(STAT_NAMES),
+        "per_class": evaluator.per_class(),
+        "num_images": len(evaluator.img_ids),
+    }
     if output_dir is not None and dist.is_main_process():
         _write_eval_files(evaluator, summary, Path(output_dir) / "eval")
     return summary

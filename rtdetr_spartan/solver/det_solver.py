@@ -1,6 +1,7 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """Detection solver: one epoch of :meth:`BaseSolver.fit` (train, evaluate, checkpoint, log) and
 the COCO evaluation of :meth:`DetSolver.val`."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,10 @@ def _dataset_attr(dataset: Any, name: str) -> Any:
         if hasattr(current, name):
             return getattr(current, name)
         current = getattr(current, "dataset", None)
-    raise AttributeError(f"validation dataset {type(dataset).__name__} has no '{name}' "
-                         "(detection evaluation needs a COCO-style dataset such as CocoDetection)")
+    raise AttributeError(
+        f"validation dataset {type(dataset).__name__} has no '{name}' "
+        "(detection evaluation needs a COCO-style dataset such as CocoDetection)"
+    )
 
 
 class DetSolver(BaseSolver):
@@ -55,8 +58,15 @@ class DetSolver(BaseSolver):
         label_to_category = None
         if not getattr(self.postprocessor, "remap_mscoco_category", False):
             label_to_category = _dataset_attr(self.val_dataloader.dataset, "label_to_category")
-        return evaluate(self.eval_module, self.postprocessor, self.val_dataloader, self._make_evaluator(),
-                        self.device, label_to_category=label_to_category, output_dir=self.output_dir)
+        return evaluate(
+            self.eval_module,
+            self.postprocessor,
+            self.val_dataloader,
+            self._make_evaluator(),
+            self.device,
+            label_to_category=label_to_category,
+            output_dir=self.output_dir,
+        )
 
     def val(self) -> dict[str, Any]:
         """Evaluate only (``--test-only``); returns the summary written to ``eval/summary.json``."""
@@ -66,19 +76,28 @@ class DetSolver(BaseSolver):
         return summary
 
     # ------------------------------------------------------------------------- training
-    def _log_epoch(self, epoch: int, train_stats: Mapping[str, float], summary: Mapping[str, Any],
-                   writer: Any, seconds: float) -> None:
+    def _log_epoch(
+        self, epoch: int, train_stats: Mapping[str, float], summary: Mapping[str, Any], writer: Any, seconds: float
+    ) -> None:
         stats = summary["stats"]
-        self.append_log({
-            **{f"train_{k}": v for k, v in train_stats.items()},
-            "test_coco_eval_bbox": stats,
-            "epoch": epoch,
-            "n_parameters": sum(p.numel() for p in self.module.parameters() if p.requires_grad),
-            "best": self.best,
-            "epoch_time_s": round(seconds, 3),
-        })
-        logger.info("epoch %d: AP %.4f AP50 %.4f (best AP %.4f at epoch %d)", epoch, stats[0], stats[1],
-                    self.best["value"], self.best["epoch"])
+        self.append_log(
+            {
+                **{f"train_{k}": v for k, v in train_stats.items()},
+                "test_coco_eval_bbox": stats,
+                "epoch": epoch,
+                "n_parameters": sum(p.numel() for p in self.module.parameters() if p.requires_grad),
+                "best": self.best,
+                "epoch_time_s": round(seconds, 3),
+            }
+        )
+        logger.info(
+            "epoch %d: AP %.4f AP50 %.4f (best AP %.4f at epoch %d)",
+            epoch,
+            stats[0],
+            stats[1],
+            self.best["value"],
+            self.best["epoch"],
+        )
         if writer is not None:
             for key, value in train_stats.items():
                 writer.add_scalar(f"Train/{key}", value, epoch)
@@ -92,9 +111,19 @@ class DetSolver(BaseSolver):
         start = time.perf_counter()
         set_epoch(self.train_dataloader, epoch)
         train_stats = train_one_epoch(
-            self.model, self.criterion, self.train_dataloader, self.optimizer, self.device, epoch,
-            clip_max_norm=self.cfg.clip_max_norm, ema=self.ema, scaler=self.scaler,
-            amp_dtype=self.amp_dtype, print_freq=int(self.cfg.get("print_freq", 50) or 0), writer=writer)
+            self.model,
+            self.criterion,
+            self.train_dataloader,
+            self.optimizer,
+            self.device,
+            epoch,
+            clip_max_norm=self.cfg.clip_max_norm,
+            ema=self.ema,
+            scaler=self.scaler,
+            amp_dtype=self.amp_dtype,
+            print_freq=int(self.cfg.get("print_freq", 50) or 0),
+            writer=writer,
+        )
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         summary = self.evaluate()

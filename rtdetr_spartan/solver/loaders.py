@@ -5,6 +5,7 @@ generator, so that data order and worker seeds are reproducible and can be resum
 Batch size is per process: with ``torchrun --nproc-per-node=N`` the total batch is
 ``batch_size x N``.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,20 +42,33 @@ class ShardSampler(data.Sampler[int]):
         return self.stop - self.start
 
 
-def _rebuild(loader: data.DataLoader, sampler: data.Sampler[int] | None, shuffle: bool,
-             generator: torch.Generator | None) -> data.DataLoader:
+def _rebuild(
+    loader: data.DataLoader, sampler: data.Sampler[int] | None, shuffle: bool, generator: torch.Generator | None
+) -> data.DataLoader:
     """A loader like ``loader`` (same dataset, batching, collate, workers) with a new sampler."""
     if loader.batch_size is None:
-        raise ValueError(f"{type(loader).__name__} over {type(loader.dataset).__name__} uses a custom "
-                         "batch_sampler; the solver needs a loader built with batch_size")
+        raise ValueError(
+            f"{type(loader).__name__} over {type(loader.dataset).__name__} uses a custom "
+            "batch_sampler; the solver needs a loader built with batch_size"
+        )
     cls = type(loader) if type(loader).__init__ is data.DataLoader.__init__ else data.DataLoader
     extra = {}
     if loader.num_workers > 0:
         extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
-    return cls(loader.dataset, batch_size=loader.batch_size, shuffle=shuffle if sampler is None else None,
-               sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-               pin_memory=loader.pin_memory, drop_last=loader.drop_last, timeout=loader.timeout,
-               worker_init_fn=loader.worker_init_fn, generator=generator, **extra)
+    return cls(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        generator=generator,
+        **extra,
+    )
 
 
 def prepare_train_loader(loader: data.DataLoader, seed: int) -> data.DataLoader:
@@ -79,4 +93,3 @@ def prepare_eval_loader(loader: data.DataLoader) -> data.DataLoader:
     if not is_dist_initialized():
         return loader
     return _rebuild(loader, ShardSampler(loader.dataset), False, None)
-

@@ -1,4 +1,5 @@
 """Pieces every training loop shares: the rank-0 progress bar, autocast and the optimizer step."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,7 @@ __all__ = ["autocast", "backward_and_step", "progress"]
 
 def progress(iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
     """A tqdm bar (with ETA) on rank 0; the plain iterable elsewhere."""
-    return tqdm(iterable, total=total, desc=desc, disable=not dist.is_main_process(),
-                dynamic_ncols=True, leave=False)
+    return tqdm(iterable, total=total, desc=desc, disable=not dist.is_main_process(), dynamic_ncols=True, leave=False)
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager[Any]:
@@ -26,8 +26,13 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextMana
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
-def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      scaler: torch.amp.GradScaler | None, clip_max_norm: float) -> None:
+def backward_and_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_max_norm: float,
+) -> None:
     """Backward pass, optional gradient-norm clipping (of the unscaled gradients when a
     ``scaler`` is used) and one optimizer step."""
     optimizer.zero_grad(set_to_none=True)

@@ -48,8 +48,11 @@ def test_share_takes_top_level_value():
 
 
 def test_inject_by_name_and_by_typed_dict():
-    cfg = {"_WsParent": {"child": "_WsLeaf", "other": {"type": "_WsShared", "depth": 9}},
-           "_WsLeaf": {"size": 2}, "_WsShared": {"depth": 1, "num_classes": 4}}
+    cfg = {
+        "_WsParent": {"child": "_WsLeaf", "other": {"type": "_WsShared", "depth": 9}},
+        "_WsLeaf": {"size": 2},
+        "_WsShared": {"depth": 1, "num_classes": 4},
+    }
     parent = create("_WsParent", cfg)
     assert isinstance(parent.child, _WsLeaf) and parent.child.size == 2
     assert isinstance(parent.other, _WsShared) and parent.other.depth == 9 and parent.other.num_classes == 4

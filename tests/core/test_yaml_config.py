@@ -25,8 +25,9 @@ def test_reference_values_resolved_through_includes():
 
 
 def test_keyword_overrides_are_deep_merged():
-    cfg = YAMLConfig(R18, PResNet={"pretrained": False}, remap_mscoco_category=False,
-                     RTDETRTransformer={"num_queries": 100})
+    cfg = YAMLConfig(
+        R18, PResNet={"pretrained": False}, remap_mscoco_category=False, RTDETRTransformer={"num_queries": 100}
+    )
     y = cfg.yaml_cfg
     assert y["PResNet"]["depth"] == 18 and y["PResNet"]["pretrained"] is False
     assert y["remap_mscoco_category"] is False

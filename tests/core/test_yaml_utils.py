@@ -25,8 +25,7 @@ def test_merge_dict_is_deep_and_pure():
 def test_include_relative_paths_later_files_win(tmp_path):
     write(tmp_path / "base" / "a.yml", "x: 1\nsection: {k1: 1, k2: 1}\n")
     write(tmp_path / "base" / "b.yml", "x: 2\nsection: {k2: 2}\n")
-    top = write(tmp_path / "cfg" / "top.yml",
-                "__include__: ['../base/a.yml', '../base/b.yml']\nsection: {k3: 3}\n")
+    top = write(tmp_path / "cfg" / "top.yml", "__include__: ['../base/a.yml', '../base/b.yml']\nsection: {k3: 3}\n")
     cfg = load_yaml(top)
     assert cfg == {"x": 2, "section": {"k1": 1, "k2": 2, "k3": 3}}
 

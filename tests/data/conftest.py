@@ -1,4 +1,5 @@
 """Shared fixtures for the data tests: a small generated shapes dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path

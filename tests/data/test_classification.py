@@ -7,9 +7,13 @@ import torch
 from PIL import Image
 
 from rtdetr_spartan.core import create
-from rtdetr_spartan.data.classification import (ClassificationEvalTransforms, ClassificationTrainTransforms,
-                                                ImageFolderDataset, MixUpCutMixCollate,
-                                                classification_collate_fn)
+from rtdetr_spartan.data.classification import (
+    ClassificationEvalTransforms,
+    ClassificationTrainTransforms,
+    ImageFolderDataset,
+    MixUpCutMixCollate,
+    classification_collate_fn,
+)
 from rtdetr_spartan.data.dataloader import DataLoader
 from rtdetr_spartan.data.shapes import SHAPE_CATEGORIES, make_classification_dataset
 
@@ -51,12 +55,18 @@ def test_train_transforms_shapes_and_options() -> None:
     full = ClassificationTrainTransforms(size=32, randaugment_magnitude=7, random_erasing=1.0)
     out = full(image)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-    plain = ClassificationTrainTransforms(size=32, hflip=0.0, randaugment_magnitude=None, mean=(0, 0, 0),
-                                          std=(1, 1, 1))
+    plain = ClassificationTrainTransforms(size=32, hflip=0.0, randaugment_magnitude=None, mean=(0, 0, 0), std=(1, 1, 1))
     assert torch.allclose(plain(image), torch.tensor([200, 30, 90]).div(255).view(3, 1, 1).expand(3, 32, 32))
     names = [type(t).__name__ for t in full.transforms]
-    assert names == ["ToImage", "RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "ToDtype",
-                     "Normalize", "RandomErasing"]
+    assert names == [
+        "ToImage",
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "RandAugment",
+        "ToDtype",
+        "Normalize",
+        "RandomErasing",
+    ]
     with pytest.raises(ValueError, match="interpolation 'cubic'"):
         ClassificationTrainTransforms(interpolation="cubic")
 
@@ -103,10 +113,20 @@ def test_dataloader_built_from_config(cls_root: Path) -> None:
     cfg = {
         "num_classes": 4,
         "train_dataloader": {
-            "type": "DataLoader", "batch_size": 4, "shuffle": True, "drop_last": True,
-            "dataset": {"type": "ImageFolderDataset", "root": str(cls_root / "train"),
-                        "transforms": {"type": "ClassificationTrainTransforms", "size": 32,
-                                       "randaugment_magnitude": 7, "random_erasing": 0.25}},
+            "type": "DataLoader",
+            "batch_size": 4,
+            "shuffle": True,
+            "drop_last": True,
+            "dataset": {
+                "type": "ImageFolderDataset",
+                "root": str(cls_root / "train"),
+                "transforms": {
+                    "type": "ClassificationTrainTransforms",
+                    "size": 32,
+                    "randaugment_magnitude": 7,
+                    "random_erasing": 0.25,
+                },
+            },
             "collate_fn": {"type": "MixUpCutMixCollate", "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
         },
     }

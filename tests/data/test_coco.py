@@ -14,8 +14,9 @@ from rtdetr_spartan.data.categories import MSCOCO_CATEGORIES, MSCOCO_CATEGORY_TO
 from rtdetr_spartan.data.coco import CocoDetection, ImageReadError
 
 
-def write_coco(root: Path, images: list[tuple[int, int, int]], annotations: list[dict[str, Any]],
-               categories: list[tuple[int, str]]) -> Path:
+def write_coco(
+    root: Path, images: list[tuple[int, int, int]], annotations: list[dict[str, Any]], categories: list[tuple[int, str]]
+) -> Path:
     """Write RGB images ``(id, w, h)`` as ``root/img/<id>.png`` and a COCO file; returns it."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     for image_id, w, h in images:

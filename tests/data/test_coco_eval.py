@@ -32,14 +32,27 @@ def make_ground_truth(seed: int = 0, num_images: int = 8) -> dict[str, Any]:
             side = float(rng.choice([rng.uniform(8, 30), rng.uniform(35, 90), rng.uniform(100, 300)]))
             w, h = side, side * float(rng.uniform(0.6, 1.4))
             x, y = float(rng.uniform(0, 640 - w)), float(rng.uniform(0, 480 - min(h, 470)))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.choice([1, 5, 9])),
-                "bbox": [x, y, w, min(h, 480 - y)], "area": w * min(h, 480 - y), "iscrowd": 0,
-            })
-    annotations.append({"id": len(annotations) + 1, "image_id": 1, "category_id": 5,
-                        "bbox": [300.0, 200.0, 200.0, 150.0], "area": 30000.0, "iscrowd": 1})
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": n} for c, n in CATEGORIES]}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.choice([1, 5, 9])),
+                    "bbox": [x, y, w, min(h, 480 - y)],
+                    "area": w * min(h, 480 - y),
+                    "iscrowd": 0,
+                }
+            )
+    annotations.append(
+        {
+            "id": len(annotations) + 1,
+            "image_id": 1,
+            "category_id": 5,
+            "bbox": [300.0, 200.0, 200.0, 150.0],
+            "area": 30000.0,
+            "iscrowd": 1,
+        }
+    )
+    return {"images": images, "annotations": annotations, "categories": [{"id": c, "name": n} for c, n in CATEGORIES]}
 
 
 def make_detections(gt: dict[str, Any], seed: int = 1) -> dict[int, dict[str, torch.Tensor]]:
@@ -80,8 +93,9 @@ def as_results(detections: dict[int, dict[str, torch.Tensor]]) -> list[dict[str,
     return records
 
 
-def direct_cocoeval(gt: dict[str, Any], results: list[dict[str, Any]], img_ids: list[int],
-                    cat_ids: list[int] | None = None) -> COCOeval:
+def direct_cocoeval(
+    gt: dict[str, Any], results: list[dict[str, Any]], img_ids: list[int], cat_ids: list[int] | None = None
+) -> COCOeval:
     """pycocotools run by hand, the way its README does."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
@@ -101,7 +115,7 @@ def direct_cocoeval(gt: dict[str, Any], results: list[dict[str, Any]], img_ids: 
 def run_evaluator(gt: Any, detections: dict[int, dict[str, torch.Tensor]], backend: str) -> CocoEvaluator:
     evaluator = CocoEvaluator(gt, iou_types=("bbox",), backend=backend)
     ids = sorted(detections)
-    for chunk in (ids[: len(ids) // 2], ids[len(ids) // 2:]):  # several update() calls, like batches
+    for chunk in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):  # several update() calls, like batches
         evaluator.update({i: detections[i] for i in chunk})
     evaluator.synchronize_between_processes()
     evaluator.accumulate()
@@ -168,8 +182,9 @@ def test_results_and_summary_files(tmp_path: Path, gt: dict, detections: dict) -
     assert summary["per_class"] == evaluator.per_class()
 
 
-def test_summary_goes_to_the_log_not_stdout(gt: dict, detections: dict, caplog: pytest.LogCaptureFixture,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_goes_to_the_log_not_stdout(
+    gt: dict, detections: dict, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     with caplog.at_level(logging.INFO, logger="rtdetr_spartan.data.coco_eval"):
         for backend in BACKENDS:
             run_evaluator(gt, detections, backend)
@@ -178,8 +193,10 @@ def test_summary_goes_to_the_log_not_stdout(gt: dict, detections: dict, caplog: 
 
 
 def test_no_detections_at_all(gt: dict) -> None:
-    empty = {i: {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
-             for i in (1, 2, 3)}
+    empty = {
+        i: {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+        for i in (1, 2, 3)
+    }
     stats = [run_evaluator(gt, empty, backend).stats for backend in BACKENDS]
     assert stats[0] == stats[1]
     assert stats[0][0] == 0.0 and stats[0][8] == 0.0
@@ -237,8 +254,9 @@ def _distributed_worker(rank: int, world_size: int, store: str, out_dir: str) ->
 
 def test_synchronize_between_processes(tmp_path: Path, gt: dict) -> None:
     # fork: the children reuse the imported modules, which keeps this test to a couple of seconds
-    mp.start_processes(_distributed_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2,
-                       join=True, start_method="fork")
+    mp.start_processes(
+        _distributed_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
     expected = run_evaluator(gt, make_detections(gt), "faster_coco_eval").stats
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())

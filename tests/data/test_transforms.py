@@ -101,12 +101,14 @@ def test_sanitize_keeps_labels_with_boxes() -> None:
 
 def test_reference_alias_pipeline_numbers() -> None:
     image, target = sample([[10, 20, 30, 60]], [5], w=200, h=100)
-    pipeline = Compose([
-        {"type": "Resize", "size": [50, 50]},
-        {"type": "ToImageTensor"},
-        {"type": "ConvertDtype"},
-        {"type": "ConvertBox", "out_fmt": "cxcywh", "normalize": True},
-    ])
+    pipeline = Compose(
+        [
+            {"type": "Resize", "size": [50, 50]},
+            {"type": "ToImageTensor"},
+            {"type": "ConvertDtype"},
+            {"type": "ConvertBox", "out_fmt": "cxcywh", "normalize": True},
+        ]
+    )
     out_image, out = pipeline(image, target)
     assert out_image.dtype == torch.float32 and out_image.shape == (3, 50, 50)
     torch.testing.assert_close(out_image[0], torch.full((50, 50), 200 / 255))
@@ -117,10 +119,16 @@ def test_reference_alias_pipeline_numbers() -> None:
 
 def test_aliases_match_modern_names() -> None:
     image, target = sample([[10, 20, 30, 60], [100, 10, 190, 90]], [1, 2])
-    old = Compose([{"type": "ToImageTensor"}, {"type": "ConvertDtype"},
-                   {"type": "ConvertBox", "out_fmt": "cxcywh", "normalize": True}])
-    new = Compose([{"type": "ToImage"}, {"type": "ToDtype"},
-                   {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}])
+    old = Compose(
+        [
+            {"type": "ToImageTensor"},
+            {"type": "ConvertDtype"},
+            {"type": "ConvertBox", "out_fmt": "cxcywh", "normalize": True},
+        ]
+    )
+    new = Compose(
+        [{"type": "ToImage"}, {"type": "ToDtype"}, {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}]
+    )
     (a_img, a), (b_img, b) = old(image, target), new(image, target)
     torch.testing.assert_close(a_img, b_img)
     torch.testing.assert_close(a["boxes"], b["boxes"])

@@ -1,4 +1,5 @@
 """Shared pieces of the deployment tests: the two detector configs and small-model exports."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,15 @@ def spartan_t_config() -> tuple[Path, tuple[str, ...]]:
     return SPARTAN_T_CONFIG, ()
 
 
-def export_config(config: Path, overrides: tuple[str, ...] | list[str], path: Path, size: int,
-                  dynamic_batch: bool = True, dynamic_size: bool = False, seed: int = 0
-                  ) -> tuple[DeployModel, ExportResult]:
+def export_config(
+    config: Path,
+    overrides: tuple[str, ...] | list[str],
+    path: Path,
+    size: int,
+    dynamic_batch: bool = True,
+    dynamic_size: bool = False,
+    seed: int = 0,
+) -> tuple[DeployModel, ExportResult]:
     """Freshly initialised (seeded) deploy model of ``config`` and its export at ``size``."""
     torch.manual_seed(seed)
     cfg = load_config(config, overrides)

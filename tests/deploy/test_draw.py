@@ -8,8 +8,10 @@ from rtdetr_spartan.deploy.types import Detection
 
 def test_boxes_are_drawn_in_class_colors_on_a_copy() -> None:
     image = Image.new("RGB", (200, 150), (128, 128, 128))
-    dets = [Detection(label=0, category_id=1, name="person", score=0.9, box=(20.0, 40.0, 120.0, 140.0)),
-            Detection(label=5, category_id=6, name="bus", score=0.6, box=(130.0, 10.0, 190.0, 60.0))]
+    dets = [
+        Detection(label=0, category_id=1, name="person", score=0.9, box=(20.0, 40.0, 120.0, 140.0)),
+        Detection(label=5, category_id=6, name="bus", score=0.6, box=(130.0, 10.0, 190.0, 60.0)),
+    ]
     out = draw_detections(image, dets, line_width=2)
     assert out is not image and image.getpixel((20, 90)) == (128, 128, 128)
     assert out.size == image.size and out.mode == "RGB"

@@ -43,8 +43,9 @@ def r18_640(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeployModel, onnx
 
 
 @pytest.fixture(scope="module")
-def spartan_dynamic(tmp_path_factory: pytest.TempPathFactory
-                    ) -> tuple[DeployModel, onnx.ModelProto, ort.InferenceSession]:
+def spartan_dynamic(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[DeployModel, onnx.ModelProto, ort.InferenceSession]:
     """The SpaRTAN-T detector with dynamic batch, height and width (small trace size)."""
     config, overrides = spartan_t_config()
     path = tmp_path_factory.mktemp("spartan") / "spartan_t.onnx"
@@ -60,10 +61,17 @@ def test_r18_batch_1_and_3_from_one_file_match_torch(r18_640) -> None:
 
 def test_r18_graph_interface_and_metadata(r18_640) -> None:
     _, model, _ = r18_640
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in (*model.graph.input, *model.graph.output)}
-    assert dims == {"images": ["N", 3, 640, 640], "orig_target_sizes": ["N", 2],
-                    "labels": ["N", 300], "boxes": ["N", 300, 4], "scores": ["N", 300]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*model.graph.input, *model.graph.output)
+    }
+    assert dims == {
+        "images": ["N", 3, 640, 640],
+        "orig_target_sizes": ["N", 2],
+        "labels": ["N", 300],
+        "boxes": ["N", 300, 4],
+        "scores": ["N", 300],
+    }
     assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 17
     assert any(n.op_type == "GridSample" for n in model.graph.node)
     info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props})
@@ -87,8 +95,12 @@ def test_no_complex_tensor_types(r18_640, spartan_dynamic) -> None:
 def test_complex_tensor_check_finds_complex_initializer() -> None:
     weight = onnx.helper.make_tensor("w", onnx.TensorProto.COMPLEX64, [2], [1 + 0j, 1j])
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.COMPLEX64, [2])], [weight])
+        [onnx.helper.make_node("Identity", ["w"], ["y"])],
+        "g",
+        [],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.COMPLEX64, [2])],
+        [weight],
+    )
     assert set(complex_tensor_names(onnx.helper.make_model(graph))) == {"w", "y"}
 
 

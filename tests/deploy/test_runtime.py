@@ -41,8 +41,9 @@ def _run_both(module, predictor: OnnxPredictor, images: list[Image.Image]) -> fl
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
 def test_preprocess_equals_validation_transforms(mode: str) -> None:
     image = _image(70, 50, seed=1, mode=mode)
-    validation = Compose([{"type": "Resize", "size": [SIZE, SIZE]}, {"type": "ToImage"},
-                          {"type": "ToDtype", "scale": True}])
+    validation = Compose(
+        [{"type": "Resize", "size": [SIZE, SIZE]}, {"type": "ToImage"}, {"type": "ToDtype", "scale": True}]
+    )
     expected = validation(image.convert("RGB"))
     got = preprocess(image, (SIZE, SIZE))
     assert got.dtype == torch.float32 and got.shape == (3, SIZE, SIZE)
@@ -91,8 +92,12 @@ def test_missing_model_file_is_named(tmp_path) -> None:
 def test_metadata_round_trip_and_errors() -> None:
     info = ModelInfo((480, 640), 4, {0: 3, 1: 7}, {0: "square", 1: "circle"}, dynamic_size=True)
     back = ModelInfo.from_metadata(info.to_metadata())
-    assert (back.input_size, back.num_classes, back.label_to_category, back.class_names) == \
-        ((480, 640), 4, {0: 3, 1: 7}, {0: "square", 1: "circle"})
+    assert (back.input_size, back.num_classes, back.label_to_category, back.class_names) == (
+        (480, 640),
+        4,
+        {0: 3, 1: 7},
+        {0: "square", 1: "circle"},
+    )
     assert back.dynamic_size and back.dynamic_batch and not back.remap_mscoco_category
     assert back.class_name(3) == "class_3" and back.category_id(3) == 3
     with pytest.raises(ValueError, match="m.onnx.*input_size"):

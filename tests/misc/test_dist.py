@@ -1,4 +1,5 @@
 """Distributed helpers: single-process fallbacks, and two real gloo processes on the CPU."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -67,8 +68,14 @@ def _free_port() -> int:
 
 def _worker(rank: int, port: int, results: Any) -> None:
     """One rank of a 2-process gloo group; puts ``(rank, findings)`` or ``(rank, error)``."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     try:
         assert dist.init_distributed(device="cpu")
         # rank 1 lacks key "b" (like denoising losses on a rank without boxes)
@@ -77,12 +84,15 @@ def _worker(rank: int, port: int, results: Any) -> None:
         meters.update(x=float(rank + 1))
         meters.synchronize_between_processes()
         findings = {
-            "rank": dist.get_rank(), "world": dist.get_world_size(),
+            "rank": dist.get_rank(),
+            "world": dist.get_world_size(),
             "reduced": {k: v.item() for k, v in dist.reduce_dict(losses).items()},
             "summed": {k: v.item() for k, v in dist.reduce_dict(losses, average=False).items()},
             "gathered": dist.all_gather_object(f"r{rank}"),
-            "any_rank1": dist.any_rank(rank == 1), "any_none": dist.any_rank(False),
-            "seed": dist.seed_everything(5), "draw": torch.rand(1).item(),
+            "any_rank1": dist.any_rank(rank == 1),
+            "any_none": dist.any_rank(False),
+            "seed": dist.seed_everything(5),
+            "draw": torch.rand(1).item(),
             "global_avg": meters.meters["x"].global_avg,
         }
         dist.barrier()

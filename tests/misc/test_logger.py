@@ -1,4 +1,5 @@
 """Run logging: rank 0 reports to the console and OUTPUT_DIR/train.log, other ranks warnings only."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,7 @@ def test_rank0_writes_the_log_file(tmp_path: Path) -> None:
     lines = (tmp_path / LOG_FILE_NAME).read_text().splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == ["hello 1"]
     assert logging.getLogger().level == before
-    assert not [h for h in logging.getLogger().handlers
-                if str(tmp_path) in str(getattr(h, "baseFilename", ""))]
+    assert not [h for h in logging.getLogger().handlers if str(tmp_path) in str(getattr(h, "baseFilename", ""))]
 
 
 def test_other_ranks_only_warn_and_write_no_file(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 """Training curves from solver logs: parsing, per-epoch series, PNG output."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ def _write_log(path: Path, records: list[dict]) -> Path:
 
 
 def _det_record(epoch: int, loss: float, ap: float, ap50: float) -> dict:
-    return {"epoch": epoch, "train_loss": loss, "train_lr": 1e-4,
-            "test_coco_eval_bbox": [ap, ap50] + [0.0] * 10, "best": {"value": ap}}
+    return {
+        "epoch": epoch,
+        "train_loss": loss,
+        "train_lr": 1e-4,
+        "test_coco_eval_bbox": [ap, ap50] + [0.0] * 10,
+        "best": {"value": ap},
+    }
 
 
 def test_detection_records_give_loss_ap_and_ap50() -> None:
@@ -30,9 +36,11 @@ def test_detection_records_give_loss_ap_and_ap50() -> None:
 
 
 def test_classification_records_and_resumed_epochs() -> None:
-    records = [{"epoch": 0, "train_loss": 1.5, "test_top1": 40.0},
-               {"epoch": 1, "train_loss": 9.9, "test_top1": 1.0},
-               {"epoch": 1, "train_loss": 1.0, "test_top1": 70.0}]  # resumed: the last record wins
+    records = [
+        {"epoch": 0, "train_loss": 1.5, "test_top1": 40.0},
+        {"epoch": 1, "train_loss": 9.9, "test_top1": 1.0},
+        {"epoch": 1, "train_loss": 1.0, "test_top1": 70.0},
+    ]  # resumed: the last record wins
     curves = training_curves(records)
     assert curves.epochs == [0, 1]
     assert curves.loss == [1.5, 1.0]

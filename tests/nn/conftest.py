@@ -1,4 +1,5 @@
 """Fixtures of the model tests."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -6,12 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from rtdetr_spartan.nn.common import (ConvNormLayer, FrozenBatchNorm2d, exporting_fixed_shapes,
-                                      fixed_shape_export, freeze_batch_norm, get_activation)
+from rtdetr_spartan.nn.common import (
+    ConvNormLayer,
+    FrozenBatchNorm2d,
+    exporting_fixed_shapes,
+    fixed_shape_export,
+    freeze_batch_norm,
+    get_activation,
+)
 
 
-@pytest.mark.parametrize("name, cls", [("relu", nn.ReLU), ("SiLU", nn.SiLU), ("gelu", nn.GELU),
-                                       ("leaky_relu", nn.LeakyReLU), ("identity", nn.Identity)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [("relu", nn.ReLU), ("SiLU", nn.SiLU), ("gelu", nn.GELU), ("leaky_relu", nn.LeakyReLU), ("identity", nn.Identity)],
+)
 def test_get_activation_by_name(name: str, cls: type) -> None:
     module = get_activation(name)
     assert type(module) is cls
@@ -34,8 +42,13 @@ def test_get_activation_unknown_name_lists_choices() -> None:
 def test_conv_norm_layer_names_and_shapes() -> None:
     layer = ConvNormLayer(3, 8, 3, 2, act="relu")
     assert list(layer.state_dict()) == [
-        "conv.weight", "norm.weight", "norm.bias", "norm.running_mean", "norm.running_var",
-        "norm.num_batches_tracked"]
+        "conv.weight",
+        "norm.weight",
+        "norm.bias",
+        "norm.running_mean",
+        "norm.running_var",
+        "norm.num_batches_tracked",
+    ]
     assert layer.conv.padding == (1, 1) and layer.conv.bias is None
     out = layer(torch.randn(2, 3, 15, 16))
     assert out.shape == (2, 8, 8, 8)
@@ -54,8 +67,9 @@ def _randomized_bn(channels: int) -> nn.BatchNorm2d:
 
 
 def test_freeze_batch_norm_keeps_eval_output_and_order() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), _randomized_bn(4), nn.ReLU(),
-                          nn.Sequential(nn.Conv2d(4, 6, 1), _randomized_bn(6)))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), _randomized_bn(4), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 6, 1), _randomized_bn(6))
+    )
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         expected = model(x)

@@ -12,29 +12,48 @@ from torch import nn
 from rtdetr_spartan.core import lookup
 from rtdetr_spartan.nn.backbones.presnet import PResNet
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
-from tests.parity_utils import (load_expected, load_spec, state_dict_spec, summary_problems,
-                                synthetic_scenes, synthetic_state_dict)
+from tests.parity_utils import (
+    load_expected,
+    load_spec,
+    state_dict_spec,
+    summary_problems,
+    synthetic_scenes,
+    synthetic_state_dict,
+)
 
 # Reference configs (configs/rtdetr/include/rtdetr_r50vd.yml and the rtdetr_r*vd_6x_coco.yml
 # files that override it): PResNet and HybridEncoder kwargs per model.
 BACKBONE_COMMON: dict[str, Any] = dict(variant="d", num_stages=4, return_idx=(1, 2, 3))
 ENCODER_COMMON: dict[str, Any] = dict(
-    feat_strides=(8, 16, 32), use_encoder_idx=(2,), num_encoder_layers=1, nhead=8, dropout=0.0,
-    enc_act="gelu", pe_temperature=10000, depth_mult=1.0, act="silu", eval_spatial_size=(640, 640))
+    feat_strides=(8, 16, 32),
+    use_encoder_idx=(2,),
+    num_encoder_layers=1,
+    nhead=8,
+    dropout=0.0,
+    enc_act="gelu",
+    pe_temperature=10000,
+    depth_mult=1.0,
+    act="silu",
+    eval_spatial_size=(640, 640),
+)
 REFERENCE_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # name: (PResNet kwargs, HybridEncoder kwargs)
-    "rtdetr_r18vd": (dict(depth=18, freeze_at=-1, freeze_norm=False),
-                     dict(in_channels=(128, 256, 512), hidden_dim=256, dim_feedforward=1024,
-                          expansion=0.5)),
-    "rtdetr_r34vd": (dict(depth=34, freeze_at=-1, freeze_norm=False),
-                     dict(in_channels=(128, 256, 512), hidden_dim=256, dim_feedforward=1024,
-                          expansion=0.5)),
-    "rtdetr_r50vd": (dict(depth=50, freeze_at=0, freeze_norm=True),
-                     dict(in_channels=(512, 1024, 2048), hidden_dim=256, dim_feedforward=1024,
-                          expansion=1.0)),
-    "rtdetr_r101vd": (dict(depth=101, freeze_at=0, freeze_norm=True),
-                      dict(in_channels=(512, 1024, 2048), hidden_dim=384, dim_feedforward=2048,
-                           expansion=1.0)),
+    "rtdetr_r18vd": (
+        dict(depth=18, freeze_at=-1, freeze_norm=False),
+        dict(in_channels=(128, 256, 512), hidden_dim=256, dim_feedforward=1024, expansion=0.5),
+    ),
+    "rtdetr_r34vd": (
+        dict(depth=34, freeze_at=-1, freeze_norm=False),
+        dict(in_channels=(128, 256, 512), hidden_dim=256, dim_feedforward=1024, expansion=0.5),
+    ),
+    "rtdetr_r50vd": (
+        dict(depth=50, freeze_at=0, freeze_norm=True),
+        dict(in_channels=(512, 1024, 2048), hidden_dim=256, dim_feedforward=1024, expansion=1.0),
+    ),
+    "rtdetr_r101vd": (
+        dict(depth=101, freeze_at=0, freeze_norm=True),
+        dict(in_channels=(512, 1024, 2048), hidden_dim=384, dim_feedforward=2048, expansion=1.0),
+    ),
 }
 PARITY_MODELS = ("rtdetr_r18vd", "rtdetr_r50vd")
 
@@ -56,7 +75,7 @@ def sub_weights(name: str, prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_backbone_run(name: str) -> tuple[dict, tuple[torch.Tensor, ...]]:
     """(expected fixture, backbone outputs) for the parity input; cached for the encoder tests."""
     model = build_backbone(name)
@@ -146,8 +165,7 @@ def test_pretrained_local_path_loads(tmp_path: Path, caplog: pytest.LogCaptureFi
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
 
 
-def test_pretrained_partial_checkpoint_reports_missing(tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_pretrained_partial_checkpoint_reports_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = PResNet(depth=18, freeze_norm=False).state_dict()
     state.pop("conv1.conv1_1.conv.weight")
     state["extra.weight"] = torch.zeros(1)
@@ -169,5 +187,12 @@ def test_pretrained_missing_file_and_bad_depth() -> None:
 def test_registered_with_reference_argument_names() -> None:
     assert lookup("PResNet") is PResNet
     assert list(PResNet.__init__.__code__.co_varnames[1:9]) == [
-        "depth", "variant", "num_stages", "return_idx", "act", "freeze_at", "freeze_norm",
-        "pretrained"]
+        "depth",
+        "variant",
+        "num_stages",
+        "return_idx",
+        "act",
+        "freeze_at",
+        "freeze_norm",
+        "pretrained",
+    ]

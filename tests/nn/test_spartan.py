@@ -1,6 +1,7 @@
 """SpaRTAN classifier / backbone: reference state dict and outputs, the real-arithmetic rotation,
 every computation path of the mixers against a direct (complex dtype, NCHW, module-by-module)
 formulation of the reference, training, autocast, FLOPs, checkpoints, deploy and freezing."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,12 +23,25 @@ from torch.utils.flop_counter import FlopCounterMode
 from rtdetr_spartan.core import lookup
 from rtdetr_spartan.nn.backbones import spartan_layers
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_layers import (Block, CMixer, SMixer, fold_rotation,
-                                                        planar_order, rotate_pairs, rotate_planar)
+from rtdetr_spartan.nn.backbones.spartan_layers import (
+    Block,
+    CMixer,
+    SMixer,
+    fold_rotation,
+    planar_order,
+    rotate_pairs,
+    rotate_planar,
+)
 from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d, fixed_shape_export
-from tests.parity_utils import (load_expected, load_spec, state_dict_spec, summary_problems,
-                                synthetic_scenes, synthetic_state_dict)
+from tests.parity_utils import (
+    load_expected,
+    load_spec,
+    state_dict_spec,
+    summary_problems,
+    synthetic_scenes,
+    synthetic_state_dict,
+)
 
 
 def _randomize(module: nn.Module, seed: int) -> nn.Module:
@@ -53,6 +67,7 @@ def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- the rotation ---------------------------------------------------------------------------
 
+
 def test_real_rotations_equal_complex_multiplication() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 7, 24, generator=gen, dtype=torch.float64)
@@ -60,8 +75,7 @@ def test_real_rotations_equal_complex_multiplication() -> None:
     expected = complex_rotate(x, rotation)
     torch.testing.assert_close(rotate_pairs(x, rotation), expected, rtol=1e-12, atol=1e-12)
     order = planar_order(24)
-    torch.testing.assert_close(rotate_planar(x[..., order], rotation), expected[..., order],
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rotate_planar(x[..., order], rotation), expected[..., order], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("per_group", [2, 4])
@@ -81,8 +95,9 @@ def test_rotation_folds_into_grouped_conv(per_group: int) -> None:
 MODES = ["train", "eval", "eval_tiled"]
 
 
-@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 2), (True, 3)],
-                         ids=["depthwise", "pair_per_group", "odd_groups"])
+@pytest.mark.parametrize(
+    ("grouped", "ratio"), [(False, 4), (True, 2), (True, 3)], ids=["depthwise", "pair_per_group", "odd_groups"]
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_cmixer_matches_reference(mode: str, grouped: bool, ratio: int, small_tiles: None) -> None:
     mixer = _randomize(CMixer(16, ratio, grouped), seed=2)
@@ -124,8 +139,9 @@ def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())
 
 
-@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 2), (True, 4)],
-                         ids=["depthwise", "pair_per_group", "natural_order"])
+@pytest.mark.parametrize(
+    ("grouped", "ratio"), [(False, 4), (True, 2), (True, 4)], ids=["depthwise", "pair_per_group", "natural_order"]
+)
 def test_nchw_forms_match_reference(grouped: bool, ratio: int) -> None:
     """The export formulation (plain NCHW ops) of both mixers, in eval mode and on an NCHW
     input, equals the reference (CMixer: the half-map form for depthwise and one-pair-per-group
@@ -135,12 +151,13 @@ def test_nchw_forms_match_reference(grouped: bool, ratio: int) -> None:
     x = torch.randn(2, 16, 13, 11, generator=torch.Generator().manual_seed(3))
     scale = torch.rand(1, 16, 1, 1) + 0.5
     with torch.no_grad():
-        torch.testing.assert_close(cmixer.forward_nchw(x, scale),
-                                   scale * cmixer_forward(cmixer, x), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(smixer.forward_nchw(x, scale),
-                                   scale * smixer_forward(smixer, x), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(cmixer.forward_nchw(x), cmixer_forward(cmixer, x),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            cmixer.forward_nchw(x, scale), scale * cmixer_forward(cmixer, x), rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            smixer.forward_nchw(x, scale), scale * smixer_forward(smixer, x), rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(cmixer.forward_nchw(x), cmixer_forward(cmixer, x), rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="eval mode"):
         cmixer.train().forward_nchw(x)
 
@@ -156,13 +173,16 @@ def test_block_export_form_matches_eager(grouped: bool, ratio: int, fixed: bool)
         x = torch.randn(2, dim, 9, 7, generator=torch.Generator().manual_seed(12))
         with torch.no_grad():
             expected = block(x.contiguous(memory_format=torch.channels_last))
-            with mock.patch("torch.onnx.is_in_onnx_export", return_value=True), (
-                    fixed_shape_export() if fixed else contextlib.nullcontext()):
+            with (
+                mock.patch("torch.onnx.is_in_onnx_export", return_value=True),
+                fixed_shape_export() if fixed else contextlib.nullcontext(),
+            ):
                 got = block(x)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 # ---- reference state dicts and outputs --------------------------------------------------------
+
 
 def test_classifier_state_dict_equals_reference() -> None:
     entries, params = load_spec("spartan_t_cls")
@@ -173,8 +193,7 @@ def test_classifier_state_dict_equals_reference() -> None:
 
 def test_backbone_state_dict_equals_detector_spec() -> None:
     entries, _ = load_spec("rtdetr_spartan_t")
-    expected = [(k.removeprefix("backbone."), s, d) for k, s, d in entries
-                if k.startswith("backbone.")]
+    expected = [(k.removeprefix("backbone."), s, d) for k, s, d in entries if k.startswith("backbone.")]
     backbone = SpaRTAN(return_idx=(1, 2, 3))
     assert state_dict_spec(backbone) == expected
     assert backbone.out_channels == [64, 128, 256] and backbone.out_strides == [8, 16, 32]
@@ -210,13 +229,15 @@ def test_flops_match_the_paper() -> None:
 
 # ---- training, sizes, autocast, layouts -------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [64, 96, 160])
 def test_forward_backward(size: int) -> None:
     torch.manual_seed(size)
     backbone = SpaRTAN(drop_path_rate=0.2).train()
     feats = backbone(torch.rand(2, 3, size, size))
-    assert [tuple(f.shape) for f in feats] == [(2, c, size // s, size // s) for c, s in
-                                               zip(backbone.out_channels, backbone.out_strides)]
+    assert [tuple(f.shape) for f in feats] == [
+        (2, c, size // s, size // s) for c, s in zip(backbone.out_channels, backbone.out_strides)
+    ]
     sum(f.square().mean() for f in feats).backward()
     grads = {n: p.grad for n, p in backbone.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
@@ -262,6 +283,7 @@ def test_rejects_bad_input_and_config() -> None:
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
+
 def _classifier_weights(seed: int) -> dict[str, torch.Tensor]:
     entries, _ = load_spec("spartan_t_cls")
     return synthetic_state_dict(entries, seed)
@@ -271,14 +293,12 @@ LAYOUTS = {
     "bare": lambda sd: sd,
     "model": lambda sd: {"model": sd, "epoch": 3},
     "ddp_prefix": lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}},
-    "ema_preferred": lambda sd: {"model": _classifier_weights(9),
-                                 "ema": {"module": sd, "updates": 7}},
+    "ema_preferred": lambda sd: {"model": _classifier_weights(9), "ema": {"module": sd, "updates": 7}},
 }
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_pretrained_checkpoint_layouts(layout: str, tmp_path: Path,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_pretrained_checkpoint_layouts(layout: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     weights = _classifier_weights(1)
     path = tmp_path / "spartan_t.pth"
     torch.save(LAYOUTS[layout](weights), path)
@@ -296,8 +316,7 @@ def test_pretrained_with_frozen_norm(tmp_path: Path) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
     frozen = backbone.layers[3].norm
     assert isinstance(frozen, FrozenBatchNorm2d) and frozen.eps == 1e-6
-    torch.testing.assert_close(frozen.running_var,
-                               _classifier_weights(1)["layers.3.norm.running_var"])
+    torch.testing.assert_close(frozen.running_var, _classifier_weights(1)["layers.3.norm.running_var"])
 
 
 def test_pretrained_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
@@ -305,8 +324,11 @@ def test_pretrained_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
     weights["layers.4.cmixer.complex"] = torch.zeros(1, 1, 1, 64, 2)
     path = tmp_path / "other.pth"
     torch.save({"model": weights}, path)
-    with pytest.raises(ValueError, match=r"layers\.4\.cmixer\.complex \(1, 1, 1, 64, 2\) "
-                                         r"\(model \(1, 1, 1, 128, 2\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"layers\.4\.cmixer\.complex \(1, 1, 1, 64, 2\) "
+        r"\(model \(1, 1, 1, 128, 2\)\)",
+    ):
         SpaRTAN(pretrained=path)
 
 
@@ -325,11 +347,11 @@ def test_pretrained_missing_tensors_and_paths(tmp_path: Path) -> None:
 
 # ---- deploy, freezing, registry -----------------------------------------------------------------
 
+
 def test_convert_to_deploy_keeps_outputs() -> None:
     entries, _ = load_spec("spartan_t_cls")
     backbone = SpaRTAN()
-    backbone.load_state_dict({k: v for k, v in synthetic_state_dict(entries, 0).items()
-                              if not k.startswith("linear.")})
+    backbone.load_state_dict({k: v for k, v in synthetic_state_dict(entries, 0).items() if not k.startswith("linear.")})
     backbone.eval()
     x = synthetic_scenes(2, 96, 64, seed=3)
     with torch.no_grad():
@@ -355,7 +377,7 @@ def test_deployed_block_caches_weights_per_device_and_dtype(grouped: bool) -> No
         cached = deployed._weights
         assert cached is not None and not any(t.requires_grad for t in cached[1] if isinstance(t, torch.Tensor))
         deployed(x)
-        assert deployed._weights is cached                               # reused, not rebuilt
+        assert deployed._weights is cached  # reused, not rebuilt
         deployed.double()
         torch.testing.assert_close(deployed(x.double()), want.double(), rtol=0, atol=1e-5)
         assert deployed._weights is not cached and deployed._weights[0][1] == torch.float64
@@ -369,12 +391,12 @@ def test_deployed_block_follows_new_weights_and_autograd() -> None:
     with torch.no_grad():
         deployed(x)
     other = _randomize(Block(24, 2, False, drop_path=0.0), seed=13).eval()
-    deployed.load_state_dict(other.state_dict())                       # drops the cache
+    deployed.load_state_dict(other.state_dict())  # drops the cache
     assert deployed._weights is None
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), other(x), rtol=0, atol=1e-5)
     x.requires_grad_(True)
-    deployed(x).sum().backward()                                        # autograd: no cached tensors
+    deployed(x).sum().backward()  # autograd: no cached tensors
     assert x.grad is not None and deployed.scale_1.grad is not None
     deployed.train()
     assert not deployed._deployed and deployed._weights is None
@@ -391,8 +413,7 @@ def test_deployed_detector_counts_flops() -> None:
 
 def test_freeze_at_freezes_stem_and_leading_stages() -> None:
     backbone = SpaRTAN(freeze_at=1)
-    frozen = {n.split(".")[0] + "." + n.split(".")[1] for n, p in backbone.named_parameters()
-              if not p.requires_grad}
+    frozen = {n.split(".")[0] + "." + n.split(".")[1] for n, p in backbone.named_parameters() if not p.requires_grad}
     assert frozen == {"conv.0", "conv.1", "layers.0", "layers.1", "layers.2"}
     assert all(p.requires_grad for p in SpaRTAN(freeze_at=-1).parameters())
 
@@ -412,8 +433,9 @@ def test_block_exports_to_onnx(grouped: bool) -> None:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(block, (x,), buffer, dynamo=False, opset_version=17,
-                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            block, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
+        )
     graph = onnx.load_from_string(buffer.getvalue()).graph
     ops = {node.op_type for node in graph.node}
     assert "Transpose" not in ops, "the export form should run on NCHW maps throughout"

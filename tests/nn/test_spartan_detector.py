@@ -1,5 +1,6 @@
 """RT-DETR with the SpaRTAN-T backbone and the R18 head, built from its model config, against
 the reference fixture."""
+
 from __future__ import annotations
 
 from pathlib import Path

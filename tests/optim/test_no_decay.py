@@ -27,8 +27,17 @@ class Block(nn.Module):
         self.frozen = nn.Parameter(torch.ones(4, 4), requires_grad=False)
 
 
-EXPECTED_NO_DECAY = {"conv.bias", "bn.weight", "bn.bias", "gamma", "norm_1.weight", "norm_1.bias",
-                     "scale", "temperature", "linear.bias"}
+EXPECTED_NO_DECAY = {
+    "conv.bias",
+    "bn.weight",
+    "bn.bias",
+    "gamma",
+    "norm_1.weight",
+    "norm_1.bias",
+    "scale",
+    "temperature",
+    "linear.bias",
+}
 EXPECTED_DECAY = {"conv.weight", "complex", "scale_1", "linear.weight"}
 
 
@@ -54,8 +63,9 @@ def test_skip_names_configurable_and_frozen_excluded() -> None:
 
 def test_selectable_from_config_and_used_by_adamw() -> None:
     model = Block()
-    cfg = {"optimizer": {"type": "AdamW", "params": {"type": "no_weight_decay_groups",
-                                                     "skip_names": ["norm", "gamma"]}}}
+    cfg = {
+        "optimizer": {"type": "AdamW", "params": {"type": "no_weight_decay_groups", "skip_names": ["norm", "gamma"]}}
+    }
     groups = param_groups_for(cfg["optimizer"], model, cfg)
     opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.03)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.03, 0.0]

@@ -1,4 +1,5 @@
 """The quickstart's configs: generated-data paths, pretrained backbone, learning rate, input size."""
+
 from __future__ import annotations
 
 from pathlib import Path

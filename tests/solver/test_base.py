@@ -1,4 +1,5 @@
 """BaseSolver pieces that need no model: device and AMP choice, best metric, checkpoint links."""
+
 from __future__ import annotations
 
 from pathlib import Path

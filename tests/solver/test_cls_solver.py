@@ -1,4 +1,5 @@
 """ClsSolver and its engine: lr schedule and scaling, loss, exact resume, cross-rank reductions."""
+
 from __future__ import annotations
 
 import math
@@ -17,16 +18,26 @@ from rtdetr_spartan.core import YAMLConfig, create, merge_dict
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.optim.warmup_cosine import WarmupCosineLR
 from rtdetr_spartan.solver import TASKS
-from rtdetr_spartan.solver.cls_engine import (ClassificationPostProcessor, SoftTargetCrossEntropy,
-                                              all_reduce_batchnorm_stats, evaluate)
+from rtdetr_spartan.solver.cls_engine import (
+    ClassificationPostProcessor,
+    SoftTargetCrossEntropy,
+    all_reduce_batchnorm_stats,
+    evaluate,
+)
 from rtdetr_spartan.solver.cls_solver import ClsSolver, scaled_lr
 from rtdetr_spartan.solver.loaders import ShardSampler
 from tests.cls_utils import SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
 from tests.train_utils import read_json_lines
 
 
-def paper_lr(epoch: float, base: float = 2.5e-3, epochs: int = 300, warmup: int = 20,
-             warmup_lr: float = 1e-4, min_lr: float = 1e-6) -> float:
+def paper_lr(
+    epoch: float,
+    base: float = 2.5e-3,
+    epochs: int = 300,
+    warmup: int = 20,
+    warmup_lr: float = 1e-4,
+    min_lr: float = 1e-6,
+) -> float:
     """Linear warm-up from warmup_lr to base over `warmup` epochs, then cosine to min_lr."""
     if epoch < warmup:
         return warmup_lr + (base - warmup_lr) * epoch / warmup
@@ -41,9 +52,12 @@ def _optimizer(lr: float = 2.5e-3) -> torch.optim.Optimizer:
 @pytest.mark.parametrize("step_per, iters_per_epoch", [("epoch", 1), ("iteration", 5)])
 def test_schedule_equals_warmup_cosine_formula_at_sampled_epochs(step_per: str, iters_per_epoch: int) -> None:
     optimizer = _optimizer()
-    scheduler = create({"type": "WarmupCosineLR", "warmup_epochs": 20, "warmup_lr": 1e-4, "min_lr": 1e-6,
-                        "step_per": step_per}, {"epochs": 300}, optimizer=optimizer,
-                       iters_per_epoch=iters_per_epoch)
+    scheduler = create(
+        {"type": "WarmupCosineLR", "warmup_epochs": 20, "warmup_lr": 1e-4, "min_lr": 1e-6, "step_per": step_per},
+        {"epochs": 300},
+        optimizer=optimizer,
+        iters_per_epoch=iters_per_epoch,
+    )
     unit = iters_per_epoch if step_per == "iteration" else 1
     sampled = {0, 1, 7, 19, 20, 21, 113, 150, 200, 299, 300}
     checked = 0
@@ -92,8 +106,9 @@ def test_soft_target_loss_and_postprocessor() -> None:
     expected = -(soft * logits.log_softmax(-1)).sum(-1).mean()
     assert torch.allclose(SoftTargetCrossEntropy()(logits, soft), expected)
     labels = torch.tensor([0, 5, 2, 2])
-    assert torch.allclose(SoftTargetCrossEntropy()(logits.half(), labels),
-                          nn.functional.cross_entropy(logits.half().float(), labels))
+    assert torch.allclose(
+        SoftTargetCrossEntropy()(logits.half(), labels), nn.functional.cross_entropy(logits.half().float(), labels)
+    )
     out = ClassificationPostProcessor(topk=3)(logits)
     assert out["labels"].shape == (4, 3) and torch.equal(out["labels"][:, 0], logits.argmax(-1))
     assert torch.all(out["scores"][:, :-1] >= out["scores"][:, 1:])
@@ -106,8 +121,9 @@ def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(data: Path, out: Path, **extra: object) -> YAMLConfig:
-    overrides = merge_dict(tiny_overrides(data, epochs=2), {"output_dir": str(out), "use_ema": True,
-                                                            "ema": {"decay": 0.9, "warmups": 2}})
+    overrides = merge_dict(
+        tiny_overrides(data, epochs=2), {"output_dir": str(out), "use_ema": True, "ema": {"decay": 0.9, "warmups": 2}}
+    )
     return YAMLConfig(SHAPES_CLS_CONFIG, **merge_dict(overrides, extra))
 
 

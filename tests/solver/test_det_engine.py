@@ -1,4 +1,5 @@
 """The non-finite checks of the detection training loop (single process)."""
+
 from __future__ import annotations
 
 import math

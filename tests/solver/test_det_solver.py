@@ -1,4 +1,5 @@
 """DetSolver on a tiny RT-DETR and a generated shapes dataset (single process, CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.data import ImageReadError
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.solver import TASKS, DetSolver, build_solver
-from tests.train_utils import (TINY_CONFIG, TINY_SPARTAN_CONFIG, dataset_overrides, make_tiny_dataset,
-                               read_json_lines)
+from tests.train_utils import TINY_CONFIG, TINY_SPARTAN_CONFIG, dataset_overrides, make_tiny_dataset, read_json_lines
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,12 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_cfg(data_root: Path, output_dir: Path, config: Path = TINY_CONFIG, **overrides: Any) -> YAMLConfig:
-    base = {**dataset_overrides(data_root), "output_dir": str(output_dir), "device": "cpu",
-            "train_dataloader": {**dataset_overrides(data_root)["train_dataloader"], "batch_size": 2}}
+    base = {
+        **dataset_overrides(data_root),
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "train_dataloader": {**dataset_overrides(data_root)["train_dataloader"], "batch_size": 2},
+    }
     return YAMLConfig(config, **{**base, **overrides})
 
 
@@ -79,8 +83,9 @@ def test_checkpoint_holds_the_full_state(one_epoch: tuple[Path, dict[str, Any]],
     assert safe["epoch"] == 0 and isinstance(safe["rng"][0]["numpy"][1], list)
 
 
-def test_results_are_original_pixels_and_category_ids(one_epoch: tuple[Path, dict[str, Any]], shapes: Path,
-                                                      tmp_path: Path) -> None:
+def test_results_are_original_pixels_and_category_ids(
+    one_epoch: tuple[Path, dict[str, Any]], shapes: Path, tmp_path: Path
+) -> None:
     """Recompute the detections of one validation image with the saved EMA weights."""
     out, _ = one_epoch
     results = json.loads((out / "eval" / "results.json").read_text())
@@ -126,8 +131,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shapes: Path, tmp
     assert load_checkpoint(tmp_path / "resumed" / "last.pth")["ema"]["updates"] == 4
 
 
-def test_tuning_loads_matching_weights_and_skips_the_rest(shapes: Path, tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_tuning_loads_matching_weights_and_skips_the_rest(
+    shapes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     other = tiny_cfg(shapes, tmp_path, num_classes=6).model  # class heads of another size
     torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
     solver = DetSolver(tiny_cfg(shapes, tmp_path / "out", tuning=str(tmp_path / "other.pth")))
@@ -140,8 +146,9 @@ def test_tuning_loads_matching_weights_and_skips_the_rest(shapes: Path, tmp_path
     assert "shape mismatch" in caplog.text and "decoder.enc_score_head.weight" in caplog.text
 
 
-def test_resume_accepts_published_weight_layouts(one_epoch: tuple[Path, dict[str, Any]], shapes: Path,
-                                                 tmp_path: Path) -> None:
+def test_resume_accepts_published_weight_layouts(
+    one_epoch: tuple[Path, dict[str, Any]], shapes: Path, tmp_path: Path
+) -> None:
     """``{'ema': {'module': sd}}`` (published RT-DETR files) and ``{'model': sd}`` evaluate with -r."""
     trained = load_checkpoint(one_epoch[0] / "last.pth")
     name = "decoder.enc_score_head.weight"

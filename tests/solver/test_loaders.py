@@ -1,4 +1,5 @@
 """Loader preparation: seeded, resumable shuffling and non-repeating evaluation shards."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,16 +13,20 @@ def _order(loader: DataLoader) -> list[int]:
     return [int(i) for batch in loader for i in batch]
 
 
-@pytest.mark.parametrize(("length", "replicas", "expected"), [
-    (7, 3, [[0, 1, 2], [3, 4, 5], [6]]),
-    (2, 3, [[0], [1], []]),
-    (4, 1, [[0, 1, 2, 3]]),
-])
+@pytest.mark.parametrize(
+    ("length", "replicas", "expected"),
+    [
+        (7, 3, [[0, 1, 2], [3, 4, 5], [6]]),
+        (2, 3, [[0], [1], []]),
+        (4, 1, [[0, 1, 2, 3]]),
+    ],
+)
 def test_shards_cover_every_sample_once(length: int, replicas: int, expected: list[list[int]]) -> None:
     shards = [list(ShardSampler(range(length), num_replicas=replicas, rank=r)) for r in range(replicas)]
     assert shards == expected
-    assert [len(ShardSampler(range(length), num_replicas=replicas, rank=r)) for r in range(replicas)] == \
-        [len(s) for s in expected]
+    assert [len(ShardSampler(range(length), num_replicas=replicas, rank=r)) for r in range(replicas)] == [
+        len(s) for s in expected
+    ]
 
 
 def test_shard_rank_out_of_range() -> None:

@@ -53,14 +53,18 @@ def test_cpu_bfloat16_autocast_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["latency_ms"] > 0
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--amp", "float16"), "float16 autocast is for CUDA"),
-    (("--backend", "onnxruntime", "--amp", "bfloat16"), "onnxruntime backend runs on the CPU"),
-    (("--backend", "onnxruntime", "--compile"), "options of the torch backend"),
-    (("--cuda-graph",), "cuda_graph needs device cuda"),
-])
-def test_impossible_settings_are_refused(extra: tuple[str, ...], message: str,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--amp", "float16"), "float16 autocast is for CUDA"),
+        (("--backend", "onnxruntime", "--amp", "bfloat16"), "onnxruntime backend runs on the CPU"),
+        (("--backend", "onnxruntime", "--compile"), "options of the torch backend"),
+        (("--cuda-graph",), "cuda_graph needs device cuda"),
+    ],
+)
+def test_impossible_settings_are_refused(
+    extra: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ValueError, match=message):
         _run(capsys, *extra)
 

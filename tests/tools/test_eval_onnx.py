@@ -45,9 +45,16 @@ def _pseudo_ground_truth(predictor: TorchPredictor, ann_file: Path, img_dir: Pat
                 continue
             chosen.append(box)
             x0, y0, x1, y1 = det.box
-            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "iscrowd": 0,
-                                "category_id": category_ids[det.label], "area": (x1 - x0) * (y1 - y0),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0]})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "iscrowd": 0,
+                    "category_id": category_ids[det.label],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                }
+            )
             if len(chosen) == 3:
                 break
     out.write_text(json.dumps({**coco, "annotations": annotations}))
@@ -64,8 +71,25 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     checkpoint = root / "model.pth"
     torch.save({"model": model.state_dict()}, checkpoint)
     onnx_path = root / "model.onnx"
-    assert export_main(["-c", str(R18_CONFIG), "-r", str(checkpoint), "-o", str(onnx_path), "-u", *OVERRIDES,
-                        "--size", str(SIZE), str(SIZE), "--no-check"]) == 0
+    assert (
+        export_main(
+            [
+                "-c",
+                str(R18_CONFIG),
+                "-r",
+                str(checkpoint),
+                "-o",
+                str(onnx_path),
+                "-u",
+                *OVERRIDES,
+                "--size",
+                str(SIZE),
+                str(SIZE),
+                "--no-check",
+            ]
+        )
+        == 0
+    )
     module = DeployModel(model, cfg.build("postprocessor"))
     predictor = TorchPredictor(module, model_info_from_config(cfg))
     images = root / "shapes" / "val"
@@ -78,16 +102,34 @@ def _torch_stats(setup: dict, backend: str) -> list[float]:
     dataset = validation_dataset(setup["ann"], setup["images"], (SIZE, SIZE))
     loader = DataLoader(dataset, batch_size=2, collate_fn=default_collate_fn)
     evaluator = CocoEvaluator(dataset.coco, backend=backend)
-    summary = evaluate(setup["model"], setup["cfg"].build("postprocessor"), loader, evaluator,
-                       torch.device("cpu"), label_to_category=dataset.label_to_category)
+    summary = evaluate(
+        setup["model"],
+        setup["cfg"].build("postprocessor"),
+        loader,
+        evaluator,
+        torch.device("cpu"),
+        label_to_category=dataset.label_to_category,
+    )
     return summary["stats"]
 
 
 @pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
 def test_onnx_map_equals_torch_map(setup: dict, backend: str) -> None:
     summary_path = setup["root"] / f"summary_{backend}.json"
-    argv = ["--onnx", str(setup["onnx"]), "--ann", str(setup["ann"]), "--images", str(setup["images"]),
-            "--backend", backend, "--batch-size", "3", "--summary", str(summary_path)]
+    argv = [
+        "--onnx",
+        str(setup["onnx"]),
+        "--ann",
+        str(setup["ann"]),
+        "--images",
+        str(setup["images"]),
+        "--backend",
+        backend,
+        "--batch-size",
+        "3",
+        "--summary",
+        str(summary_path),
+    ]
     assert eval_onnx_main(argv) == 0
     onnx_stats = json.loads(summary_path.read_text())["stats_list"]
     torch_stats = _torch_stats(setup, backend)

@@ -28,8 +28,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     checkpoint = root / "r18.pth"
     torch.save({"model": model.state_dict()}, checkpoint)
     onnx_path = root / "r18.onnx"
-    argv = ["-c", str(R18_CONFIG), "-r", str(checkpoint), "-o", str(onnx_path), "--size", str(SIZE), str(SIZE),
-            "--static", "--simplify"]
+    argv = [
+        "-c",
+        str(R18_CONFIG),
+        "-r",
+        str(checkpoint),
+        "-o",
+        str(onnx_path),
+        "--size",
+        str(SIZE),
+        str(SIZE),
+        "--static",
+        "--simplify",
+    ]
     assert export_main(argv) == 0
     make_detection_dataset(root / "shapes", train=0, val=2, size=160)
     return {"checkpoint": checkpoint, "onnx": onnx_path, "images": root / "shapes" / "val"}
@@ -37,14 +48,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _arrays(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dets = record["detections"]
-    return (np.array([[d["label"] for d in dets]]), np.array([[d["box"] for d in dets]], dtype=np.float32),
-            np.array([[d["score"] for d in dets]], dtype=np.float32))
+    return (
+        np.array([[d["label"] for d in dets]]),
+        np.array([[d["box"] for d in dets]], dtype=np.float32),
+        np.array([[d["score"] for d in dets]], dtype=np.float32),
+    )
 
 
 def test_infer_onnx_writes_picture_and_json(exported: dict[str, Path], tmp_path: Path) -> None:
     image_path = exported["images"] / "000000.jpg"
-    assert infer_main(["--onnx", str(exported["onnx"]), "-i", str(image_path), "-o", str(tmp_path),
-                       "--threshold", "0"]) == 0
+    assert (
+        infer_main(["--onnx", str(exported["onnx"]), "-i", str(image_path), "-o", str(tmp_path), "--threshold", "0"])
+        == 0
+    )
     results = json.loads((tmp_path / "detections.json").read_text())
     assert results["input_size"] == [SIZE, SIZE] and results["errors"] == [] and results["videos"] == []
     (record,) = results["images"]
@@ -62,9 +78,13 @@ def test_infer_onnx_writes_picture_and_json(exported: dict[str, Path], tmp_path:
 def test_infer_torch_checkpoint_matches_onnx(exported: dict[str, Path], tmp_path: Path) -> None:
     image_path = exported["images"] / "000001.jpg"
     outputs = {}
-    for name, source in (("onnx", ["--onnx", str(exported["onnx"])]),
-                         ("torch", ["-c", str(R18_CONFIG), "-r", str(exported["checkpoint"]),
-                                    "-u", f"eval_spatial_size=[{SIZE},{SIZE}]"])):
+    for name, source in (
+        ("onnx", ["--onnx", str(exported["onnx"])]),
+        (
+            "torch",
+            ["-c", str(R18_CONFIG), "-r", str(exported["checkpoint"]), "-u", f"eval_spatial_size=[{SIZE},{SIZE}]"],
+        ),
+    ):
         assert infer_main([*source, "-i", str(image_path), "-o", str(tmp_path / name), "--threshold", "0"]) == 0
         outputs[name] = json.loads((tmp_path / name / "detections.json").read_text())["images"][0]
     sizes = np.array([[160, 160]])

@@ -1,5 +1,6 @@
 """tools/pretrain.py end to end: pretrain on generated shapes, initialise a detector's SpaRTAN
 backbone from the checkpoint, evaluate only, and train under torchrun (2 CPU ranks, gloo)."""
+
 from __future__ import annotations
 
 import os
@@ -35,17 +36,43 @@ def pretrained(cls_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_flags_become_config_overrides() -> None:
-    args = get_args_parser().parse_args(["-c", "x.yml", "-r", "last.pth", "--amp", "--seed", "3", "--output-dir",
-                                         "out", "-u", "epochs=5", "-u", "optimizer.lr=0.001"])
-    assert config_overrides(args) == {"epochs": 5, "optimizer": {"lr": 0.001}, "seed": 3, "resume": "last.pth",
-                                      "output_dir": "out", "use_amp": True}
+    args = get_args_parser().parse_args(
+        [
+            "-c",
+            "x.yml",
+            "-r",
+            "last.pth",
+            "--amp",
+            "--seed",
+            "3",
+            "--output-dir",
+            "out",
+            "-u",
+            "epochs=5",
+            "-u",
+            "optimizer.lr=0.001",
+        ]
+    )
+    assert config_overrides(args) == {
+        "epochs": 5,
+        "optimizer": {"lr": 0.001},
+        "seed": 3,
+        "resume": "last.pth",
+        "output_dir": "out",
+        "use_amp": True,
+    }
 
 
 def test_imagenet_config_holds_the_paper_recipe() -> None:
     cfg = YAMLConfig(REPO_ROOT / "configs" / "spartan" / "spartan_t_imagenet.yml")
     y = cfg.yaml_cfg
     assert (y["task"], y["epochs"], y["num_classes"], y["base_lr_batch"], y["use_amp"]) == (
-        "classification", 300, 1000, 2048, True)
+        "classification",
+        300,
+        1000,
+        2048,
+        True,
+    )
     assert (y["optimizer"]["type"], y["optimizer"]["lr"], y["optimizer"]["weight_decay"]) == ("AdamW", 2.5e-3, 0.03)
     assert y["optimizer"]["params"]["type"] == "no_weight_decay_groups"
     schedule = y["lr_scheduler"]
@@ -103,8 +130,22 @@ def test_checkpoint_initialises_detector_backbone_with_ema_weights(pretrained: P
 
 def test_test_only_reproduces_best_top1(pretrained: Path, cls_data: Path) -> None:
     updates = as_cli_updates({**tiny_overrides(cls_data), "use_ema": True})
-    assert main(["-c", str(SHAPES_CLS_CONFIG), "-r", str(pretrained / "best.pth"), "--test-only",
-                 "--output-dir", str(pretrained), "-u", *updates]) == 0
+    assert (
+        main(
+            [
+                "-c",
+                str(SHAPES_CLS_CONFIG),
+                "-r",
+                str(pretrained / "best.pth"),
+                "--test-only",
+                "--output-dir",
+                str(pretrained),
+                "-u",
+                *updates,
+            ]
+        )
+        == 0
+    )
     records = read_json_lines(pretrained / "log.txt")
     best = load_checkpoint(pretrained / "best.pth")["best"]
     assert records[-1]["test_top1"] == best["value"] and records[-1]["test_num_images"] == 8
@@ -114,10 +155,21 @@ def test_torchrun_two_cpu_ranks(cls_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     updates = as_cli_updates(tiny_overrides(cls_data, batch_size=4))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(PRETRAIN_TOOL), "-c", str(SHAPES_CLS_CONFIG), "--output-dir", str(out), "-u", *updates]
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=TORCHRUN_TIMEOUT_S)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(PRETRAIN_TOOL),
+        "-c",
+        str(SHAPES_CLS_CONFIG),
+        "--output-dir",
+        str(out),
+        "-u",
+        *updates,
+    ]
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = read_json_lines(out / "log.txt")  # rank 0 writes
     assert [r["epoch"] for r in records] == [0, 1]

@@ -1,4 +1,5 @@
 """tools/quickstart.py --fast: every stage runs end to end in a subprocess and writes its files."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,21 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     out = root / "out"
     # One thread: the run stays fast when other processes keep the cores busy (OpenMP threads that
     # wait for each other on a loaded machine make it several times slower).
-    command = [sys.executable, "tools/quickstart.py", "--fast", "--device", "cpu", "--threads", "1",
-               "--output-dir", str(out), "--data-dir", str(root / "data"), "--seed", "1"]
+    command = [
+        sys.executable,
+        "tools/quickstart.py",
+        "--fast",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(out),
+        "--data-dir",
+        str(root / "data"),
+        "--seed",
+        "1",
+    ]
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
     return proc, out
 
@@ -40,8 +54,7 @@ def test_fast_run_succeeds_and_writes_summary(fast_run: tuple[subprocess.Complet
     assert 0.0 <= summary["onnx_max_abs_diff"] < 1e-3  # onnxruntime reproduces PyTorch
     assert math.isclose(summary["onnx_ap"], summary["ap"], abs_tol=1e-3)
     assert summary["latency_ms"] > 0 and summary["seconds"] > 0
-    assert set(summary["stage_seconds"]) == {"datasets", "pretrain", "train", "export", "onnx_eval", "demo",
-                                             "curves"}
+    assert set(summary["stage_seconds"]) == {"datasets", "pretrain", "train", "export", "onnx_eval", "demo", "curves"}
 
 
 def test_fast_run_writes_model_pictures_and_curves(fast_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:

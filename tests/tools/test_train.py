@@ -1,4 +1,5 @@
 """tools/train.py: the command line, in process and under torchrun (2 CPU ranks, gloo)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,14 @@ import pytest
 
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.solver.cli import config_overrides
-from tests.train_utils import (TINY_CONFIG, as_cli_updates, dataset_overrides, make_tiny_dataset,
-                               read_json_lines, run_torchrun)
+from tests.train_utils import (
+    TINY_CONFIG,
+    as_cli_updates,
+    dataset_overrides,
+    make_tiny_dataset,
+    read_json_lines,
+    run_torchrun,
+)
 from tools.train import get_args_parser, main
 
 TORCHRUN_TIMEOUT_S = 240
@@ -29,17 +36,42 @@ def test_resume_and_tuning_together_is_a_usage_error(capsys: pytest.CaptureFixtu
 
 
 def test_flags_become_config_overrides() -> None:
-    args = get_args_parser().parse_args(["-c", "x.yml", "-t", "w.pth", "--amp", "--seed", "3", "--device", "cpu",
-                                         "--output-dir", "out", "-u", "epochs=5", "optimizer.lr=0.001", "seed=9"])
-    assert config_overrides(args) == {"epochs": 5, "optimizer": {"lr": 0.001}, "seed": 3, "tuning": "w.pth",
-                                      "device": "cpu", "output_dir": "out", "use_amp": True}
+    args = get_args_parser().parse_args(
+        [
+            "-c",
+            "x.yml",
+            "-t",
+            "w.pth",
+            "--amp",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--output-dir",
+            "out",
+            "-u",
+            "epochs=5",
+            "optimizer.lr=0.001",
+            "seed=9",
+        ]
+    )
+    assert config_overrides(args) == {
+        "epochs": 5,
+        "optimizer": {"lr": 0.001},
+        "seed": 3,
+        "tuning": "w.pth",
+        "device": "cpu",
+        "output_dir": "out",
+        "use_amp": True,
+    }
 
 
 def test_test_only_writes_eval_files_and_log(shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     updates = as_cli_updates(dataset_overrides(shapes))
-    assert main(["-c", str(TINY_CONFIG), "--test-only", "--device", "cpu", "--output-dir", str(out),
-                 "-u", *updates]) == 0
+    assert (
+        main(["-c", str(TINY_CONFIG), "--test-only", "--device", "cpu", "--output-dir", str(out), "-u", *updates]) == 0
+    )
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert len(summary["stats"]) == 12 and summary["num_images"] == 3
     results = json.loads((out / "eval" / "results.json").read_text())
@@ -77,8 +109,10 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
     overrides["train_dataloader"].update(batch_size=1, shuffle=False)
     updates = as_cli_updates({**overrides, "find_unused_parameters": False})
     out = root / "out"
-    proc = run_torchrun(["-c", str(TINY_CONFIG), "--device", "cpu", "--output-dir", str(out), "-u", *updates],
-                        timeout=TORCHRUN_TIMEOUT_S)
+    proc = run_torchrun(
+        ["-c", str(TINY_CONFIG), "--device", "cpu", "--output-dir", str(out), "-u", *updates],
+        timeout=TORCHRUN_TIMEOUT_S,
+    )
     return proc, out
 
 
@@ -95,8 +129,7 @@ def test_torchrun_two_cpu_ranks_train_and_evaluate(ddp_run: tuple[subprocess.Com
     assert {r["image_id"] for r in results} == {1, 2, 3}
     log = (out / "train.log").read_text()
     assert "world size 2" in log and "[rank 1]" not in log
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "eval", "last.pth", "log.txt", "summary",
-                                                     "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "eval", "last.pth", "log.txt", "summary", "train.log"]
 
 
 def test_torchrun_rank_without_boxes_does_not_hang(ddp_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:

@@ -5,12 +5,14 @@ Variant ``d`` has a three-conv stem and, where a block downsamples, an average-p
 shortcut. State-dict names follow the reference (``conv1.conv1_1``, ``res_layers.i.blocks.j``,
 ``branch2a``/``branch2b``/``branch2c``, ``short``) so its checkpoints load unchanged.
 """
+
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,20 +40,27 @@ VARIANTS = ("a", "b", "c", "d")
 def _shortcut(ch_in: int, ch_out: int, stride: int, variant: str) -> nn.Module:
     """Projection shortcut; variant d average-pools before the 1x1 conv instead of striding it."""
     if variant == "d" and stride == 2:
-        return nn.Sequential(OrderedDict([
-            ("pool", nn.AvgPool2d(2, 2, 0, ceil_mode=True)),
-            ("conv", ConvNormLayer(ch_in, ch_out, 1, 1)),
-        ]))
+        return nn.Sequential(
+            OrderedDict(
+                [
+                    ("pool", nn.AvgPool2d(2, 2, 0, ceil_mode=True)),
+                    ("conv", ConvNormLayer(ch_in, ch_out, 1, 1)),
+                ]
+            )
+        )
     return ConvNormLayer(ch_in, ch_out, 1, stride)
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual connection (ResNet-18/34)."""
 
+    compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile
+
     expansion = 1
 
-    def __init__(self, ch_in: int, ch_out: int, stride: int, shortcut: bool,
-                 act: str | None = "relu", variant: str = "b") -> None:
+    def __init__(
+        self, ch_in: int, ch_out: int, stride: int, shortcut: bool, act: str | None = "relu", variant: str = "b"
+    ) -> None:
         super().__init__()
         # Construction order fixes the state-dict order: `short` comes first here.
         self.short = nn.Identity() if shortcut else _shortcut(ch_in, ch_out, stride, variant)
@@ -68,10 +77,13 @@ class BasicBlock(nn.Module):
 class BottleNeck(nn.Module):
     """1x1 reduce, 3x3, 1x1 expand (x4) with a residual connection (ResNet-50/101)."""
 
+    compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile
+
     expansion = 4
 
-    def __init__(self, ch_in: int, ch_out: int, stride: int, shortcut: bool,
-                 act: str | None = "relu", variant: str = "b") -> None:
+    def __init__(
+        self, ch_in: int, ch_out: int, stride: int, shortcut: bool, act: str | None = "relu", variant: str = "b"
+    ) -> None:
         super().__init__()
         # Variant a strides the first 1x1 conv; the others stride the 3x3 conv.
         stride1, stride2 = (stride, 1) if variant == "a" else (1, stride)
@@ -80,8 +92,7 @@ class BottleNeck(nn.Module):
         self.branch2b = ConvNormLayer(width, width, 3, stride2, act=act)
         self.branch2c = ConvNormLayer(width, ch_out * self.expansion, 1, 1)
         # Construction order fixes the state-dict order: `short` comes last here.
-        self.short = (nn.Identity() if shortcut
-                      else _shortcut(ch_in, ch_out * self.expansion, stride, variant))
+        self.short = nn.Identity() if shortcut else _shortcut(ch_in, ch_out * self.expansion, stride, variant)
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,15 +104,22 @@ class BottleNeck(nn.Module):
 class Stage(nn.Module):
     """``count`` residual blocks; the first projects (and, except in stage 2, downsamples)."""
 
-    def __init__(self, block: type[BasicBlock] | type[BottleNeck], ch_in: int, ch_out: int,
-                 count: int, stage_num: int, act: str | None = "relu", variant: str = "b") -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[BottleNeck],
+        ch_in: int,
+        ch_out: int,
+        count: int,
+        stage_num: int,
+        act: str | None = "relu",
+        variant: str = "b",
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList()
         for i in range(count):
             first = i == 0
             stride = 2 if first and stage_num != 2 else 1
-            self.blocks.append(block(ch_in, ch_out, stride=stride, shortcut=not first,
-                                     act=act, variant=variant))
+            self.blocks.append(block(ch_in, ch_out, stride=stride, shortcut=not first, act=act, variant=variant))
             ch_in = ch_out * block.expansion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +134,9 @@ def _stem(variant: str, act: str | None) -> nn.Sequential:
         layers = [(3, 32, 3, 2, "conv1_1"), (32, 32, 3, 1, "conv1_2"), (32, 64, 3, 1, "conv1_3")]
     else:
         layers = [(3, 64, 7, 2, "conv1_1")]
-    return nn.Sequential(OrderedDict(
-        (name, ConvNormLayer(c_in, c_out, k, s, act=act)) for c_in, c_out, k, s, name in layers
-    ))
+    return nn.Sequential(
+        OrderedDict((name, ConvNormLayer(c_in, c_out, k, s, act=act)) for c_in, c_out, k, s, name in layers)
+    )
 
 
 def _load_local_checkpoint(module: nn.Module, pretrained: str | Path) -> None:
@@ -130,15 +148,18 @@ def _load_local_checkpoint(module: nn.Module, pretrained: str | Path) -> None:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"PResNet pretrained checkpoint {str(path)!r} holds a "
-                         f"{type(state).__name__}, expected a state dict")
+        raise ValueError(
+            f"PResNet pretrained checkpoint {str(path)!r} holds a {type(state).__name__}, expected a state dict"
+        )
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys:
-        logger.warning("PResNet checkpoint %s: %d missing keys: %s", path,
-                       len(result.missing_keys), result.missing_keys)
+        logger.warning(
+            "PResNet checkpoint %s: %d missing keys: %s", path, len(result.missing_keys), result.missing_keys
+        )
     if result.unexpected_keys:
-        logger.warning("PResNet checkpoint %s: %d unexpected keys: %s", path,
-                       len(result.unexpected_keys), result.unexpected_keys)
+        logger.warning(
+            "PResNet checkpoint %s: %d unexpected keys: %s", path, len(result.unexpected_keys), result.unexpected_keys
+        )
     logger.info("Loaded PResNet weights from %s", path)
 
 
@@ -151,10 +172,10 @@ def _check_pretrained(pretrained: bool | str | Path) -> str | Path | None:
         raise ValueError(
             f"PResNet.pretrained={pretrained!r}: downloading weights is not supported; pass the "
             "local path of a PResNet state dict (e.g. PResNet.pretrained=path/to/resnet50vd.pth) "
-            "or False")
+            "or False"
+        )
     if not isinstance(pretrained, (str, Path)):
-        raise ValueError(f"PResNet.pretrained must be False or a local checkpoint path, "
-                         f"got {pretrained!r}")
+        raise ValueError(f"PResNet.pretrained must be False or a local checkpoint path, got {pretrained!r}")
     return pretrained
 
 
@@ -173,10 +194,17 @@ class PResNet(nn.Module):
         pretrained: False, or a local state-dict path (True / URLs raise: no downloads).
     """
 
-    def __init__(self, depth: int = 50, variant: str = "d", num_stages: int = 4,
-                 return_idx: Sequence[int] = (0, 1, 2, 3), act: str = "relu",
-                 freeze_at: int = -1, freeze_norm: bool = True,
-                 pretrained: bool | str | Path = False) -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        variant: str = "d",
+        num_stages: int = 4,
+        return_idx: Sequence[int] = (0, 1, 2, 3),
+        act: str = "relu",
+        freeze_at: int = -1,
+        freeze_norm: bool = True,
+        pretrained: bool | str | Path = False,
+    ) -> None:
         super().__init__()
         checkpoint = _check_pretrained(pretrained)
         if depth not in STAGE_BLOCKS:
@@ -186,8 +214,7 @@ class PResNet(nn.Module):
         if not 1 <= num_stages <= 4:
             raise ValueError(f"PResNet.num_stages={num_stages!r}; expected 1..4")
         if any(not 0 <= i < num_stages for i in return_idx):
-            raise ValueError(f"PResNet.return_idx={list(return_idx)}; each index must be in "
-                             f"0..{num_stages - 1}")
+            raise ValueError(f"PResNet.return_idx={list(return_idx)}; each index must be in 0..{num_stages - 1}")
 
         block = BottleNeck if depth >= 50 else BasicBlock
         channels = [w * block.expansion for w in STAGE_WIDTHS]
@@ -195,8 +222,9 @@ class PResNet(nn.Module):
         self.res_layers = nn.ModuleList()
         ch_in = 64
         for i in range(num_stages):
-            self.res_layers.append(Stage(block, ch_in, STAGE_WIDTHS[i], STAGE_BLOCKS[depth][i],
-                                         stage_num=i + 2, act=act, variant=variant))
+            self.res_layers.append(
+                Stage(block, ch_in, STAGE_WIDTHS[i], STAGE_BLOCKS[depth][i], stage_num=i + 2, act=act, variant=variant)
+            )
             ch_in = channels[i]
 
         self.return_idx = list(return_idx)
@@ -205,7 +233,7 @@ class PResNet(nn.Module):
 
         if freeze_at >= 0:
             self._freeze(self.conv1)
-            for stage in self.res_layers[:min(freeze_at, num_stages)]:
+            for stage in self.res_layers[: min(freeze_at, num_stages)]:
                 self._freeze(stage)
         if freeze_norm:
             freeze_batch_norm(self)

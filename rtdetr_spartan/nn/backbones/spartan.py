@@ -10,6 +10,7 @@ Block (stage width C): x += DropPath(scale_1 * SMixer(GN(x))); x += DropPath(sca
 CMixer(GN(x))), GN = GroupNorm with one group. The network computes in channels_last memory
 format (its outputs are channels_last tensors).
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,9 @@ class SpaRTANVariant:
 
 VARIANTS: dict[str, SpaRTANVariant] = {
     # The paper's SpaRTAN-T (reference config spartan.yaml): 3.82 M parameters as classifier.
-    "T": SpaRTANVariant(depths=(3, 3, 12, 2), widths=(32, 64, 128, 256),
-                        expand_ratios=(4, 4, 2, 2), drop_path_rate=0.1),
+    "T": SpaRTANVariant(
+        depths=(3, 3, 12, 2), widths=(32, 64, 128, 256), expand_ratios=(4, 4, 2, 2), drop_path_rate=0.1
+    ),
 }
 
 
@@ -84,10 +86,11 @@ def _checkpoint_state_dict(checkpoint: object, path: Path) -> dict[str, torch.Te
                 return dict(checkpoint[key])
         if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
             return dict(checkpoint)
-    raise ValueError(f"{path}: expected a state dict, {{'model': state_dict}} or "
-                     f"{{'ema': {{'module': state_dict}}}}, got {type(checkpoint).__name__}"
-                     + (f" with keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, Mapping)
-                        else ""))
+    raise ValueError(
+        f"{path}: expected a state dict, {{'model': state_dict}} or "
+        f"{{'ema': {{'module': state_dict}}}}, got {type(checkpoint).__name__}"
+        + (f" with keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, Mapping) else "")
+    )
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> int:
@@ -105,18 +108,22 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("linear.")}
     own = model.state_dict()
-    shapes = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})"
-              for k, v in state.items() if k in own and v.shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if shapes:
-        raise ValueError(f"{path}: {len(shapes)} tensors differ in shape from the model: "
-                         + "; ".join(shapes[:10]))
+        raise ValueError(f"{path}: {len(shapes)} tensors differ in shape from the model: " + "; ".join(shapes[:10]))
     # FrozenBatchNorm2d (freeze_norm) has no num_batches_tracked; it drops those on load
     result = model.load_state_dict(state, strict=False)
     unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
     if result.missing_keys or unexpected:
-        raise ValueError(f"{path}: missing {len(result.missing_keys)} tensors "
-                         f"{result.missing_keys[:10]}, unexpected {len(unexpected)} "
-                         f"{unexpected[:10]}")
+        raise ValueError(
+            f"{path}: missing {len(result.missing_keys)} tensors "
+            f"{result.missing_keys[:10]}, unexpected {len(unexpected)} "
+            f"{unexpected[:10]}"
+        )
     loaded = len(state) - len(result.unexpected_keys)
     logger.info("SpaRTAN: loaded %d tensors from %s", loaded, path)
     return loaded
@@ -126,8 +133,10 @@ def _resolve_pretrained(pretrained: bool | str | Path | None) -> Path | None:
     if pretrained is None or pretrained is False:
         return None
     if pretrained is True or not isinstance(pretrained, (str, Path)) or "://" in str(pretrained):
-        raise ValueError(f"SpaRTAN.pretrained={pretrained!r}: expected None/False or the local "
-                         "path of a SpaRTAN classifier checkpoint (weights are never downloaded)")
+        raise ValueError(
+            f"SpaRTAN.pretrained={pretrained!r}: expected None/False or the local "
+            "path of a SpaRTAN classifier checkpoint (weights are never downloaded)"
+        )
     return Path(pretrained)
 
 
@@ -145,16 +154,20 @@ class SpaRTAN(nn.Module):
         drop_path_rate: stochastic-depth rate towards the last block; None: the variant's.
     """
 
-    def __init__(self, variant: str = "T", return_idx: Sequence[int] = (1, 2, 3),
-                 freeze_at: int = -1, freeze_norm: bool = False,
-                 pretrained: bool | str | Path | None = None,
-                 drop_path_rate: float | None = None) -> None:
+    def __init__(
+        self,
+        variant: str = "T",
+        return_idx: Sequence[int] = (1, 2, 3),
+        freeze_at: int = -1,
+        freeze_norm: bool = False,
+        pretrained: bool | str | Path | None = None,
+        drop_path_rate: float | None = None,
+    ) -> None:
         super().__init__()
         spec = _variant(variant)
         num_stages = len(spec.depths)
         if not return_idx or any(not 0 <= i < num_stages for i in return_idx):
-            raise ValueError(f"SpaRTAN.return_idx={list(return_idx)}; expected indices in "
-                             f"0..{num_stages - 1}")
+            raise ValueError(f"SpaRTAN.return_idx={list(return_idx)}; expected indices in 0..{num_stages - 1}")
         checkpoint = _resolve_pretrained(pretrained)
         rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
         stem = spec.widths[0]
@@ -191,7 +204,7 @@ class SpaRTAN(nn.Module):
         x = self.conv(x.contiguous(memory_format=torch.channels_last))
         taps = {self._stage_ends[i]: i for i in return_idx}
         outs = []
-        for index, layer in enumerate(self.layers[:max(taps) + 1]):
+        for index, layer in enumerate(self.layers[: max(taps) + 1]):
             x = layer(x)
             if index in taps:
                 outs.append(x)
@@ -220,11 +233,9 @@ class SpaRTANClassifier(SpaRTAN):
 
     __share__ = ["num_classes"]
 
-    def __init__(self, variant: str = "T", num_classes: int = 1000,
-                 drop_path_rate: float | None = None) -> None:
+    def __init__(self, variant: str = "T", num_classes: int = 1000, drop_path_rate: float | None = None) -> None:
         spec = _variant(variant)
-        super().__init__(variant, return_idx=(len(spec.depths) - 1,),
-                         drop_path_rate=drop_path_rate)
+        super().__init__(variant, return_idx=(len(spec.depths) - 1,), drop_path_rate=drop_path_rate)
         self.linear = nn.Linear(spec.widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

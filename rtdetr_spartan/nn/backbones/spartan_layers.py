@@ -39,6 +39,7 @@ around every mixer. Other choices made for it:
 On RT-DETR-SpaRTAN-T at 640 px, one thread, the fixed-shape form runs in about 0.6x the time of
 a trace of the eager code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -51,8 +52,21 @@ from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
 
 from rtdetr_spartan.nn.common import exporting_fixed_shapes
 
-__all__ = ["Block", "CMixer", "CMixerWeights", "ConvNormAct", "SMixer", "SMixerWeights", "SqueezeExcite",
-           "fold_rotation", "pair_factors", "planar_factors", "planar_order", "rotate_pairs", "rotate_planar"]
+__all__ = [
+    "Block",
+    "CMixer",
+    "CMixerWeights",
+    "ConvNormAct",
+    "SMixer",
+    "SMixerWeights",
+    "SqueezeExcite",
+    "fold_rotation",
+    "pair_factors",
+    "planar_factors",
+    "planar_order",
+    "rotate_pairs",
+    "rotate_planar",
+]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
 # onnxruntime's blocked ("NCHWc") conv layout holds 8 (AVX2) or 16 (AVX-512) channels per block;
@@ -76,8 +90,9 @@ def pair_factors(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return same, cross
 
 
-def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor,
-                 factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def rotate_pairs(
+    x: torch.Tensor, rotation: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Multiply the channel pairs (2k, 2k+1) of the last dim, read as complex numbers re + i im,
     by ``rotation[k]`` = (re_k, im_k), in real arithmetic.
 
@@ -103,8 +118,9 @@ def planar_factors(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack((re, im)), torch.stack((-im, re))
 
 
-def rotate_planar(x: torch.Tensor, rotation: torch.Tensor,
-                  factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def rotate_planar(
+    x: torch.Tensor, rotation: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``rotate_pairs`` for channels in ``planar_order``: x[..., :E/2] holds the real parts,
     x[..., E/2:] the imaginary parts. x: [..., E] -> [..., E] in the same order.
     ``factors``: ``planar_factors(rotation)`` computed beforehand.
@@ -112,7 +128,7 @@ def rotate_planar(x: torch.Tensor, rotation: torch.Tensor,
     Unlike the interleaved form this needs no channel swap: two contiguous broadcast ops.
     """
     from_re, from_im = planar_factors(rotation) if factors is None else factors
-    parts = x.unflatten(-1, (2, x.shape[-1] // 2))                      # [..., 2, E/2]
+    parts = x.unflatten(-1, (2, x.shape[-1] // 2))  # [..., 2, E/2]
     return torch.addcmul(parts[..., :1, :] * from_re, parts[..., 1:, :], from_im).flatten(-2)
 
 
@@ -124,7 +140,7 @@ def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     rot = rotation.view(groups, 1, per_group // 2, 2, 1, 1)
     re, im = rot[:, :, :, :1], rot[:, :, :, 1:]
     w = weight.view(groups, out_ch // groups, per_group // 2, 2, kh, kw)
-    w_re, w_im = w[:, :, :, :1], w[:, :, :, 1:]        # taps reading out[2k] and out[2k+1]
+    w_re, w_im = w[:, :, :, :1], w[:, :, :, 1:]  # taps reading out[2k] and out[2k+1]
     folded = torch.cat((w_re * re + w_im * im, w_im * re - w_re * im), dim=3)
     return folded.view(out_ch, per_group, kh, kw)
 
@@ -141,8 +157,9 @@ def _maps(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
-def _projection(proj: nn.Conv2d, out_scale: torch.Tensor | None,
-                order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _projection(
+    proj: nn.Conv2d, out_scale: torch.Tensor | None, order: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A 1x1 conv as a linear layer: weight [C_out, E] with input channels in ``order`` (None:
     natural) and bias [C_out], both multiplied by ``out_scale`` [1, C_out, 1, 1] if given."""
     weight, bias = proj.weight.flatten(1), proj.bias
@@ -187,8 +204,7 @@ def _channels(parts: Sequence[torch.Tensor]) -> list[int]:
     return [int(part.shape[1]) for part in parts]
 
 
-def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
-           order: torch.Tensor | None = None) -> list[torch.Tensor]:
+def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite, order: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The squeeze-excite gate of cat(parts) (channels in ``order``), one factor per part:
     [B, E_i, 1, 1], or, in an ONNX export with fixed shapes, [B, E_i, H, W] like the part.
 
@@ -201,7 +217,7 @@ def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
     w_sq, b_sq, w_ex, b_ex = se.squeeze.weight, se.squeeze.bias, se.expand.weight, se.expand.bias
     if order is not None:
         w_sq, w_ex, b_ex = w_sq.index_select(1, order), w_ex.index_select(0, order), b_ex.index_select(0, order)
-    pad = -w_sq.shape[0] % LAYOUT_BLOCK                 # zero channels: relu(0) = 0, no weight
+    pad = -w_sq.shape[0] % LAYOUT_BLOCK  # zero channels: relu(0) = 0, no weight
     if pad:  # (concatenated zeros: a traced F.pad hides the conv weight's shape from the exporter)
         w_sq = torch.cat((w_sq, w_sq.new_zeros(pad, *w_sq.shape[1:])))
         b_sq = torch.cat((b_sq, b_sq.new_zeros(pad)))
@@ -209,8 +225,9 @@ def _gates(parts: Sequence[torch.Tensor], se: SqueezeExcite,
     sizes = _channels(parts)
     pooled = [F.adaptive_avg_pool2d(part, 1) for part in parts]
     hidden = F.relu(_conv_sum(pooled, w_sq.split(sizes, 1), b_sq))
-    gates = [torch.sigmoid(F.conv2d(hidden, weight, bias))
-             for weight, bias in zip(w_ex.split(sizes), b_ex.split(sizes))]
+    gates = [
+        torch.sigmoid(F.conv2d(hidden, weight, bias)) for weight, bias in zip(w_ex.split(sizes), b_ex.split(sizes))
+    ]
     return [_expand_like(gate, part) for gate, part in zip(gates, parts)]
 
 
@@ -220,13 +237,17 @@ def _expand_like(factor: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     the op in onnxruntime's blocked layout."""
     if not exporting_fixed_shapes():
         return factor
-    return F.interpolate(factor, scale_factor=(float(maps.shape[2]), float(maps.shape[3])),
-                         mode="nearest")
+    return F.interpolate(factor, scale_factor=(float(maps.shape[2]), float(maps.shape[3])), mode="nearest")
 
 
-def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], proj: nn.Conv2d,
-                  out_scale: torch.Tensor | None, order: torch.Tensor | None = None,
-                  residual: torch.Tensor | None = None) -> torch.Tensor:
+def _project_maps(
+    parts: Sequence[torch.Tensor],
+    gates: Sequence[torch.Tensor],
+    proj: nn.Conv2d,
+    out_scale: torch.Tensor | None,
+    order: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``_project`` on NCHW maps: residual + out_scale * proj(cat(parts * gates)), with
     ``out_scale`` and ``order`` in the 1x1 conv weights and one conv per part (``_conv_sum``).
     parts: [B, E_i, H, W] with sum E_i = E; gates: from ``_gates`` -> [B, C_out, H, W]."""
@@ -240,8 +261,12 @@ def _project_maps(parts: Sequence[torch.Tensor], gates: Sequence[torch.Tensor], 
     return _conv_sum(gated, weight.split(_channels(parts), 1), bias, residual)
 
 
-def _conv_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
-              bias: torch.Tensor | None, start: torch.Tensor | None = None) -> torch.Tensor:
+def _conv_sum(
+    inputs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    bias: torch.Tensor | None,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
     """start + sum_i conv1x1(inputs[i], weights[i]) + bias: a 1x1 conv of the concatenated
     inputs without the concatenated copy. Every add has a conv output as an operand, which
     onnxruntime fuses into that conv."""
@@ -256,8 +281,8 @@ def _conv_sum(inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
 def _inference_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, bias) of a batch norm that normalizes with running statistics, else None."""
     if isinstance(norm, FrozenBatchNorm2d) or (
-            isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training
-            and norm.track_running_stats):
+        isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training and norm.track_running_stats
+    ):
         scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
         return scale, norm.bias - norm.running_mean * scale
     return None
@@ -270,20 +295,30 @@ class ConvNormAct(nn.Module):
     the conv on the fly, saving a pass over the output; ``fuse_norm`` folds it for good.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, groups: int = 1, norm: bool = True,
-                 act: Callable[[torch.Tensor], torch.Tensor] | None = F.gelu) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: bool = True,
+        act: Callable[[torch.Tensor], torch.Tensor] | None = F.gelu,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                              groups, bias=False)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
         self.norm = nn.BatchNorm2d(out_channels, eps=NORM_EPS) if norm else nn.Identity()
         self.act = act
 
     def uses_batch_statistics(self) -> bool:
         return _inference_affine(self.norm) is None and not isinstance(self.norm, nn.Identity)
 
-    def folded(self, weight: torch.Tensor | None = None,
-               order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def folded(
+        self, weight: torch.Tensor | None = None, order: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Conv weight and bias with the norm folded in (requires no batch statistics).
 
         weight: replaces the conv weight. order: channel order of a depthwise conv's input and
@@ -304,15 +339,19 @@ class ConvNormAct(nn.Module):
             weight, bias = weight.index_select(0, order), (None if bias is None else bias.index_select(0, order))
         return weight, bias
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
-                order: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weight: torch.Tensor | None = None, order: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: [B, in, H, W] -> [B, out, H', W']; ``weight`` and ``order`` as in ``folded``."""
         conv = self.conv
         if self.uses_batch_statistics():
             if order is not None:
                 raise RuntimeError("a channel order needs a norm without batch statistics")
-            x = conv(x) if weight is None else F.conv2d(
-                x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            x = (
+                conv(x)
+                if weight is None
+                else F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            )
             x = self.norm(x)
         else:
             weight, bias = self.folded(weight, order)
@@ -326,8 +365,16 @@ class ConvNormAct(nn.Module):
             return
         conv = self.conv
         weight, bias = self.folded()
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                          conv.padding, conv.dilation, conv.groups, bias=True).to(conv.weight)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+        ).to(conv.weight)
         fused.weight.copy_(weight)
         fused.bias.copy_(bias)
         self.conv, self.norm = fused, nn.Identity()
@@ -361,13 +408,13 @@ class SqueezeExcite(nn.Module):
 class SMixerWeights(NamedTuple):
     """An SMixer's parameters as its eager forward uses them (``SMixer.weights``)."""
 
-    proj_in: torch.Tensor          # [C, C/2]: the input 1x1 conv, transposed
-    proj_in_bias: torch.Tensor     # [C/2]
-    one_plus_gamma: torch.Tensor   # [C/2]
-    neg_gamma: torch.Tensor        # [C/2]
-    gate: _GateWeights             # both squeeze-excites as one, block-diagonal (C/4 -> C)
-    proj_out: torch.Tensor         # [C, C], out_scale folded in
-    proj_out_bias: torch.Tensor    # [C]
+    proj_in: torch.Tensor  # [C, C/2]: the input 1x1 conv, transposed
+    proj_in_bias: torch.Tensor  # [C/2]
+    one_plus_gamma: torch.Tensor  # [C/2]
+    neg_gamma: torch.Tensor  # [C/2]
+    gate: _GateWeights  # both squeeze-excites as one, block-diagonal (C/4 -> C)
+    proj_out: torch.Tensor  # [C, C], out_scale folded in
+    proj_out_bias: torch.Tensor  # [C]
 
 
 class SMixer(nn.Module):
@@ -392,33 +439,45 @@ class SMixer(nn.Module):
 
     def weights(self, out_scale: torch.Tensor | None = None) -> SMixerWeights:
         """The forward's parameters in the form it uses (``out_scale`` as in ``forward``)."""
-        h, l = self.h_attn, self.l_attn
+        hi, lo = self.h_attn, self.l_attn
         gate = _GateWeights(
-            torch.block_diag(h.squeeze.weight.flatten(1), l.squeeze.weight.flatten(1)),
-            torch.cat((h.squeeze.bias, l.squeeze.bias)),
-            torch.block_diag(h.expand.weight.flatten(1), l.expand.weight.flatten(1)),
-            torch.cat((h.expand.bias, l.expand.bias)))
+            torch.block_diag(hi.squeeze.weight.flatten(1), lo.squeeze.weight.flatten(1)),
+            torch.cat((hi.squeeze.bias, lo.squeeze.bias)),
+            torch.block_diag(hi.expand.weight.flatten(1), lo.expand.weight.flatten(1)),
+            torch.cat((hi.expand.bias, lo.expand.bias)),
+        )
         gamma = self.gamma.view(-1)
-        return SMixerWeights(self.proj_in.weight.flatten(1).t(), self.proj_in.bias, 1.0 + gamma, -gamma,
-                             gate, *_projection(self.proj_out, out_scale))
+        return SMixerWeights(
+            self.proj_in.weight.flatten(1).t(),
+            self.proj_in.bias,
+            1.0 + gamma,
+            -gamma,
+            gate,
+            *_projection(self.proj_out, out_scale),
+        )
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
-                weights: SMixerWeights | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, out_scale: torch.Tensor | None = None, weights: SMixerWeights | None = None
+    ) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given.
         ``weights``: ``self.weights(out_scale)`` computed beforehand (a deployed block's cache)."""
         if torch.onnx.is_in_onnx_export():
             return self.forward_nchw(x, out_scale)
         w = self.weights(out_scale) if weights is None else weights
-        y = _tokens(x) @ w.proj_in                                      # bias enters below
+        y = _tokens(x) @ w.proj_in  # bias enters below
         # y + b + gamma (y + b - mean(y + b)) == (1 + gamma) y + (b - gamma mean(y)): one pass
         shift = torch.addcmul(w.proj_in_bias, y.mean((1, 2), keepdim=True), w.neg_gamma)
         y = _maps(torch.addcmul(shift, y, w.one_plus_gamma))
         both = torch.cat((_tokens(self.h_conv(y)), _tokens(self.l_conv(y))), dim=-1)
         return _project(both, _gated(w.proj_out, w.gate(both.mean((1, 2)))), w.proj_out_bias)
 
-    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
-                     norm: nn.GroupNorm | None = None,
-                     residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_nchw(
+        self,
+        x: torch.Tensor,
+        out_scale: torch.Tensor | None = None,
+        norm: nn.GroupNorm | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``forward`` in plain NCHW ops (what ONNX export traces); same arguments and result,
         plus ``residual`` if given. ``norm``: a GroupNorm whose affine transform x has not had
         yet (folded into proj_in). The centre boost's mean is a global average pool, expanded
@@ -438,8 +497,8 @@ class SMixer(nn.Module):
 class _ConvPlan(NamedTuple):
     """The CMixer's 3x3 conv for inference: norm folded in, channels in ``order``."""
 
-    order: torch.Tensor | None        # channel order between the two 1x1 convs (None: natural)
-    rotation: torch.Tensor | None     # still to apply to the activations (None: in the weights)
+    order: torch.Tensor | None  # channel order between the two 1x1 convs (None: natural)
+    rotation: torch.Tensor | None  # still to apply to the activations (None: in the weights)
     weight: torch.Tensor
     bias: torch.Tensor | None
     groups: int
@@ -462,7 +521,7 @@ class _ConvPlan(NamedTuple):
         conv(rotate(maps)) == dw(maps, direct) + dw(swap(maps), crossed) + bias, where swap
         exchanges the real and imaginary halves. Planar plans only."""
         direct, crossed = self.weight, self.crossed
-        if self.rotation is not None:                   # depthwise conv after the rotation
+        if self.rotation is not None:  # depthwise conv after the rotation
             rotation = self.rotation.to(direct.dtype)
             re, im = rotation[:, 0].repeat(2), rotation[:, 1]
             return direct * re.view(-1, 1, 1, 1), direct * torch.cat((-im, im)).view(-1, 1, 1, 1)
@@ -481,13 +540,13 @@ class _ConvPlan(NamedTuple):
 class CMixerWeights(NamedTuple):
     """A CMixer's parameters as its eager inference forward uses them (``CMixer.weights``)."""
 
-    mix: torch.Tensor              # [2E, C]: theta and proj rows, outputs in plan.order
-    mix_bias: torch.Tensor         # [2E]
-    peak_index: torch.Tensor       # [C, 2]: where input channel c's theta and proj outputs are
+    mix: torch.Tensor  # [2E, C]: theta and proj rows, outputs in plan.order
+    mix_bias: torch.Tensor  # [2E]
+    peak_index: torch.Tensor  # [C, 2]: where input channel c's theta and proj outputs are
     plan: _ConvPlan
-    gate: _GateWeights             # in plan.order
-    proj_out: torch.Tensor         # [C, E], input channels in plan.order, out_scale folded in
-    proj_out_bias: torch.Tensor    # [C]
+    gate: _GateWeights  # in plan.order
+    proj_out: torch.Tensor  # [C, E], input channels in plan.order, out_scale folded in
+    proj_out_bias: torch.Tensor  # [C]
 
 
 class CMixer(nn.Module):
@@ -521,8 +580,9 @@ class CMixer(nn.Module):
         self.proj_out = nn.Conv2d(neck, dim, 1)
         self.register_buffer("_planar", planar_order(neck), persistent=False)
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
-                weights: CMixerWeights | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, out_scale: torch.Tensor | None = None, weights: CMixerWeights | None = None
+    ) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W], multiplied by ``out_scale`` [1, C, 1, 1] if given.
         ``weights``: ``self.weights(out_scale)`` computed beforehand (a deployed block's cache)."""
         if self.conv.uses_batch_statistics():
@@ -532,8 +592,9 @@ class CMixer(nn.Module):
         weights = self.weights(out_scale) if weights is None else weights
         return self._forward_inference(x, weights, self._tile_rows(x))
 
-    def forward_nchw(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
-                     residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_nchw(
+        self, x: torch.Tensor, out_scale: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The inference ``forward`` in plain NCHW ops (what ONNX export traces), plus
         ``residual`` if given. Needs a BatchNorm without batch statistics (eval mode or frozen).
 
@@ -548,21 +609,22 @@ class CMixer(nn.Module):
             return self._forward_natural(x, out_scale, plan, residual)
         return self._forward_halves(x, out_scale, plan, residual)
 
-    def _forward_natural(self, x: torch.Tensor, out_scale: torch.Tensor | None, plan: _ConvPlan,
-                         residual: torch.Tensor | None) -> torch.Tensor:
+    def _forward_natural(
+        self, x: torch.Tensor, out_scale: torch.Tensor | None, plan: _ConvPlan, residual: torch.Tensor | None
+    ) -> torch.Tensor:
         """NCHW forward in the natural channel order: 1x1 convs, argmax and gathers on dim 1,
         rotation as a broadcast, then the plan's conv."""
-        theta = self.theta(x)                                           # [B, E, H, W]
+        theta = self.theta(x)  # [B, E, H, W]
         weight = self.proj(x)
-        index = x.argmax(dim=1, keepdim=True)                          # [B, 1, H, W]
+        index = x.argmax(dim=1, keepdim=True)  # [B, 1, H, W]
         peak = F.gelu(theta.gather(1, index)) * weight.gather(1, index)
         feat = _maps(plan.rotate(_tokens(F.gelu(theta) * weight + peak)))
         feat = self.conv.act(plan.conv(feat))
-        return _project_maps([feat], _gates([feat], self.attn), self.proj_out, out_scale,
-                             residual=residual)
+        return _project_maps([feat], _gates([feat], self.attn), self.proj_out, out_scale, residual=residual)
 
-    def _forward_halves(self, x: torch.Tensor, out_scale: torch.Tensor | None, plan: _ConvPlan,
-                        residual: torch.Tensor | None) -> torch.Tensor:
+    def _forward_halves(
+        self, x: torch.Tensor, out_scale: torch.Tensor | None, plan: _ConvPlan, residual: torch.Tensor | None
+    ) -> torch.Tensor:
         """NCHW forward on separate real / imaginary half maps (planar plans).
 
         Every large tensor is then produced and consumed by convs or same-shape elementwise
@@ -579,36 +641,35 @@ class CMixer(nn.Module):
         """
         theta, proj = self.theta, self.proj
         c, n = theta.in_channels, theta.out_channels // 2
-        first = (c + 1) // 2                                            # pairs holding channels < C
+        first = (c + 1) // 2  # pairs holding channels < C
         spans = [(lo, hi) for lo, hi in ((0, first), (first, n)) if hi > lo]
         feats, firsts = {}, []
-        for j in (0, 1):                                                # real, imaginary
+        for j in (0, 1):  # real, imaginary
             for lo, hi in spans:
-                rows = slice(2 * lo + j, 2 * hi, 2)                     # theta channels 2k + j
+                rows = slice(2 * lo + j, 2 * hi, 2)  # theta channels 2k + j
                 t = F.conv2d(x, theta.weight[rows], theta.bias[rows])
                 w = F.conv2d(x, proj.weight[rows], proj.bias[rows])
                 feats[j, lo] = F.gelu(t) * w
                 if lo == 0:
                     firsts.append((t, w))
-        index = x.argmax(dim=1, keepdim=True)                          # [B, 1, H, W], < C
-        real, pair = index % 2 == 0, index // 2                         # channel 2 pair + (1 - real)
-        t, w = (torch.where(real, firsts[0][k].gather(1, pair), firsts[1][k].gather(1, pair))
-                for k in (0, 1))
+        index = x.argmax(dim=1, keepdim=True)  # [B, 1, H, W], < C
+        real, pair = index % 2 == 0, index // 2  # channel 2 pair + (1 - real)
+        t, w = (torch.where(real, firsts[0][k].gather(1, pair), firsts[1][k].gather(1, pair)) for k in (0, 1))
         peak = F.gelu(t) * w
         direct, crossed = plan.swapped_taps()
         assert plan.bias is not None
-        spread = direct + crossed                                       # peak, equal on all channels
+        spread = direct + crossed  # peak, equal on all channels
         outs = []
         for j in (0, 1):
             for lo, hi in spans:
                 part, groups = slice(j * n + lo, j * n + hi), hi - lo
-                out = (F.conv2d(feats[j, lo], direct[part], plan.bias[part], padding=1,
-                                groups=groups)
-                       + F.conv2d(feats[1 - j, lo], crossed[part], None, padding=1, groups=groups)
-                       + F.conv2d(peak, spread[part], None, padding=1))
+                out = (
+                    F.conv2d(feats[j, lo], direct[part], plan.bias[part], padding=1, groups=groups)
+                    + F.conv2d(feats[1 - j, lo], crossed[part], None, padding=1, groups=groups)
+                    + F.conv2d(peak, spread[part], None, padding=1)
+                )
                 outs.append(self.conv.act(out))
-        return _project_maps(outs, _gates(outs, self.attn, plan.order), self.proj_out, out_scale,
-                             plan.order, residual)
+        return _project_maps(outs, _gates(outs, self.attn, plan.order), self.proj_out, out_scale, plan.order, residual)
 
     def _mix_weights(self, order: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """theta and proj as one linear layer: weight [2E, C] (theta rows, then proj rows, each
@@ -622,18 +683,21 @@ class CMixer(nn.Module):
             both = torch.cat((order, order + e))
             weight, bias = weight.index_select(0, both), bias.index_select(0, both)
             position = torch.empty_like(order).scatter_(0, order, position)
-        position = position[:self.theta.in_channels]
+        position = position[: self.theta.in_channels]
         return weight, bias, torch.stack((position, position + e), dim=1)
 
     def weights(self, out_scale: torch.Tensor | None = None) -> CMixerWeights:
         """The inference forward's parameters in the form it uses (``out_scale`` as in ``forward``).
         Needs a BatchNorm without batch statistics (eval mode or frozen)."""
         plan = self._conv_plan()
-        return CMixerWeights(*self._mix_weights(plan.order), plan, self.attn.weights(plan.order),
-                             *_projection(self.proj_out, out_scale, plan.order))
+        return CMixerWeights(
+            *self._mix_weights(plan.order),
+            plan,
+            self.attn.weights(plan.order),
+            *_projection(self.proj_out, out_scale, plan.order),
+        )
 
-    def _forward_batch_statistics(self, x: torch.Tensor,
-                                  out_scale: torch.Tensor | None) -> torch.Tensor:
+    def _forward_batch_statistics(self, x: torch.Tensor, out_scale: torch.Tensor | None) -> torch.Tensor:
         """Training-mode BN: natural channel order, the conv module as it is."""
         rotation = self.complex.view(-1, 2)
         feat = _mix(_tokens(x), *self._mix_weights(None))
@@ -651,8 +715,7 @@ class CMixer(nn.Module):
         rotation = self.complex.view(-1, 2)
         if per_group == 1:
             weight, bias = self.conv.folded(order=self._planar)
-            return _ConvPlan(self._planar, rotation, weight, bias, conv.groups,
-                             factors=planar_factors(rotation))
+            return _ConvPlan(self._planar, rotation, weight, bias, conv.groups, factors=planar_factors(rotation))
         if per_group % 2:
             return _ConvPlan(None, rotation, *self.conv.folded(), conv.groups, factors=pair_factors(rotation))
         weight, bias = self.conv.folded(fold_rotation(conv.weight, rotation))
@@ -660,7 +723,7 @@ class CMixer(nn.Module):
             return _ConvPlan(None, None, weight, bias, conv.groups)
         # One pair per group: in planar order, channel j*E/2 + k feeds output j*E/2 + k
         # ("direct" taps) and output (1-j)*E/2 + k ("crossed" taps, hence the half swap).
-        taps = weight.view(-1, 2, 2, *weight.shape[2:])                # [pair, out, in, k, k]
+        taps = weight.view(-1, 2, 2, *weight.shape[2:])  # [pair, out, in, k, k]
         direct = torch.cat((taps[:, 0, 0], taps[:, 1, 1]))[:, None]
         crossed = torch.cat((taps[:, 1, 0], taps[:, 0, 1]))[:, None]
         return _ConvPlan(self._planar, None, direct, bias.index_select(0, self._planar), conv.in_channels, crossed)
@@ -668,11 +731,15 @@ class CMixer(nn.Module):
     def _tile_rows(self, x: torch.Tensor) -> int:
         """Rows per tile: large maps in CPU inference without autograd, else all rows."""
         b, _, h, w = x.shape
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if (needs_grad or x.device.type != "cpu" or torch.jit.is_tracing()
-                or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling()):
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if (
+            needs_grad
+            or x.device.type != "cpu"
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling()
+        ):
             return h
         row = b * w * self.theta.out_channels
         if row * h < TILE_MIN_COUNT * TILE_ELEMENTS:
@@ -697,7 +764,7 @@ class CMixer(nn.Module):
             feat = _mix(tokens[:, first:last], weights.mix, weights.mix_bias, weights.peak_index)
             feat = plan.rotate(feat)
             feat = self.conv.act(plan.conv(_maps(feat)))
-            tiles.append(_tokens(feat)[:, top - first:bottom - first])
+            tiles.append(_tokens(feat)[:, top - first : bottom - first])
         if len(tiles) == 1:
             pooled = tiles[0].mean((1, 2))
         else:
@@ -708,8 +775,7 @@ class CMixer(nn.Module):
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
-def _mix(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-         peak_index: torch.Tensor) -> torch.Tensor:
+def _mix(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, peak_index: torch.Tensor) -> torch.Tensor:
     """The CMixer's per-pixel part before the rotation: w * gelu(theta) + w[m] * gelu(theta[m]).
 
     tokens: [B, H, W, C]; weight [2E, C], bias [2E], peak_index [C, 2] from
@@ -717,9 +783,9 @@ def _mix(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     e = weight.shape[0] // 2
     # max(...).indices: the same first-maximum index as argmax, twice as fast on CPU
-    index = tokens.max(dim=-1).indices                                 # [B, H, W]
-    both = F.linear(tokens, weight, bias)                               # [B, H, W, 2E]
-    peak = both.gather(-1, peak_index[index])                           # [B, H, W, 2]
+    index = tokens.max(dim=-1).indices  # [B, H, W]
+    both = F.linear(tokens, weight, bias)  # [B, H, W, 2E]
+    peak = both.gather(-1, peak_index[index])  # [B, H, W, 2]
     return torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
 
 
@@ -794,16 +860,18 @@ class Block(nn.Module):
             return None, None
         key = (self.scale_1.device, self.scale_1.dtype)
         if self._weights is None or self._weights[0] != key:
-            self._weights = (key, _detached(self.smixer.weights(self.scale_1)),
-                             _detached(self.cmixer.weights(self.scale_2)))
+            self._weights = (
+                key,
+                _detached(self.smixer.weights(self.scale_1)),
+                _detached(self.cmixer.weights(self.scale_2)),
+            )
         return self._weights[1], self._weights[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W]."""
         if torch.onnx.is_in_onnx_export() and not self.training:
             # the SMixer takes norm_1's affine transform into its input projection
-            x = self.smixer.forward_nchw(_normalize(x, self.norm_1.eps), self.scale_1,
-                                         self.norm_1, residual=x)
+            x = self.smixer.forward_nchw(_normalize(x, self.norm_1.eps), self.scale_1, self.norm_1, residual=x)
             norm = self.norm_2
             normed = _normalize(x, norm.eps) * norm.weight.view(-1, 1, 1) + norm.bias.view(-1, 1, 1)
             return self.cmixer.forward_nchw(normed, self.scale_2, residual=x)

@@ -6,6 +6,7 @@ rotation through torch's complex dtype between permute/contiguous copies.
 Not used by the model. It is the oracle the optimised paths of ``spartan_layers`` are tested
 against, and the "reference-style" speed baseline of ``benchmarks/spartan_latency.py``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,14 @@ from torch import nn
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
 from rtdetr_spartan.nn.backbones.spartan_layers import Block, CMixer, SMixer
 
-__all__ = ["ReferenceStyleSpaRTAN", "cmixer_forward", "complex_rotate", "conv_norm_act",
-           "smixer_forward", "squeeze_excite"]
+__all__ = [
+    "ReferenceStyleSpaRTAN",
+    "cmixer_forward",
+    "complex_rotate",
+    "conv_norm_act",
+    "smixer_forward",
+    "squeeze_excite",
+]
 
 
 def conv_norm_act(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

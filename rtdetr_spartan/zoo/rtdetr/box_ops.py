@@ -6,6 +6,7 @@ same elementwise expressions as the reference's DETR-style helpers (``cx -/+ 0.5
 ``(x0 + x1) / 2``, intersection / union, enclosing-box penalty), so the results are bit-identical;
 for float16/bfloat16 torchvision upcasts areas to float32, which only makes them more accurate.
 """
+
 from __future__ import annotations
 
 import torch

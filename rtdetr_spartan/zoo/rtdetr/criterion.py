@@ -2,6 +2,7 @@
 """RT-DETR training losses: Hungarian-matched classification and box losses on the final
 decoder layer, every auxiliary output (earlier layers and the encoder top-k) and the denoising
 queries, each weighted by ``weight_dict``."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -38,8 +39,9 @@ def _matched_labels(targets: Targets, indices: MatchIndices) -> torch.Tensor:
     return torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)])
 
 
-def _matched_boxes(outputs: Mapping[str, torch.Tensor], targets: Targets,
-                   indices: MatchIndices) -> tuple[torch.Tensor, torch.Tensor]:
+def _matched_boxes(
+    outputs: Mapping[str, torch.Tensor], targets: Targets, indices: MatchIndices
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted, target) boxes of the matched pairs: [M, 4] cxcywh each."""
     predicted = outputs["pred_boxes"][_source_index(indices)]
     target = torch.cat([t["boxes"][tgt] for t, (_, tgt) in zip(targets, indices)], dim=0)
@@ -68,9 +70,16 @@ class SetCriterion(nn.Module):
     __share__ = ["num_classes"]
     __inject__ = ["matcher"]
 
-    def __init__(self, matcher: nn.Module, weight_dict: Mapping[str, float], losses: Sequence[str],
-                 alpha: float = 0.2, gamma: float = 2.0, eos_coef: float = 1e-4,
-                 num_classes: int = 80) -> None:
+    def __init__(
+        self,
+        matcher: nn.Module,
+        weight_dict: Mapping[str, float],
+        losses: Sequence[str],
+        alpha: float = 0.2,
+        gamma: float = 2.0,
+        eos_coef: float = 1e-4,
+        num_classes: int = 80,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
@@ -80,18 +89,20 @@ class SetCriterion(nn.Module):
         self.gamma = gamma
         unknown = [name for name in self.losses if name not in self._loss_functions()]
         if unknown:
-            raise ValueError(f"SetCriterion: unknown losses {unknown}; "
-                             f"valid: {sorted(self._loss_functions())}")
+            raise ValueError(f"SetCriterion: unknown losses {unknown}; valid: {sorted(self._loss_functions())}")
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
 
     def _loss_functions(self) -> dict[str, LossFn]:
-        return {"vfl": self.loss_labels_vfl, "focal": self.loss_labels_focal,
-                "labels": self.loss_labels, "boxes": self.loss_boxes}
+        return {
+            "vfl": self.loss_labels_vfl,
+            "focal": self.loss_labels_focal,
+            "labels": self.loss_labels,
+            "boxes": self.loss_boxes,
+        }
 
-    def _target_classes(self, logits: torch.Tensor, targets: Targets,
-                        indices: MatchIndices) -> torch.Tensor:
+    def _target_classes(self, logits: torch.Tensor, targets: Targets, indices: MatchIndices) -> torch.Tensor:
         """[B, Q] int64: the matched target's label, num_classes (background) elsewhere."""
         classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         classes[_source_index(indices)] = _matched_labels(targets, indices).to(torch.int64)
@@ -101,22 +112,25 @@ class SetCriterion(nn.Module):
         """[B, Q] -> [B, Q, num_classes] int64, all zero for background."""
         return F.one_hot(classes, num_classes=self.num_classes + 1)[..., :-1]
 
-    def loss_labels(self, outputs: Mapping[str, torch.Tensor], targets: Targets,
-                    indices: MatchIndices, num_boxes: float) -> dict[str, torch.Tensor]:
+    def loss_labels(
+        self, outputs: Mapping[str, torch.Tensor], targets: Targets, indices: MatchIndices, num_boxes: float
+    ) -> dict[str, torch.Tensor]:
         """Softmax cross-entropy; pred_logits must have num_classes + 1 columns (no-object last)."""
         logits = outputs["pred_logits"]
         classes = self._target_classes(logits, targets, indices)
         return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), classes, self.empty_weight)}
 
-    def loss_labels_focal(self, outputs: Mapping[str, torch.Tensor], targets: Targets,
-                          indices: MatchIndices, num_boxes: float) -> dict[str, torch.Tensor]:
+    def loss_labels_focal(
+        self, outputs: Mapping[str, torch.Tensor], targets: Targets, indices: MatchIndices, num_boxes: float
+    ) -> dict[str, torch.Tensor]:
         logits = outputs["pred_logits"]
         target = self._one_hot(self._target_classes(logits, targets, indices)).to(logits.dtype)
         loss = sigmoid_focal_loss(logits, target, self.alpha, self.gamma, reduction="none")
         return {"loss_focal": loss.mean(1).sum() * logits.shape[1] / num_boxes}
 
-    def loss_labels_vfl(self, outputs: Mapping[str, torch.Tensor], targets: Targets,
-                        indices: MatchIndices, num_boxes: float) -> dict[str, torch.Tensor]:
+    def loss_labels_vfl(
+        self, outputs: Mapping[str, torch.Tensor], targets: Targets, indices: MatchIndices, num_boxes: float
+    ) -> dict[str, torch.Tensor]:
         """Varifocal loss: matched queries learn their box IoU as the class score; unmatched
         ones are pushed to 0 with weight alpha * p**gamma."""
         predicted, target_boxes = _matched_boxes(outputs, targets, indices)
@@ -132,16 +146,23 @@ class SetCriterion(nn.Module):
         loss = F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
         return {"loss_vfl": loss.mean(1).sum() * logits.shape[1] / num_boxes}
 
-    def loss_boxes(self, outputs: Mapping[str, torch.Tensor], targets: Targets,
-                   indices: MatchIndices, num_boxes: float) -> dict[str, torch.Tensor]:
+    def loss_boxes(
+        self, outputs: Mapping[str, torch.Tensor], targets: Targets, indices: MatchIndices, num_boxes: float
+    ) -> dict[str, torch.Tensor]:
         """L1 on cxcywh and 1 - GIoU, summed over matched pairs / num_boxes."""
         predicted, target_boxes = _matched_boxes(outputs, targets, indices)
         loss_bbox = F.l1_loss(predicted, target_boxes, reduction="none").sum() / num_boxes
         giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(predicted), box_cxcywh_to_xyxy(target_boxes))
         return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
 
-    def _weighted_losses(self, outputs: Mapping[str, torch.Tensor], targets: Targets, indices: MatchIndices,
-                         num_boxes: float, suffix: str = "") -> dict[str, torch.Tensor]:
+    def _weighted_losses(
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        targets: Targets,
+        indices: MatchIndices,
+        num_boxes: float,
+        suffix: str = "",
+    ) -> dict[str, torch.Tensor]:
         functions = self._loss_functions()
         weighted: dict[str, torch.Tensor] = {}
         for name in self.losses:
@@ -161,8 +182,10 @@ class SetCriterion(nn.Module):
             target_index = target_index.tile(num_groups)
             query_index = positive[image].to(device=device, dtype=torch.int64)
             if len(query_index) != len(target_index):
-                raise ValueError(f"dn_meta of image {image} has {len(query_index)} positive queries, "
-                                 f"expected {len(target_index)} ({num_groups} groups)")
+                raise ValueError(
+                    f"dn_meta of image {image} has {len(query_index)} positive queries, "
+                    f"expected {len(target_index)} ({num_groups} groups)"
+                )
             matches.append((query_index, target_index))
         return matches
 

@@ -6,6 +6,7 @@ Pipeline: project the encoder maps to ``hidden_dim`` and flatten them; score eve
 as initial queries and boxes; in training, prepend contrastive denoising queries; decode with
 iterative box refinement.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -27,8 +28,9 @@ __all__ = ["RTDETRTransformer", "generate_anchors"]
 SpatialShapes = list[tuple[int, int]]
 
 
-def _level_anchors(height: int, width: int, level: int, grid_size: float, dtype: torch.dtype,
-                   device: torch.device | None) -> torch.Tensor:
+def _level_anchors(
+    height: int, width: int, level: int, grid_size: float, dtype: torch.dtype, device: torch.device | None
+) -> torch.Tensor:
     """[1, H*W, 4] cxcywh anchors at the cell centers of one level, side grid_size * 2**level."""
     ys = torch.arange(height, dtype=dtype, device=device)
     xs = torch.arange(width, dtype=dtype, device=device)
@@ -37,21 +39,26 @@ def _level_anchors(height: int, width: int, level: int, grid_size: float, dtype:
     # would otherwise multiply by the reciprocal, which rounds differently from the reference.
     size = torch.stack([xs.new_full((), width), ys.new_full((), height)])
     centers = (torch.stack([grid_x, grid_y], -1).unsqueeze(0) + 0.5) / size
-    sides = torch.full_like(centers, grid_size) * (2.0 ** level)
+    sides = torch.full_like(centers, grid_size) * (2.0**level)
     return torch.cat([centers, sides], -1).reshape(1, -1, 4)
 
 
-def generate_anchors(spatial_shapes: Sequence[tuple[int, int]], grid_size: float = 0.05,
-                     eps: float = 1e-2, dtype: torch.dtype = torch.float32,
-                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_anchors(
+    spatial_shapes: Sequence[tuple[int, int]],
+    grid_size: float = 0.05,
+    eps: float = 1e-2,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchors of all levels as logits and their validity.
 
     Returns:
         (anchors [1, L, 4] inverse-sigmoid cxcywh, +inf where invalid;
         valid_mask [1, L, 1] bool, True where every coordinate lies in (eps, 1 - eps)).
     """
-    anchors = torch.cat([_level_anchors(h, w, level, grid_size, dtype, device)
-                         for level, (h, w) in enumerate(spatial_shapes)], 1)
+    anchors = torch.cat(
+        [_level_anchors(h, w, level, grid_size, dtype, device) for level, (h, w) in enumerate(spatial_shapes)], 1
+    )
     valid_mask = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
     anchors = torch.log(anchors / (1 - anchors))
     return torch.where(valid_mask, anchors, torch.inf), valid_mask
@@ -62,8 +69,7 @@ def _gather_queries(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
-def _aux_outputs(logits: Sequence[torch.Tensor],
-                 boxes: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+def _aux_outputs(logits: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     return [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits, boxes)]
 
 
@@ -84,21 +90,39 @@ class RTDETRTransformer(nn.Module):
 
     __share__ = ["num_classes", "eval_spatial_size"]
 
-    def __init__(self, num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
-                 position_embed_type: str = "sine", feat_channels: Sequence[int] = (512, 1024, 2048),
-                 feat_strides: Sequence[int] = (8, 16, 32), num_levels: int = 3,
-                 num_decoder_points: int = 4, nhead: int = 8, num_decoder_layers: int = 6,
-                 dim_feedforward: int = 1024, dropout: float = 0.0, activation: str = "relu",
-                 num_denoising: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
-                 learnt_init_query: bool = False, eval_spatial_size: Sequence[int] | None = None,
-                 eval_idx: int = -1, eps: float = 1e-2, aux_loss: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int = 80,
+        hidden_dim: int = 256,
+        num_queries: int = 300,
+        position_embed_type: str = "sine",
+        feat_channels: Sequence[int] = (512, 1024, 2048),
+        feat_strides: Sequence[int] = (8, 16, 32),
+        num_levels: int = 3,
+        num_decoder_points: int = 4,
+        nhead: int = 8,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        num_denoising: int = 100,
+        label_noise_ratio: float = 0.5,
+        box_noise_scale: float = 1.0,
+        learnt_init_query: bool = False,
+        eval_spatial_size: Sequence[int] | None = None,
+        eval_idx: int = -1,
+        eps: float = 1e-2,
+        aux_loss: bool = True,
+    ) -> None:
         super().__init__()
         if position_embed_type not in ("sine", "learned"):
             raise ValueError(f"position_embed_type must be 'sine' or 'learned', got {position_embed_type!r}")
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
-            raise ValueError(f"need len(feat_strides) == len(feat_channels) <= num_levels, got "
-                             f"feat_channels={list(feat_channels)}, feat_strides={list(feat_strides)}, "
-                             f"num_levels={num_levels}")
+            raise ValueError(
+                f"need len(feat_strides) == len(feat_channels) <= num_levels, got "
+                f"feat_channels={list(feat_channels)}, feat_strides={list(feat_strides)}, "
+                f"num_levels={num_levels}"
+            )
         strides = list(feat_strides)
         while len(strides) < num_levels:  # extra levels each halve the previous resolution
             strides.append(strides[-1] * 2)
@@ -122,8 +146,9 @@ class RTDETRTransformer(nn.Module):
         # Creation order fixes the state-dict order (reference checkpoints) and the RNG draws of
         # the default init, so keep it.
         self.input_proj = self._build_input_proj(list(feat_channels))
-        layer = TransformerDecoderLayer(hidden_dim, nhead, dim_feedforward, dropout, activation,
-                                        num_levels, num_decoder_points)
+        layer = TransformerDecoderLayer(
+            hidden_dim, nhead, dim_feedforward, dropout, activation, num_levels, num_decoder_points
+        )
         self.decoder = TransformerDecoder(hidden_dim, layer, num_decoder_layers, eval_idx)
         if num_denoising > 0:
             # The extra last row is the padding class of the denoising groups.
@@ -135,14 +160,15 @@ class RTDETRTransformer(nn.Module):
         self.enc_output = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim))
         self.enc_score_head = nn.Linear(hidden_dim, num_classes)
         self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3)
-        self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, num_classes)
-                                            for _ in range(num_decoder_layers))
-        self.dec_bbox_head = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4, num_layers=3)
-                                           for _ in range(num_decoder_layers))
+        self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, num_classes) for _ in range(num_decoder_layers))
+        self.dec_bbox_head = nn.ModuleList(
+            MLP(hidden_dim, hidden_dim, 4, num_layers=3) for _ in range(num_decoder_layers)
+        )
 
         # Anchors for the eval size are cached; they are derived data, so not checkpointed.
-        anchors, valid_mask = (generate_anchors(self._eval_spatial_shapes(), eps=eps)
-                               if self.eval_spatial_size else (None, None))
+        anchors, valid_mask = (
+            generate_anchors(self._eval_spatial_shapes(), eps=eps) if self.eval_spatial_size else (None, None)
+        )
         self.register_buffer("anchors", anchors, persistent=False)
         self.register_buffer("valid_mask", valid_mask, persistent=False)
         self._reset_parameters()
@@ -186,23 +212,30 @@ class RTDETRTransformer(nn.Module):
         memory = torch.cat([feat.flatten(2).permute(0, 2, 1) for feat in projected], 1)
         return memory, spatial_shapes
 
-    def _anchors(self, spatial_shapes: SpatialShapes,
-                 memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _anchors(self, spatial_shapes: SpatialShapes, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached eval anchors when they fit, else anchors built from the actual shapes.
 
         While exporting or tracing they are always built from the shapes, so the graph keeps
         the feature sizes symbolic (dynamic H/W); the values are the same either way.
         """
-        use_cache = (not self.training and self.anchors is not None
-                     and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                     and [tuple(s) for s in spatial_shapes] == self._eval_spatial_shapes())
+        use_cache = (
+            not self.training
+            and self.anchors is not None
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+            and [tuple(s) for s in spatial_shapes] == self._eval_spatial_shapes()
+        )
         if use_cache:
             return self.anchors, self.valid_mask
         return generate_anchors(spatial_shapes, eps=self.eps, device=memory.device)
 
-    def _decoder_input(self, memory: torch.Tensor, spatial_shapes: SpatialShapes,
-                       dn_content: torch.Tensor | None, dn_boxes_unact: torch.Tensor | None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _decoder_input(
+        self,
+        memory: torch.Tensor,
+        spatial_shapes: SpatialShapes,
+        dn_content: torch.Tensor | None,
+        dn_boxes_unact: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Select the top-scoring anchors as queries.
 
         Returns:
@@ -234,21 +267,29 @@ class RTDETRTransformer(nn.Module):
             ref_points_unact = torch.cat([dn_boxes_unact, ref_points_unact], 1)
         return content, ref_points_unact.detach(), enc_topk_boxes, enc_topk_logits
 
-    def _denoising_inputs(self, targets: Sequence[Mapping[str, torch.Tensor]] | None
-                          ) -> tuple[torch.Tensor | None, torch.Tensor | None,
-                                     torch.Tensor | None, dict[str, Any] | None]:
+    def _denoising_inputs(
+        self, targets: Sequence[Mapping[str, torch.Tensor]] | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, dict[str, Any] | None]:
         if not (self.training and self.num_denoising > 0):
             return None, None, None, None
         if not targets:
-            raise ValueError("RTDETRTransformer in training mode with num_denoising > 0 needs "
-                             "targets (one dict with 'labels' and 'boxes' per image)")
+            raise ValueError(
+                "RTDETRTransformer in training mode with num_denoising > 0 needs "
+                "targets (one dict with 'labels' and 'boxes' per image)"
+            )
         return build_contrastive_denoising_group(
-            targets, self.num_classes, self.num_queries, self.denoising_class_embed,
-            num_denoising=self.num_denoising, label_noise_ratio=self.label_noise_ratio,
-            box_noise_scale=self.box_noise_scale)
+            targets,
+            self.num_classes,
+            self.num_queries,
+            self.denoising_class_embed,
+            num_denoising=self.num_denoising,
+            label_noise_ratio=self.label_noise_ratio,
+            box_noise_scale=self.box_noise_scale,
+        )
 
-    def forward(self, feats: Sequence[torch.Tensor],
-                targets: Sequence[Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    def forward(
+        self, feats: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]] | None = None
+    ) -> dict[str, Any]:
         """Decode detections.
 
         Args:
@@ -265,19 +306,28 @@ class RTDETRTransformer(nn.Module):
         memory, spatial_shapes = self._encoder_input(feats)
         dn_content, dn_boxes_unact, attn_mask, dn_meta = self._denoising_inputs(targets)
         content, ref_points_unact, enc_topk_boxes, enc_topk_logits = self._decoder_input(
-            memory, spatial_shapes, dn_content, dn_boxes_unact)
+            memory, spatial_shapes, dn_content, dn_boxes_unact
+        )
 
-        out_boxes, out_logits = self.decoder(content, ref_points_unact, memory, spatial_shapes,
-                                             self.dec_bbox_head, self.dec_score_head,
-                                             self.query_pos_head, attn_mask=attn_mask)
+        out_boxes, out_logits = self.decoder(
+            content,
+            ref_points_unact,
+            memory,
+            spatial_shapes,
+            self.dec_bbox_head,
+            self.dec_score_head,
+            self.query_pos_head,
+            attn_mask=attn_mask,
+        )
         if dn_meta is not None:
             dn_out_boxes, out_boxes = torch.split(out_boxes, dn_meta["dn_num_split"], dim=2)
             dn_out_logits, out_logits = torch.split(out_logits, dn_meta["dn_num_split"], dim=2)
 
         out: dict[str, Any] = {"pred_logits": out_logits[-1], "pred_boxes": out_boxes[-1]}
         if self.training and self.aux_loss:
-            out["aux_outputs"] = (_aux_outputs(out_logits[:-1], out_boxes[:-1])
-                                  + _aux_outputs([enc_topk_logits], [enc_topk_boxes]))
+            out["aux_outputs"] = _aux_outputs(out_logits[:-1], out_boxes[:-1]) + _aux_outputs(
+                [enc_topk_logits], [enc_topk_boxes]
+            )
             if dn_meta is not None:
                 out["dn_aux_outputs"] = _aux_outputs(dn_out_logits, dn_out_boxes)
                 out["dn_meta"] = dn_meta

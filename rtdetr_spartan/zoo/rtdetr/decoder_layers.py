@@ -1,11 +1,13 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """Decoder internals of RT-DETR: multi-scale deformable cross-attention, one decoder layer and
 the layer stack with iterative box refinement."""
+
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,7 @@ class MSDeformableAttention(nn.Module):
     """Multi-scale deformable attention: each head samples ``num_points`` points per level around
     the query's reference point/box and mixes them with learnt softmax weights."""
 
-    def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4) -> None:
+    def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
@@ -61,27 +62,35 @@ class MSDeformableAttention(nn.Module):
         init.xavier_uniform_(self.output_proj.weight)
         init.constant_(self.output_proj.bias, 0)
 
-    def _sampling_locations(self, reference_points: torch.Tensor, offsets: torch.Tensor,
-                            spatial_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def _sampling_locations(
+        self, reference_points: torch.Tensor, offsets: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]]
+    ) -> torch.Tensor:
         """Absolute (x, y) in [0, 1]: [B, Q, heads, levels, points, 2].
 
         reference_points [B, Q, levels or 1, 2 or 4]: points move by offsets in pixels of each
         level; boxes (cx, cy, w, h) move by offsets scaled to half the box size / num_points.
         """
         if reference_points.shape[-1] == 2:
-            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype,
-                                      device=offsets.device).reshape(1, 1, 1, self.num_levels, 1, 2)
+            normalizer = torch.tensor(
+                [[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device
+            ).reshape(1, 1, 1, self.num_levels, 1, 2)
             return reference_points[:, :, None, :, None, :] + offsets / normalizer
         if reference_points.shape[-1] == 4:
             centers = reference_points[:, :, None, :, None, :2]
             sizes = reference_points[:, :, None, :, None, 2:]
             return centers + offsets / self.num_points * sizes * 0.5
-        raise ValueError(f"reference_points must end in 2 (points) or 4 (boxes), "
-                         f"got shape {tuple(reference_points.shape)}")
+        raise ValueError(
+            f"reference_points must end in 2 (points) or 4 (boxes), got shape {tuple(reference_points.shape)}"
+        )
 
-    def forward(self, query: torch.Tensor, reference_points: torch.Tensor, value: torch.Tensor,
-                spatial_shapes: Sequence[tuple[int, int]],
-                value_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+        value_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Cross-attend queries to multi-level features.
 
         Args:
@@ -101,11 +110,12 @@ class MSDeformableAttention(nn.Module):
         value = value.reshape(batch, value.shape[1], self.num_heads, self.head_dim)
 
         offsets = self.sampling_offsets(query).reshape(
-            batch, queries, self.num_heads, self.num_levels, self.num_points, 2)
+            batch, queries, self.num_heads, self.num_levels, self.num_points, 2
+        )
         weights = self.attention_weights(query).reshape(
-            batch, queries, self.num_heads, self.num_levels * self.num_points)
-        weights = F.softmax(weights, dim=-1).reshape(
-            batch, queries, self.num_heads, self.num_levels, self.num_points)
+            batch, queries, self.num_heads, self.num_levels * self.num_points
+        )
+        weights = F.softmax(weights, dim=-1).reshape(batch, queries, self.num_heads, self.num_levels, self.num_points)
 
         locations = self._sampling_locations(reference_points, offsets, spatial_shapes)
         output = deformable_attention_core(value, spatial_shapes, locations, weights)
@@ -115,9 +125,18 @@ class MSDeformableAttention(nn.Module):
 class TransformerDecoderLayer(nn.Module):
     """Self-attention, deformable cross-attention and a feed-forward block, each post-norm."""
 
-    def __init__(self, d_model: int = 256, n_head: int = 8, dim_feedforward: int = 1024,
-                 dropout: float = 0.0, activation: str = "relu", n_levels: int = 4,
-                 n_points: int = 4) -> None:
+    compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_head: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        n_levels: int = 4,
+        n_points: int = 4,
+    ) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
@@ -134,10 +153,16 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt: torch.Tensor, reference_points: torch.Tensor, memory: torch.Tensor,
-                memory_spatial_shapes: Sequence[tuple[int, int]],
-                attn_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
-                query_pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        reference_points: torch.Tensor,
+        memory: torch.Tensor,
+        memory_spatial_shapes: Sequence[tuple[int, int]],
+        attn_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        query_pos_embed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """tgt: [B, Q, C]; reference_points: [B, Q, 1, 4] cxcywh in [0, 1]; memory: [B, L, C];
         attn_mask: [Q, Q] bool, True = may not attend; query_pos_embed: [B, Q, C]. -> [B, Q, C]."""
         with_pos = tgt if query_pos_embed is None else tgt + query_pos_embed
@@ -158,8 +183,9 @@ class TransformerDecoder(nn.Module):
     In training every layer is supervised; in eval decoding stops after layer ``eval_idx``.
     """
 
-    def __init__(self, hidden_dim: int, decoder_layer: TransformerDecoderLayer, num_layers: int,
-                 eval_idx: int = -1) -> None:
+    def __init__(
+        self, hidden_dim: int, decoder_layer: TransformerDecoderLayer, num_layers: int, eval_idx: int = -1
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
         self.hidden_dim = hidden_dim
@@ -168,11 +194,18 @@ class TransformerDecoder(nn.Module):
         if not 0 <= self.eval_idx < num_layers:
             raise ValueError(f"eval_idx {eval_idx} is out of range for {num_layers} decoder layers")
 
-    def forward(self, tgt: torch.Tensor, ref_points_unact: torch.Tensor, memory: torch.Tensor,
-                memory_spatial_shapes: Sequence[tuple[int, int]], bbox_head: nn.ModuleList,
-                score_head: nn.ModuleList, query_pos_head: MLP,
-                attn_mask: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        ref_points_unact: torch.Tensor,
+        memory: torch.Tensor,
+        memory_spatial_shapes: Sequence[tuple[int, int]],
+        bbox_head: nn.ModuleList,
+        score_head: nn.ModuleList,
+        query_pos_head: MLP,
+        attn_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode queries.
 
         Args:
@@ -190,8 +223,15 @@ class TransformerDecoder(nn.Module):
         ref_points = ref_points_detach = F.sigmoid(ref_points_unact)
         for index, layer in enumerate(self.layers):
             query_pos_embed = query_pos_head(ref_points_detach)
-            output = layer(output, ref_points_detach.unsqueeze(2), memory, memory_spatial_shapes,
-                           attn_mask, memory_mask, query_pos_embed)
+            output = layer(
+                output,
+                ref_points_detach.unsqueeze(2),
+                memory,
+                memory_spatial_shapes,
+                attn_mask,
+                memory_mask,
+                query_pos_embed,
+            )
             delta = bbox_head[index](output)
             refined = F.sigmoid(delta + inverse_sigmoid(ref_points_detach))
 

@@ -11,6 +11,7 @@ Unlike the reference, a batch in which no image has a box still yields one group
 queries instead of none: the denoising branch (and its class embedding) then stays in the graph,
 so every rank of a distributed run backpropagates through the same parameters.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -35,8 +36,9 @@ def _group_layout(num_gts: Sequence[int], num_denoising: int) -> tuple[int, int]
     return max_gt, max(num_denoising // max_gt, 1)
 
 
-def _pad_targets(targets: Sequence[Mapping[str, torch.Tensor]], slots: int, num_classes: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pad_targets(
+    targets: Sequence[Mapping[str, torch.Tensor]], slots: int, num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Labels [B, G] int32 (padding = num_classes), boxes [B, G, 4] cxcywh, real-box mask [B, G]."""
     batch = len(targets)
     labels = torch.full((batch, slots), num_classes, dtype=torch.int32, device=device)
@@ -58,16 +60,17 @@ def _negative_mask(batch: int, slots: int, num_groups: int, device: torch.device
     return mask.tile((1, num_groups, 1))
 
 
-def _positive_indices(num_gts: Sequence[int], slots: int, num_groups: int,
-                      device: torch.device) -> tuple[torch.Tensor, ...]:
+def _positive_indices(
+    num_gts: Sequence[int], slots: int, num_groups: int, device: torch.device
+) -> tuple[torch.Tensor, ...]:
     """Per image, the query indices of its positive copies: group-major, then box order."""
     group_starts = torch.arange(num_groups, device=device)[:, None] * (2 * slots)
-    return tuple((group_starts + torch.arange(count, device=device)[None, :]).flatten()
-                 for count in num_gts)
+    return tuple((group_starts + torch.arange(count, device=device)[None, :]).flatten() for count in num_gts)
 
 
-def _noisy_labels(labels: torch.Tensor, is_real: torch.Tensor, label_noise_ratio: float,
-                  num_classes: int) -> torch.Tensor:
+def _noisy_labels(
+    labels: torch.Tensor, is_real: torch.Tensor, label_noise_ratio: float, num_classes: int
+) -> torch.Tensor:
     """Replace a ``label_noise_ratio / 2`` share of the real labels by random classes."""
     if label_noise_ratio <= 0:
         return labels
@@ -91,8 +94,9 @@ def _noisy_boxes(boxes: torch.Tensor, negative: torch.Tensor, box_noise_scale: f
     return box_xyxy_to_cxcywh(corners)
 
 
-def denoising_attention_mask(slots: int, num_groups: int, num_queries: int,
-                             device: torch.device | None = None) -> torch.Tensor:
+def denoising_attention_mask(
+    slots: int, num_groups: int, num_queries: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Self-attention mask [T, T] bool, T = 2*G*N + num_queries; True = may not attend.
 
     Matching queries never see denoising queries, and a denoising query only sees its own group
@@ -107,10 +111,15 @@ def denoising_attention_mask(slots: int, num_groups: int, num_queries: int,
     return mask
 
 
-def build_contrastive_denoising_group(targets: Sequence[Mapping[str, torch.Tensor]], num_classes: int,
-                                      num_queries: int, class_embed: nn.Embedding,
-                                      num_denoising: int = 100, label_noise_ratio: float = 0.5,
-                                      box_noise_scale: float = 1.0) -> DenoisingGroup:
+def build_contrastive_denoising_group(
+    targets: Sequence[Mapping[str, torch.Tensor]],
+    num_classes: int,
+    num_queries: int,
+    class_embed: nn.Embedding,
+    num_denoising: int = 100,
+    label_noise_ratio: float = 0.5,
+    box_noise_scale: float = 1.0,
+) -> DenoisingGroup:
     """Denoising queries for one training batch.
 
     Args:
@@ -142,5 +151,9 @@ def build_contrastive_denoising_group(targets: Sequence[Mapping[str, torch.Tenso
         "dn_num_group": num_groups,
         "dn_num_split": [2 * slots * num_groups, num_queries],
     }
-    return (class_embed(labels), inverse_sigmoid(boxes),
-            denoising_attention_mask(slots, num_groups, num_queries, device), dn_meta)
+    return (
+        class_embed(labels),
+        inverse_sigmoid(boxes),
+        denoising_attention_mask(slots, num_groups, num_queries, device),
+        dn_meta,
+    )

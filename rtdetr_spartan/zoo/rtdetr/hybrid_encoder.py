@@ -3,10 +3,12 @@
 
 State-dict names equal the reference's, so its checkpoints load unchanged.
 """
+
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,13 +17,23 @@ from torch import nn
 from rtdetr_spartan.core import register
 from rtdetr_spartan.nn.common import ConvNormLayer, get_activation
 
-__all__ = ["HybridEncoder", "RepVggBlock", "CSPRepLayer", "TransformerEncoderLayer",
-           "TransformerEncoder", "build_2d_sincos_position_embedding"]
+__all__ = [
+    "HybridEncoder",
+    "RepVggBlock",
+    "CSPRepLayer",
+    "TransformerEncoderLayer",
+    "TransformerEncoder",
+    "build_2d_sincos_position_embedding",
+]
 
 
-def build_2d_sincos_position_embedding(w: int | torch.Tensor, h: int | torch.Tensor,
-                                       embed_dim: int = 256, temperature: float = 10000.0,
-                                       device: torch.device | None = None) -> torch.Tensor:
+def build_2d_sincos_position_embedding(
+    w: int | torch.Tensor,
+    h: int | torch.Tensor,
+    embed_dim: int = 256,
+    temperature: float = 10000.0,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Fixed 2-D sine-cosine embedding: [1, w * h, embed_dim] float32.
 
     Channels are [sin(x w_k), cos(x w_k), sin(y w_k), cos(y w_k)], w_k = temperature^(-k/(C/4)).
@@ -31,14 +43,13 @@ def build_2d_sincos_position_embedding(w: int | torch.Tensor, h: int | torch.Ten
     (dynamic ONNX export): only torch ops are used.
     """
     if embed_dim % 4 != 0:
-        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 for the 2-D sin-cos "
-                         "position embedding")
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 for the 2-D sin-cos position embedding")
     pos_dim = embed_dim // 4
     grid_w = torch.arange(w, dtype=torch.float32, device=device)
     grid_h = torch.arange(h, dtype=torch.float32, device=device)
     grid_w, grid_h = torch.meshgrid(grid_w, grid_h, indexing="ij")
     omega = torch.arange(pos_dim, dtype=torch.float32, device=device) / pos_dim
-    omega = 1.0 / (temperature ** omega)
+    omega = 1.0 / (temperature**omega)
     out_w = grid_w.flatten()[:, None] * omega[None, :]
     out_h = grid_h.flatten()[:, None] * omega[None, :]
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
@@ -93,16 +104,25 @@ class RepVggBlock(nn.Module):
 class CSPRepLayer(nn.Module):
     """Cross-stage partial layer: conv1 -> RepVgg blocks, plus conv2, summed, then conv3."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int = 3,
-                 expansion: float = 1.0, bias: bool | None = None, act: str = "silu") -> None:
+    compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int = 3,
+        expansion: float = 1.0,
+        bias: bool | None = None,
+        act: str = "silu",
+    ) -> None:
         super().__init__()
         hidden = int(out_channels * expansion)
         self.conv1 = ConvNormLayer(in_channels, hidden, 1, 1, bias=bias, act=act)
         self.conv2 = ConvNormLayer(in_channels, hidden, 1, 1, bias=bias, act=act)
-        self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, hidden, act=act)
-                                           for _ in range(num_blocks)])
-        self.conv3 = (ConvNormLayer(hidden, out_channels, 1, 1, bias=bias, act=act)
-                      if hidden != out_channels else nn.Identity())
+        self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, hidden, act=act) for _ in range(num_blocks)])
+        self.conv3 = (
+            ConvNormLayer(hidden, out_channels, 1, 1, bias=bias, act=act) if hidden != out_channels else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in_channels, H, W] -> [B, out_channels, H, W]."""
@@ -112,9 +132,17 @@ class CSPRepLayer(nn.Module):
 class TransformerEncoderLayer(nn.Module):
     """Self-attention + feed-forward block (post-norm unless ``normalize_before``)."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation: str = "relu",
-                 normalize_before: bool = False) -> None:
+    compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        normalize_before: bool = False,
+    ) -> None:
         super().__init__()
         self.normalize_before = normalize_before
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout, batch_first=True)
@@ -127,8 +155,9 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.activation = get_activation(activation)
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
-                pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, src_mask: torch.Tensor | None = None, pos_embed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """src: [B, N, d_model]; pos_embed: [1 or B, N, d_model] added to queries/keys only."""
         residual = src
         if self.normalize_before:
@@ -152,15 +181,15 @@ class TransformerEncoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """``num_layers`` copies of ``encoder_layer`` (identical at initialisation, as reference)."""
 
-    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int,
-                 norm: nn.Module | None = None) -> None:
+    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: nn.Module | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.norm = norm
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
-                pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, src_mask: torch.Tensor | None = None, pos_embed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """src: [B, N, C] -> [B, N, C]."""
         for layer in self.layers:
             src = layer(src, src_mask=src_mask, pos_embed=pos_embed)
@@ -169,8 +198,12 @@ class TransformerEncoder(nn.Module):
 
 def _is_exporting() -> bool:
     """True while tracing/compiling, where shapes may be symbolic and caches must not be used."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export())
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 @register()
@@ -186,13 +219,23 @@ class HybridEncoder(nn.Module):
 
     __share__ = ["eval_spatial_size"]
 
-    def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048),
-                 feat_strides: Sequence[int] = (8, 16, 32), hidden_dim: int = 256,
-                 nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
-                 enc_act: str = "gelu", use_encoder_idx: Sequence[int] = (2,),
-                 num_encoder_layers: int = 1, pe_temperature: float = 10000,
-                 expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu",
-                 eval_spatial_size: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int] = (512, 1024, 2048),
+        feat_strides: Sequence[int] = (8, 16, 32),
+        hidden_dim: int = 256,
+        nhead: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.0,
+        enc_act: str = "gelu",
+        use_encoder_idx: Sequence[int] = (2,),
+        num_encoder_layers: int = 1,
+        pe_temperature: float = 10000,
+        expansion: float = 1.0,
+        depth_mult: float = 1.0,
+        act: str = "silu",
+        eval_spatial_size: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self._check_args(in_channels, feat_strides, hidden_dim, use_encoder_idx)
         self.in_channels = list(in_channels)
@@ -208,39 +251,44 @@ class HybridEncoder(nn.Module):
 
         # Build order matches the reference so a seeded default init matches too.
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1, bias=False),
-                          nn.BatchNorm2d(hidden_dim))
-            for c in self.in_channels)
-        layer = TransformerEncoderLayer(hidden_dim, nhead=nhead, dim_feedforward=dim_feedforward,
-                                        dropout=dropout, activation=enc_act)
-        self.encoder = nn.ModuleList(TransformerEncoder(copy.deepcopy(layer), num_encoder_layers)
-                                     for _ in self.use_encoder_idx)
+            nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1, bias=False), nn.BatchNorm2d(hidden_dim))
+            for c in self.in_channels
+        )
+        layer = TransformerEncoderLayer(
+            hidden_dim, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, activation=enc_act
+        )
+        self.encoder = nn.ModuleList(
+            TransformerEncoder(copy.deepcopy(layer), num_encoder_layers) for _ in self.use_encoder_idx
+        )
         self.lateral_convs = nn.ModuleList()
         self.fpn_blocks = nn.ModuleList()
         for _ in range(len(self.in_channels) - 1):
             self.lateral_convs.append(ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act))
-            self.fpn_blocks.append(CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks,
-                                               act=act, expansion=expansion))
+            self.fpn_blocks.append(CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, act=act, expansion=expansion))
         self.downsample_convs = nn.ModuleList()
         self.pan_blocks = nn.ModuleList()
         for _ in range(len(self.in_channels) - 1):
             self.downsample_convs.append(ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act=act))
-            self.pan_blocks.append(CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks,
-                                               act=act, expansion=expansion))
+            self.pan_blocks.append(CSPRepLayer(hidden_dim * 2, hidden_dim, num_blocks, act=act, expansion=expansion))
         self._cache_position_embeddings()
 
     @staticmethod
-    def _check_args(in_channels: Sequence[int], feat_strides: Sequence[int], hidden_dim: int,
-                    use_encoder_idx: Sequence[int]) -> None:
+    def _check_args(
+        in_channels: Sequence[int], feat_strides: Sequence[int], hidden_dim: int, use_encoder_idx: Sequence[int]
+    ) -> None:
         if len(in_channels) != len(feat_strides):
-            raise ValueError(f"HybridEncoder: in_channels {list(in_channels)} and feat_strides "
-                             f"{list(feat_strides)} must have the same length")
+            raise ValueError(
+                f"HybridEncoder: in_channels {list(in_channels)} and feat_strides "
+                f"{list(feat_strides)} must have the same length"
+            )
         if hidden_dim % 4 != 0:
             raise ValueError(f"HybridEncoder.hidden_dim={hidden_dim} must be divisible by 4")
         bad = [i for i in use_encoder_idx if not 0 <= i < len(in_channels)]
         if bad:
-            raise ValueError(f"HybridEncoder.use_encoder_idx={list(use_encoder_idx)}: {bad} out "
-                             f"of range for {len(in_channels)} levels")
+            raise ValueError(
+                f"HybridEncoder.use_encoder_idx={list(use_encoder_idx)}: {bad} out "
+                f"of range for {len(in_channels)} levels"
+            )
 
     def _cache_position_embeddings(self) -> None:
         """Non-persistent ``pos_embed{idx}`` buffers for ``eval_spatial_size`` (not saved)."""
@@ -255,13 +303,13 @@ class HybridEncoder(nn.Module):
             embed = build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature)
             self.register_buffer(f"pos_embed{idx}", embed, persistent=False)
 
-    def _position_embedding(self, idx: int, h: int | torch.Tensor, w: int | torch.Tensor,
-                            device: torch.device) -> torch.Tensor:
+    def _position_embedding(
+        self, idx: int, h: int | torch.Tensor, w: int | torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
         """[1, h * w, hidden_dim]: the cached buffer when it fits, else computed from (h, w)."""
         if not self.training and not _is_exporting() and self._cached_hw.get(idx) == (h, w):
             return getattr(self, f"pos_embed{idx}")
-        return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature,
-                                                  device=device)
+        return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature, device=device)
 
     def _encode(self, proj_feats: list[torch.Tensor]) -> None:
         """AIFI: self-attention over the flattened tokens of each level in use_encoder_idx."""
@@ -277,8 +325,10 @@ class HybridEncoder(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """feats: [B, in_channels[i], H_i, W_i] per level -> [B, hidden_dim, H_i, W_i] per level."""
         if len(feats) != len(self.in_channels):
-            raise ValueError(f"HybridEncoder expects {len(self.in_channels)} feature maps "
-                             f"(in_channels={self.in_channels}), got {len(feats)}")
+            raise ValueError(
+                f"HybridEncoder expects {len(self.in_channels)} feature maps "
+                f"(in_channels={self.in_channels}), got {len(feats)}"
+            )
         proj_feats = [proj(feat) for proj, feat in zip(self.input_proj, feats)]
         if self.num_encoder_layers > 0:
             self._encode(proj_feats)

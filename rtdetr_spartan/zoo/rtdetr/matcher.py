@@ -1,5 +1,6 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0), itself after DETR's matcher.
 """Hungarian matching between predicted queries and ground-truth boxes."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -31,13 +32,15 @@ class HungarianMatcher(nn.Module):
 
     __share__ = ["use_focal_loss"]
 
-    def __init__(self, weight_dict: Mapping[str, float], use_focal_loss: bool = False,
-                 alpha: float = 0.25, gamma: float = 2.0) -> None:
+    def __init__(
+        self, weight_dict: Mapping[str, float], use_focal_loss: bool = False, alpha: float = 0.25, gamma: float = 2.0
+    ) -> None:
         super().__init__()
         missing = [key for key in _COST_KEYS if key not in weight_dict]
         if missing:
-            raise ValueError(f"HungarianMatcher weight_dict lacks {missing}; it needs {list(_COST_KEYS)}, "
-                             f"got {dict(weight_dict)}")
+            raise ValueError(
+                f"HungarianMatcher weight_dict lacks {missing}; it needs {list(_COST_KEYS)}, got {dict(weight_dict)}"
+            )
         self.cost_class = float(weight_dict["cost_class"])
         self.cost_bbox = float(weight_dict["cost_bbox"])
         self.cost_giou = float(weight_dict["cost_giou"])
@@ -52,12 +55,13 @@ class HungarianMatcher(nn.Module):
         if not self.use_focal_loss:
             return -logits.softmax(-1)[:, target_ids]
         prob = F.sigmoid(logits)[:, target_ids]
-        negative = (1 - self.alpha) * (prob ** self.gamma) * (-(1 - prob + 1e-8).log())
+        negative = (1 - self.alpha) * (prob**self.gamma) * (-(1 - prob + 1e-8).log())
         positive = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
         return positive - negative
 
-    def cost_matrix(self, outputs: Mapping[str, torch.Tensor],
-                    targets: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    def cost_matrix(
+        self, outputs: Mapping[str, torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]]
+    ) -> torch.Tensor:
         """Cost of every query against every target of the batch: [B, Q, sum(n_i)]."""
         batch, queries = outputs["pred_logits"].shape[:2]
         # float32 throughout, so half-precision outputs (AMP) give the same assignment.
@@ -68,13 +72,17 @@ class HungarianMatcher(nn.Module):
 
         cost_bbox = torch.cdist(boxes, target_boxes, p=1)
         cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))
-        cost = (self.cost_bbox * cost_bbox + self.cost_class * self._class_cost(logits, target_ids)
-                + self.cost_giou * cost_giou)
+        cost = (
+            self.cost_bbox * cost_bbox
+            + self.cost_class * self._class_cost(logits, target_ids)
+            + self.cost_giou * cost_giou
+        )
         return cost.view(batch, queries, -1)
 
     @torch.no_grad()
-    def forward(self, outputs: Mapping[str, torch.Tensor],
-                targets: Sequence[Mapping[str, torch.Tensor]]) -> MatchIndices:
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]]
+    ) -> MatchIndices:
         """Match queries to targets.
 
         Args:
@@ -94,6 +102,10 @@ class HungarianMatcher(nn.Module):
         matches = []
         for index, cost in enumerate(per_image):
             rows, cols = linear_sum_assignment(cost[index].numpy())
-            matches.append((torch.as_tensor(rows, dtype=torch.int64, device=device),
-                            torch.as_tensor(cols, dtype=torch.int64, device=device)))
+            matches.append(
+                (
+                    torch.as_tensor(rows, dtype=torch.int64, device=device),
+                    torch.as_tensor(cols, dtype=torch.int64, device=device),
+                )
+            )
         return matches

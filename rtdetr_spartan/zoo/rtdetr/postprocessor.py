@@ -1,5 +1,6 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """Turn decoder outputs into per-image detections in pixels."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -33,12 +34,16 @@ class RTDETRPostProcessor(nn.Module):
 
     __share__ = ["num_classes", "use_focal_loss", "remap_mscoco_category"]
 
-    def __init__(self, num_classes: int = 80, use_focal_loss: bool = True, num_top_queries: int = 300,
-                 remap_mscoco_category: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int = 80,
+        use_focal_loss: bool = True,
+        num_top_queries: int = 300,
+        remap_mscoco_category: bool = False,
+    ) -> None:
         super().__init__()
         if remap_mscoco_category and num_classes != len(COCO_CATEGORIES):
-            raise ValueError(f"remap_mscoco_category needs num_classes={len(COCO_CATEGORIES)}, "
-                             f"got {num_classes}")
+            raise ValueError(f"remap_mscoco_category needs num_classes={len(COCO_CATEGORIES)}, got {num_classes}")
         self.num_classes = num_classes
         self.use_focal_loss = use_focal_loss
         self.num_top_queries = num_top_queries
@@ -47,8 +52,10 @@ class RTDETRPostProcessor(nn.Module):
         self.register_buffer("category_ids", label_to_category_table(), persistent=False)
 
     def extra_repr(self) -> str:
-        return (f"use_focal_loss={self.use_focal_loss}, num_classes={self.num_classes}, "
-                f"num_top_queries={self.num_top_queries}")
+        return (
+            f"use_focal_loss={self.use_focal_loss}, num_classes={self.num_classes}, "
+            f"num_top_queries={self.num_top_queries}"
+        )
 
     def _top_focal(self, logits: torch.Tensor, boxes: torch.Tensor) -> Detections:
         scores, index = torch.topk(F.sigmoid(logits).flatten(1), self.num_top_queries, dim=-1)
@@ -64,8 +71,9 @@ class RTDETRPostProcessor(nn.Module):
             boxes = _gather_boxes(boxes, index)
         return labels, boxes, scores
 
-    def forward(self, outputs: Mapping[str, torch.Tensor],
-                orig_target_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]] | Detections:
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], orig_target_sizes: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]] | Detections:
         """Select detections.
 
         Args:

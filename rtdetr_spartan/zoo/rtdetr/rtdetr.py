@@ -1,5 +1,6 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """The RT-DETR detector: backbone -> hybrid encoder -> transformer decoder."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,9 @@ class RTDETR(nn.Module):
 
     __inject__ = ["backbone", "encoder", "decoder"]
 
-    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module,
-                 multi_scale: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module, multi_scale: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         # Attribute order is the reference's state-dict order: backbone, decoder, encoder.
         self.backbone = backbone
@@ -39,8 +41,7 @@ class RTDETR(nn.Module):
         side = int(self.multi_scale[int(torch.randint(len(self.multi_scale), ()))])
         return F.interpolate(x, size=[side, side])
 
-    def forward(self, x: torch.Tensor,
-                targets: Sequence[Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    def forward(self, x: torch.Tensor, targets: Sequence[Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
         """x: [B, 3, H, W] float images; targets (training): per image ``labels`` [n] and
         ``boxes`` [n, 4] cxcywh normalized. Returns the decoder's dict (``pred_logits``
         [B, Q, classes], ``pred_boxes`` [B, Q, 4] cxcywh normalized, plus training extras)."""

@@ -1,6 +1,7 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
 """Small building blocks of the RT-DETR decoder: logit helpers, the box/query MLP and the
 multi-scale deformable attention core (pure PyTorch, ``F.grid_sample``, so it exports to ONNX)."""
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,7 @@ def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 class MLP(nn.Module):
     """``num_layers`` linear layers with an activation between them (none after the last)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 act: str = "relu") -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, act: str = "relu") -> None:
         super().__init__()
         widths = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
@@ -82,9 +82,12 @@ class MLP(nn.Module):
         return x
 
 
-def deformable_attention_core(value: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]],
-                              sampling_locations: torch.Tensor,
-                              attention_weights: torch.Tensor) -> torch.Tensor:
+def deformable_attention_core(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
     """Bilinear sampling of every level at the given points, weighted and summed per head.
 
     Args:
@@ -108,8 +111,9 @@ def deformable_attention_core(value: torch.Tensor, spatial_shapes: Sequence[tupl
         # [B, Q, heads, points, 2] -> [B*heads, Q, points, 2]
         level_grid = grids[:, :, :, level].permute(0, 2, 1, 3, 4).flatten(0, 1)
         # -> [B*heads, d, Q, points]
-        sampled.append(F.grid_sample(level_value, level_grid, mode="bilinear",
-                                     padding_mode="zeros", align_corners=False))
+        sampled.append(
+            F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
     # [B, Q, heads, levels, points] -> [B*heads, 1, Q, levels*points]
     weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(batch * heads, 1, queries, levels * points)
     # [B*heads, d, Q, levels*points] -> [B, heads*d, Q]

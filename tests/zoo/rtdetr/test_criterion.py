@@ -11,10 +11,17 @@ from tests.parity_utils import load_expected
 
 def _r18_criterion() -> SetCriterion:
     """The configuration stated in the fixture's note."""
-    matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2},
-                               use_focal_loss=True, alpha=0.25, gamma=2.0)
-    return SetCriterion(matcher, {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}, ["vfl", "boxes"],
-                        alpha=0.75, gamma=2.0, num_classes=80)
+    matcher = HungarianMatcher(
+        {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25, gamma=2.0
+    )
+    return SetCriterion(
+        matcher,
+        {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2},
+        ["vfl", "boxes"],
+        alpha=0.75,
+        gamma=2.0,
+        num_classes=80,
+    )
 
 
 def test_reference_losses_reproduced() -> None:
@@ -37,8 +44,14 @@ def _single_match_case() -> tuple[dict[str, torch.Tensor], list[dict[str, torch.
 def test_focal_and_box_losses_by_hand() -> None:
     outputs, targets = _single_match_case()
     matcher = HungarianMatcher({"cost_class": 1, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True)
-    criterion = SetCriterion(matcher, {"loss_focal": 2, "loss_bbox": 5, "loss_giou": 2},
-                             ["focal", "boxes"], alpha=0.25, gamma=2.0, num_classes=3)
+    criterion = SetCriterion(
+        matcher,
+        {"loss_focal": 2, "loss_bbox": 5, "loss_giou": 2},
+        ["focal", "boxes"],
+        alpha=0.25,
+        gamma=2.0,
+        num_classes=3,
+    )
     losses = criterion(outputs, targets)
     one_hot = torch.tensor([[[1.0, 0, 0], [0, 0, 0]]])
     focal = sigmoid_focal_loss(outputs["pred_logits"], one_hot, 0.25, 2.0).mean(1).sum() * 2
@@ -69,8 +82,14 @@ def test_only_weighted_keys_are_returned_with_suffixes() -> None:
 
 def _vfl_criterion(num_classes: int) -> SetCriterion:
     matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True)
-    return SetCriterion(matcher, {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}, ["vfl", "boxes"],
-                        alpha=0.75, gamma=2.0, num_classes=num_classes)
+    return SetCriterion(
+        matcher,
+        {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2},
+        ["vfl", "boxes"],
+        alpha=0.75,
+        gamma=2.0,
+        num_classes=num_classes,
+    )
 
 
 def test_no_boxes_gives_finite_losses() -> None:

@@ -14,40 +14,71 @@ CLASSES, QUERIES, LAYERS = 5, 20, 3
 def _decoder(eval_idx: int = -1, num_denoising: int = 12, layers: int = LAYERS) -> RTDETRTransformer:
     """Tiny decoder: two input levels (strides 8, 16) plus one extra stride-32 level."""
     torch.manual_seed(0)
-    return RTDETRTransformer(num_classes=CLASSES, hidden_dim=32, num_queries=QUERIES, feat_channels=(16, 24),
-                             feat_strides=(8, 16), num_levels=3, nhead=4, num_decoder_layers=layers,
-                             dim_feedforward=64, num_denoising=num_denoising, eval_spatial_size=(64, 64),
-                             eval_idx=eval_idx)
+    return RTDETRTransformer(
+        num_classes=CLASSES,
+        hidden_dim=32,
+        num_queries=QUERIES,
+        feat_channels=(16, 24),
+        feat_strides=(8, 16),
+        num_levels=3,
+        nhead=4,
+        num_decoder_layers=layers,
+        dim_feedforward=64,
+        num_denoising=num_denoising,
+        eval_spatial_size=(64, 64),
+        eval_idx=eval_idx,
+    )
 
 
 def _feats(batch: int = 2, height: int = 8, width: int = 8, seed: int = 1) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 16, height, width, generator=g),
-            torch.randn(batch, 24, height // 2, width // 2, generator=g)]
+    return [
+        torch.randn(batch, 16, height, width, generator=g),
+        torch.randn(batch, 24, height // 2, width // 2, generator=g),
+    ]
 
 
 def _targets(counts: list[int], seed: int = 2) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [{"labels": torch.randint(0, CLASSES, (n,), generator=g),
-             "boxes": torch.cat([0.3 + 0.4 * torch.rand(n, 2, generator=g),
-                                 0.1 + 0.2 * torch.rand(n, 2, generator=g)], -1)} for n in counts]
+    return [
+        {
+            "labels": torch.randint(0, CLASSES, (n,), generator=g),
+            "boxes": torch.cat(
+                [0.3 + 0.4 * torch.rand(n, 2, generator=g), 0.1 + 0.2 * torch.rand(n, 2, generator=g)], -1
+            ),
+        }
+        for n in counts
+    ]
 
 
 def _criterion() -> SetCriterion:
     matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True)
-    return SetCriterion(matcher, {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}, ["vfl", "boxes"],
-                        alpha=0.75, gamma=2.0, num_classes=CLASSES)
+    return SetCriterion(
+        matcher,
+        {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2},
+        ["vfl", "boxes"],
+        alpha=0.75,
+        gamma=2.0,
+        num_classes=CLASSES,
+    )
 
 
-@pytest.mark.parametrize(("name", "layers", "channels"),
-                         [("rtdetr_r18vd", 3, 256), ("rtdetr_r34vd", 4, 256),
-                          ("rtdetr_r50vd", 6, 256), ("rtdetr_r101vd", 6, 384)])
+@pytest.mark.parametrize(
+    ("name", "layers", "channels"),
+    [("rtdetr_r18vd", 3, 256), ("rtdetr_r34vd", 4, 256), ("rtdetr_r50vd", 6, 256), ("rtdetr_r101vd", 6, 384)],
+)
 def test_state_dict_matches_reference_spec(name: str, layers: int, channels: int) -> None:
     entries, _ = load_spec(name)
-    want = [(key.removeprefix("decoder."), shape, dtype) for key, shape, dtype in entries
-            if key.startswith("decoder.")]
-    decoder = RTDETRTransformer(num_classes=80, hidden_dim=256, num_queries=300, feat_channels=[channels] * 3,
-                                num_decoder_layers=layers, num_denoising=100, eval_spatial_size=[640, 640])
+    want = [(key.removeprefix("decoder."), shape, dtype) for key, shape, dtype in entries if key.startswith("decoder.")]
+    decoder = RTDETRTransformer(
+        num_classes=80,
+        hidden_dim=256,
+        num_queries=300,
+        feat_channels=[channels] * 3,
+        num_decoder_layers=layers,
+        num_denoising=100,
+        eval_spatial_size=[640, 640],
+    )
     assert state_dict_spec(decoder) == want
 
 
@@ -90,7 +121,7 @@ def test_training_outputs_and_eval_idx() -> None:
     # 3 boxes at most -> 12 // 3 = 4 groups of 3 positive + 3 negative queries.
     assert out["dn_meta"]["dn_num_group"] == 4 and out["dn_meta"]["dn_num_split"] == [24, QUERIES]
     assert out["dn_aux_outputs"][0]["pred_logits"].shape == (2, 24, CLASSES)
-    per_layer = out["aux_outputs"][:LAYERS - 1] + [out]
+    per_layer = out["aux_outputs"][: LAYERS - 1] + [out]
     for layer in range(LAYERS):
         evaluator = _decoder(eval_idx=layer).eval()
         evaluator.load_state_dict(decoder.state_dict())
@@ -100,8 +131,9 @@ def test_training_outputs_and_eval_idx() -> None:
         torch.testing.assert_close(per_layer[layer]["pred_boxes"], want["pred_boxes"], atol=1e-5, rtol=1e-5)
 
 
-def _train_step(decoder: RTDETRTransformer, targets: list[dict[str, torch.Tensor]]
-                ) -> tuple[dict[str, torch.Tensor], set[str]]:
+def _train_step(
+    decoder: RTDETRTransformer, targets: list[dict[str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], set[str]]:
     decoder.zero_grad(set_to_none=True)
     losses = _criterion()(decoder(_feats(), targets), targets)
     sum(losses.values()).backward()

@@ -11,10 +11,16 @@ import torch
 from torch import nn
 
 from rtdetr_spartan.core import lookup
-from rtdetr_spartan.zoo.rtdetr.hybrid_encoder import (HybridEncoder, RepVggBlock,
-                                                      build_2d_sincos_position_embedding)
-from tests.nn.test_presnet import (ENCODER_COMMON, PARITY_MODELS, REFERENCE_CONFIGS,
-                                   build_backbone, reference_backbone_run, sub_spec, sub_weights)
+from rtdetr_spartan.zoo.rtdetr.hybrid_encoder import HybridEncoder, RepVggBlock, build_2d_sincos_position_embedding
+from tests.nn.test_presnet import (
+    ENCODER_COMMON,
+    PARITY_MODELS,
+    REFERENCE_CONFIGS,
+    build_backbone,
+    reference_backbone_run,
+    sub_spec,
+    sub_weights,
+)
 from tests.parity_utils import state_dict_spec, summary_problems
 
 
@@ -24,15 +30,15 @@ def build_encoder(name: str, **overrides: Any) -> HybridEncoder:
 
 def tiny_encoder() -> HybridEncoder:
     torch.manual_seed(0)
-    return HybridEncoder(in_channels=(16, 32, 64), hidden_dim=32, nhead=4, dim_feedforward=64,
-                         eval_spatial_size=(256, 256))
+    return HybridEncoder(
+        in_channels=(16, 32, 64), hidden_dim=32, nhead=4, dim_feedforward=64, eval_spatial_size=(256, 256)
+    )
 
 
 def r18_features(batch: int, height: int, width: int) -> list[torch.Tensor]:
     """Random features shaped like PResNet-18's for a height x width image."""
     gen = torch.Generator().manual_seed(height * 10_000 + width)
-    return [torch.randn(batch, c, height // s, width // s, generator=gen)
-            for c, s in zip((128, 256, 512), (8, 16, 32))]
+    return [torch.randn(batch, c, height // s, width // s, generator=gen) for c, s in zip((128, 256, 512), (8, 16, 32))]
 
 
 @pytest.mark.parametrize("name", list(REFERENCE_CONFIGS))
@@ -71,8 +77,7 @@ def test_cached_position_embedding_is_a_non_persistent_buffer() -> None:
     encoder = build_encoder("rtdetr_r18vd").eval()
     assert "pos_embed2" in dict(encoder.named_buffers())
     assert not any("pos_embed" in k for k in encoder.state_dict())
-    torch.testing.assert_close(encoder.pos_embed2,
-                               build_2d_sincos_position_embedding(20, 20, 256, 10000))
+    torch.testing.assert_close(encoder.pos_embed2, build_2d_sincos_position_embedding(20, 20, 256, 10000))
     assert encoder._position_embedding(2, 20, 20, torch.device("cpu")) is encoder.pos_embed2
     assert encoder._position_embedding(2, 10, 20, torch.device("cpu")).shape == (1, 200, 256)
     assert build_encoder("rtdetr_r18vd", eval_spatial_size=None)._cached_hw == {}
@@ -164,8 +169,7 @@ def test_onnx_export_has_dynamic_height_and_width() -> None:
     encoder = tiny_encoder().eval()
 
     def feats(height: int, width: int) -> list[torch.Tensor]:
-        return [torch.rand(1, c, height // s, width // s)
-                for c, s in zip((16, 32, 64), (8, 16, 32))]
+        return [torch.rand(1, c, height // s, width // s) for c, s in zip((16, 32, 64), (8, 16, 32))]
 
     class Wrapper(nn.Module):
         def __init__(self) -> None:
@@ -179,9 +183,15 @@ def test_onnx_export_has_dynamic_height_and_width() -> None:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Wrapper().eval(), tuple(feats(256, 256)), buffer, dynamo=False,
-                          input_names=names, opset_version=17,
-                          dynamic_axes={n: {2: f"h{n}", 3: f"w{n}"} for n in names})
+        torch.onnx.export(
+            Wrapper().eval(),
+            tuple(feats(256, 256)),
+            buffer,
+            dynamo=False,
+            input_names=names,
+            opset_version=17,
+            dynamic_axes={n: {2: f"h{n}", 3: f"w{n}"} for n in names},
+        )
     session = ort.InferenceSession(buffer.getvalue())
     for height, width in ((256, 256), (320, 192)):
         inputs = feats(height, width)
@@ -196,6 +206,18 @@ def test_registered_with_reference_arguments() -> None:
     assert lookup("HybridEncoder") is HybridEncoder
     assert HybridEncoder.__share__ == ["eval_spatial_size"]
     assert list(inspect.signature(HybridEncoder).parameters) == [
-        "in_channels", "feat_strides", "hidden_dim", "nhead", "dim_feedforward", "dropout",
-        "enc_act", "use_encoder_idx", "num_encoder_layers", "pe_temperature", "expansion",
-        "depth_mult", "act", "eval_spatial_size"]
+        "in_channels",
+        "feat_strides",
+        "hidden_dim",
+        "nhead",
+        "dim_feedforward",
+        "dropout",
+        "enc_act",
+        "use_encoder_idx",
+        "num_encoder_layers",
+        "pe_temperature",
+        "expansion",
+        "depth_mult",
+        "act",
+        "eval_spatial_size",
+    ]

@@ -14,16 +14,17 @@ def _outputs(batch: int, queries: int, classes: int, seed: int) -> dict[str, tor
     g = torch.Generator().manual_seed(seed)
     centers = 0.2 + 0.6 * torch.rand(batch, queries, 2, generator=g)
     sizes = 0.05 + 0.3 * torch.rand(batch, queries, 2, generator=g)
-    return {"pred_logits": torch.randn(batch, queries, classes, generator=g),
-            "pred_boxes": torch.cat([centers, sizes], -1)}
+    return {
+        "pred_logits": torch.randn(batch, queries, classes, generator=g),
+        "pred_boxes": torch.cat([centers, sizes], -1),
+    }
 
 
 def _targets(counts: list[int], classes: int, seed: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     targets = []
     for n in counts:
-        boxes = torch.cat([0.2 + 0.6 * torch.rand(n, 2, generator=g),
-                           0.05 + 0.3 * torch.rand(n, 2, generator=g)], -1)
+        boxes = torch.cat([0.2 + 0.6 * torch.rand(n, 2, generator=g), 0.05 + 0.3 * torch.rand(n, 2, generator=g)], -1)
         targets.append({"labels": torch.randint(0, classes, (n,), generator=g), "boxes": boxes})
     return targets
 
@@ -36,7 +37,7 @@ def test_batched_equals_per_image(use_focal_loss: bool) -> None:
     batched = matcher(outputs, targets)
     assert len(batched) == 3
     for i, target in enumerate(targets):
-        single = matcher({k: v[i:i + 1] for k, v in outputs.items()}, [target])[0]
+        single = matcher({k: v[i : i + 1] for k, v in outputs.items()}, [target])[0]
         assert torch.equal(batched[i][0], single[0]) and torch.equal(batched[i][1], single[1])
         assert len(batched[i][0]) == len(target["labels"])
         assert batched[i][0].dtype == torch.int64
@@ -59,8 +60,7 @@ def test_assignment_is_optimal_on_a_small_case() -> None:
     targets = _targets([3], 3, seed=4)
     cost = matcher.cost_matrix(outputs, targets)[0]
     rows, cols = matcher(outputs, targets)[0]
-    best = min(sum(cost[q, t].item() for t, q in enumerate(perm))
-               for perm in itertools.permutations(range(5), 3))
+    best = min(sum(cost[q, t].item() for t, q in enumerate(perm)) for perm in itertools.permutations(range(5), 3))
     assert cost[rows, cols].sum().item() == pytest.approx(best, rel=1e-6)
 
 
@@ -68,7 +68,7 @@ def test_focal_class_cost_formula() -> None:
     matcher = HungarianMatcher(COSTS, use_focal_loss=True, alpha=0.25, gamma=2.0)
     logits = torch.tensor([[0.3, -1.2]])
     p = torch.sigmoid(logits)[:, [1]]
-    want = 0.25 * (1 - p) ** 2 * -(p + 1e-8).log() - 0.75 * p ** 2 * -(1 - p + 1e-8).log()
+    want = 0.25 * (1 - p) ** 2 * -(p + 1e-8).log() - 0.75 * p**2 * -(1 - p + 1e-8).log()
     torch.testing.assert_close(matcher._class_cost(logits, torch.tensor([1])), want)
 
 

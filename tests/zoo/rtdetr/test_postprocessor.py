@@ -18,8 +18,7 @@ def _outputs(classes: int = 80, queries: int = 50, seed: int = 0) -> dict[str, t
     g = torch.Generator().manual_seed(seed)
     centers = 0.2 + 0.6 * torch.rand(2, queries, 2, generator=g)
     sizes = 0.05 + 0.3 * torch.rand(2, queries, 2, generator=g)
-    return {"pred_logits": torch.randn(2, queries, classes, generator=g),
-            "pred_boxes": torch.cat([centers, sizes], -1)}
+    return {"pred_logits": torch.randn(2, queries, classes, generator=g), "pred_boxes": torch.cat([centers, sizes], -1)}
 
 
 def test_focal_top_k() -> None:
@@ -40,8 +39,7 @@ def test_focal_top_k() -> None:
 
 
 def test_boxes_scaled_by_width_and_height() -> None:
-    outputs = {"pred_logits": torch.tensor([[[5.0, -5.0]]]),
-               "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.4]]])}
+    outputs = {"pred_logits": torch.tensor([[[5.0, -5.0]]]), "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.4]]])}
     result = RTDETRPostProcessor(num_classes=2, num_top_queries=1)(outputs, torch.tensor([[640, 480]]))[0]
     torch.testing.assert_close(result["boxes"], torch.tensor([[256.0, 144.0, 384.0, 336.0]]))
     assert result["labels"].tolist() == [0]

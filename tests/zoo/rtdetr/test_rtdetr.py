@@ -15,18 +15,34 @@ CLASSES = 4
 def _model(multi_scale: list[int] | None = None) -> RTDETR:
     torch.manual_seed(0)
     backbone = PResNet(depth=18, return_idx=[1, 2, 3], freeze_at=-1, freeze_norm=False)
-    encoder = HybridEncoder(in_channels=backbone.out_channels, feat_strides=backbone.out_strides,
-                            hidden_dim=32, nhead=4, dim_feedforward=64, expansion=0.5)
-    decoder = RTDETRTransformer(num_classes=CLASSES, hidden_dim=32, num_queries=10,
-                                feat_channels=encoder.out_channels, feat_strides=encoder.out_strides, nhead=4, num_decoder_layers=2,
-                                dim_feedforward=64, num_denoising=8, eval_spatial_size=[64, 64])
+    encoder = HybridEncoder(
+        in_channels=backbone.out_channels,
+        feat_strides=backbone.out_strides,
+        hidden_dim=32,
+        nhead=4,
+        dim_feedforward=64,
+        expansion=0.5,
+    )
+    decoder = RTDETRTransformer(
+        num_classes=CLASSES,
+        hidden_dim=32,
+        num_queries=10,
+        feat_channels=encoder.out_channels,
+        feat_strides=encoder.out_strides,
+        nhead=4,
+        num_decoder_layers=2,
+        dim_feedforward=64,
+        num_denoising=8,
+        eval_spatial_size=[64, 64],
+    )
     return RTDETR(backbone, encoder, decoder, multi_scale=multi_scale)
 
 
 def _targets() -> list[dict[str, torch.Tensor]]:
-    return [{"labels": torch.tensor([1, 3]),
-             "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]])},
-            {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
+    return [
+        {"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]])},
+        {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])},
+    ]
 
 
 def test_state_dict_order_is_backbone_decoder_encoder() -> None:
@@ -41,8 +57,9 @@ def test_training_forward_with_multi_scale() -> None:
     model = _model(multi_scale=[32, 64]).train()
     seen = set()
     matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True)
-    criterion = SetCriterion(matcher, {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}, ["vfl", "boxes"],
-                             alpha=0.75, num_classes=CLASSES)
+    criterion = SetCriterion(
+        matcher, {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}, ["vfl", "boxes"], alpha=0.75, num_classes=CLASSES
+    )
     hook = model.backbone.register_forward_pre_hook(lambda _, args: seen.add(tuple(args[0].shape[-2:])))
     torch.manual_seed(3)
     with torch.no_grad():

@@ -65,8 +65,8 @@ def test_deformable_core_matches_naive_sampling() -> None:
             for m in range(heads):
                 want = torch.zeros(dim)
                 for level, (h, w) in enumerate(shapes):
-                    image = value[b, starts[level]:starts[level] + h * w, m].T.reshape(dim, h, w)
+                    image = value[b, starts[level] : starts[level] + h * w, m].T.reshape(dim, h, w)
                     for p in range(points):
                         x, y = locations[b, q, m, level, p].tolist()
                         want += weights[b, q, m, level, p] * _bilinear(image, x, y)
-                torch.testing.assert_close(got[b, q, m * dim:(m + 1) * dim], want, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(got[b, q, m * dim : (m + 1) * dim], want, atol=1e-5, rtol=1e-5)
