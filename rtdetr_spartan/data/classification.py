@@ -15,10 +15,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torchvision.transforms.v2 as T
+from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import datasets
 
 from rtdetr_spartan.core import register
+from rtdetr_spartan.data.coco import ImageReadError
 
 __all__ = [
     "ImageFolderDataset",
@@ -59,6 +61,16 @@ def _layout_hint(root: Path) -> str:
     )
 
 
+def _read_rgb(path: str) -> Image.Image:
+    """The image at ``path`` as RGB; an unreadable file (missing, truncated, or not an image
+    despite its extension) raises :class:`ImageReadError` naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+
+
 @register()
 class ImageFolderDataset(datasets.ImageFolder):
     """Images under ``root/<class>/*`` (torchvision's image extensions, any case), labelled
@@ -76,9 +88,18 @@ class ImageFolderDataset(datasets.ImageFolder):
         if not root.is_dir():
             raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder; {_layout_hint(root)}")
         try:
-            super().__init__(str(root), transform=transforms)
-        except FileNotFoundError as err:  # torchvision: no class folder, or no image in them
-            raise FileNotFoundError(f"dataset root {root} holds no images ({err}); {_layout_hint(root)}") from None
+            super().__init__(str(root), transform=transforms, loader=_read_rgb, allow_empty=True)
+        except FileNotFoundError as err:  # torchvision: no class folder
+            raise FileNotFoundError(
+                f"dataset root {root} holds no class folders ({err}); {_layout_hint(root)}"
+            ) from None
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if empty:
+            raise FileNotFoundError(
+                f"dataset root {root}: {len(empty)} of {len(self.classes)} class folders hold no images: "
+                f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''} (image extensions: "
+                f"{', '.join(datasets.folder.IMG_EXTENSIONS)}); {_layout_hint(root)}"
+            )
         self.category_names: dict[int, str] = {i: name for i, name in enumerate(self.classes)}
         logger.info("%s: %d images in %d classes", root, len(self.samples), len(self.classes))
 

@@ -14,6 +14,7 @@ from rtdetr_spartan.data.classification import (
     MixUpCutMixCollate,
     classification_collate_fn,
 )
+from rtdetr_spartan.data.coco import ImageReadError
 from rtdetr_spartan.data.dataloader import DataLoader
 from rtdetr_spartan.data.shapes import SHAPE_CATEGORIES, make_classification_dataset
 
@@ -41,12 +42,35 @@ def test_missing_and_empty_roots_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(missing)):
         ImageFolderDataset(missing)
     (tmp_path / "empty" / "n01440764").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="holds no images.*<class>"):
+    with pytest.raises(FileNotFoundError, match="1 of 1 class folders hold no images: n01440764.*<class>"):
         ImageFolderDataset(tmp_path / "empty")
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.JPEG")  # val split not sorted into folders
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "flat")):
         ImageFolderDataset(tmp_path / "flat")
+
+
+def test_empty_class_folders_are_named(tmp_path: Path) -> None:
+    for name in ("cat", "dog", "eel", "fox"):
+        (tmp_path / name).mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "fox" / "b.png")
+    (tmp_path / "eel" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError) as info:
+        ImageFolderDataset(tmp_path)
+    message = str(info.value)
+    assert "2 of 4 class folders hold no images: dog, eel" in message and "holds no class folders" not in message
+
+
+def test_non_image_with_image_extension_is_named(tmp_path: Path) -> None:
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    fake = tmp_path / "cat" / "b.jpg"
+    fake.write_text("<html>not a jpeg</html>")
+    ds = ImageFolderDataset(tmp_path)
+    assert ds[0][0].size == (8, 8)
+    with pytest.raises(ImageReadError, match=str(fake)):
+        ds[1]
 
 
 def test_train_transforms_shapes_and_options() -> None:
