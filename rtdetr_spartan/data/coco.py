@@ -50,6 +50,12 @@ class CocoDetection(torchvision.datasets.CocoDetection):
 
     Labels: with ``remap_mscoco_category`` the 80 COCO categories (ids 1..90) become labels
     0..79; otherwise the file's own category ids become 0..N-1 in sorted id order.
+
+    Construction checks the annotation file against the folder: every annotation's image is
+    listed, and (``check_images``, one stat per image) every listed image file exists, so a
+    missing file stops a run before training, not at the first evaluation. Boxes that are
+    degenerate or lie outside their image are dropped or clamped when items are loaded; one
+    warning per dataset gives their counts.
     """
 
     __inject__ = ["transforms"]
@@ -63,6 +69,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         return_masks: bool = False,
         remap_mscoco_category: bool = False,
         num_classes: int | None = None,
+        check_images: bool = True,
     ) -> None:
         self.img_folder = Path(img_folder)
         self.ann_file = Path(ann_file)
@@ -83,6 +90,8 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         self.category_to_label, self.label_to_category, self.category_names = self._build_mapping()
         self._check_annotation_categories()
         self._check_num_classes(num_classes)
+        self._check_listed_images(check_images)
+        self._report_sanitized_boxes()
 
     # ----------------------------------------------------------------- category mapping
     def _build_mapping(self) -> tuple[dict[int, int], dict[int, int], dict[int, str]]:
@@ -119,6 +128,57 @@ class CocoDetection(torchvision.datasets.CocoDetection):
             raise ValueError(
                 f"num_classes={num_classes} is smaller than the {needed} classes of {self.ann_file} "
                 f"(remap_mscoco_category={self.remap_mscoco_category}); set num_classes >= {needed}"
+            )
+
+    def _check_listed_images(self, check_files: bool) -> None:
+        images = self.coco.dataset.get("images", [])
+        listed = {info.get("id") for info in images}
+        unlisted = [a for a in self.coco.dataset.get("annotations", []) if a.get("image_id") not in listed]
+        if unlisted:
+            raise ValueError(
+                f"{self.ann_file}: {len(unlisted)} annotations refer to images missing from 'images', e.g. "
+                f"annotation {unlisted[0].get('id')} (image_id {unlisted[0].get('image_id')})"
+            )
+        nameless = [info.get("id") for info in images if not info.get("file_name")]
+        if nameless:
+            raise ValueError(f"{self.ann_file}: images {nameless[:5]} have no file_name")
+        if not check_files:
+            return
+        missing = [info for info in images if not (self.img_folder / info["file_name"]).is_file()]
+        if missing:
+            first = missing[0]
+            raise ImageReadError(
+                f"{len(missing)} of {len(images)} images listed in {self.ann_file} are missing, e.g. "
+                f"{self.img_folder / first['file_name']} (image id {first['id']}); first missing: "
+                f"{', '.join(str(info['file_name']) for info in missing[:5])}"
+            )
+
+    def _report_sanitized_boxes(self) -> None:
+        """One warning with the counts of the boxes that loading will drop or clamp."""
+        anns = [a for a in self.coco.dataset.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not anns:
+            return
+        inf = float("inf")
+        sizes = torch.tensor(
+            [
+                [self.coco.imgs[a["image_id"]].get("width") or inf, self.coco.imgs[a["image_id"]].get("height") or inf]
+                for a in anns
+            ],
+            dtype=torch.float32,
+        )
+        raw = _raw_xyxy(anns)
+        boxes = _clamped(raw.clone(), sizes)
+        kept = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        dropped = int((~kept).sum())
+        clamped = int((kept & (boxes != raw).any(dim=1)).sum())
+        if dropped or clamped:
+            logger.warning(
+                "%s: of %d boxes, %d are dropped (zero or negative size, non-finite, or outside their image) "
+                "and %d are clamped to their image",
+                self.ann_file,
+                len(anns),
+                dropped,
+                clamped,
             )
 
     # ----------------------------------------------------------------- loading
@@ -205,12 +265,23 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         )
 
 
-def _sanitized_xyxy(anns: list[dict[str, Any]], w: int, h: int) -> torch.Tensor:
-    """COCO ``[x, y, w, h]`` boxes as XYXY ``[n, 4]`` float32, clamped to the image; non-finite
-    coordinates become zero-size boxes so the caller drops them."""
+def _raw_xyxy(anns: list[dict[str, Any]]) -> torch.Tensor:
+    """COCO ``[x, y, w, h]`` boxes as XYXY ``[n, 4]`` float32; non-finite coordinates become 0
+    (so such a box ends up zero-size and dropped)."""
     boxes = torch.as_tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
     boxes = torch.nan_to_num(boxes, nan=0.0, posinf=0.0, neginf=0.0)
     boxes[:, 2:] += boxes[:, :2]
-    boxes[:, 0::2].clamp_(min=0, max=w)
-    boxes[:, 1::2].clamp_(min=0, max=h)
     return boxes
+
+
+def _clamped(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """XYXY ``boxes`` [n, 4] clamped in place to [0, w] x [0, h]; ``sizes`` [n, 2] or [1, 2] (w, h)."""
+    boxes[:, 0::2] = torch.minimum(boxes[:, 0::2].clamp(min=0), sizes[:, :1])
+    boxes[:, 1::2] = torch.minimum(boxes[:, 1::2].clamp(min=0), sizes[:, 1:])
+    return boxes
+
+
+def _sanitized_xyxy(anns: list[dict[str, Any]], w: int, h: int) -> torch.Tensor:
+    """COCO ``[x, y, w, h]`` boxes as XYXY ``[n, 4]`` float32, clamped to the image; non-finite
+    coordinates become zero-size boxes so the caller drops them."""
+    return _clamped(_raw_xyxy(anns), torch.tensor([[w, h]], dtype=torch.float32))

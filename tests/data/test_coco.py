@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,42 @@ def test_corrupt_image_names_file_and_id(crafted: Path) -> None:
     assert str(bad) in str(info.value) and "image id 2" in str(info.value)
 
 
-def test_missing_image_names_file(crafted: Path) -> None:
+def test_missing_image_is_named_at_construction(crafted: Path) -> None:
     (crafted.parent / "img" / "3.png").unlink()
-    ds = CocoDetection(crafted.parent / "img", crafted)
+    with pytest.raises(ImageReadError, match=r"1 of 3 images listed in .*ann\.json are missing.*3\.png \(image id 3\)"):
+        CocoDetection(crafted.parent / "img", crafted)
+    ds = CocoDetection(crafted.parent / "img", crafted, check_images=False)  # then found when read
     with pytest.raises(ImageReadError, match=r"3\.png.*image id 3"):
         ds[2]
+
+
+def test_annotation_of_unlisted_image_is_an_error(tmp_path: Path) -> None:
+    anns = [
+        {"image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4]},
+        {"image_id": 9, "category_id": 3, "bbox": [1, 1, 4, 4]},
+    ]
+    ann_file = write_coco(tmp_path, [(1, 32, 32)], anns, [(3, "x")])
+    with pytest.raises(ValueError, match=r"annotation 2 \(image_id 9\)"):
+        CocoDetection(tmp_path / "img", ann_file)
+
+
+def test_one_warning_counts_dropped_and_clamped_boxes(crafted: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="rtdetr_spartan.data.coco"):
+        ds = CocoDetection(crafted.parent / "img", crafted)
+        for index in range(len(ds)):
+            ds[index]
+    (record,) = [r for r in caplog.records if "boxes" in r.getMessage()]
+    message = record.getMessage()
+    assert str(crafted) in message and "of 5 boxes, 2 are dropped" in message and "1 are clamped" in message
+
+
+def test_clean_boxes_give_no_warning(tmp_path: Path, caplog) -> None:
+    ann_file = write_coco(
+        tmp_path, [(1, 32, 32)], [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 32, 32]}], [(3, "x")]
+    )
+    with caplog.at_level(logging.WARNING, logger="rtdetr_spartan.data.coco"):
+        CocoDetection(tmp_path / "img", ann_file)
+    assert not caplog.records
 
 
 def test_missing_or_broken_annotation_file(tmp_path: Path) -> None:
