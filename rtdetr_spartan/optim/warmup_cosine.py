@@ -17,10 +17,15 @@ differ by at most 6.3 % of the base lr (around epoch 113).
 ``step_per: iteration`` (default) steps once per optimizer step for a smooth warm-up, which
 matters for large batches and short runs; ``step_per: epoch`` steps once per epoch as the
 reference does. Either way the schedule is defined in epochs.
+
+A warm-up as long as the run or longer (``-u epochs=1`` on a 20-warm-up-epoch recipe, to try
+something) is clamped to ``epochs - 1`` with one warning, as timm does, so the cosine stage keeps
+at least one epoch.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -30,7 +35,18 @@ from rtdetr_spartan.core import register
 
 __all__ = ["WarmupCosineLR", "warmup_cosine_lr"]
 
+logger = logging.getLogger(__name__)
+
 STEP_UNITS = ("iteration", "epoch")
+
+
+def _effective_warmup(warmup_epochs: int, epochs: int) -> int:
+    """``warmup_epochs``, clamped to ``epochs - 1`` when the run is not longer than it."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1 for lr_scheduler WarmupCosineLR, got {epochs}")
+    if warmup_epochs < 0:
+        raise ValueError(f"lr_scheduler.warmup_epochs must be >= 0, got {warmup_epochs}")
+    return min(warmup_epochs, epochs - 1)
 
 
 def warmup_cosine_lr(
@@ -39,6 +55,7 @@ def warmup_cosine_lr(
     """The learning rate of the schedule at (possibly fractional) ``epoch``; the closed form
     that :class:`WarmupCosineLR` follows, for tests and plots."""
     warmup_lr = min(warmup_lr, base_lr)  # a warm-up never goes down (LinearLR factors are <= 1)
+    warmup_epochs = _effective_warmup(warmup_epochs, epochs)
     if epoch < warmup_epochs:
         return warmup_lr + (base_lr - warmup_lr) * epoch / warmup_epochs
     progress = min(1.0, (epoch - warmup_epochs) / max(1, epochs - warmup_epochs))
@@ -67,8 +84,16 @@ class WarmupCosineLR(SequentialLR):
     ) -> None:
         if step_per not in STEP_UNITS:
             raise ValueError(f"lr_scheduler.step_per must be one of {STEP_UNITS}, got {step_per!r}")
-        if not 0 <= warmup_epochs < epochs:
-            raise ValueError(f"lr_scheduler.warmup_epochs must be in [0, epochs={epochs}), got {warmup_epochs}")
+        clamped = _effective_warmup(warmup_epochs, epochs)
+        if clamped != warmup_epochs:
+            logger.warning(
+                "lr_scheduler.warmup_epochs=%d is not shorter than the run (epochs=%d): warming up for %d "
+                "epochs instead, so the cosine stage keeps one epoch",
+                warmup_epochs,
+                epochs,
+                clamped,
+            )
+            warmup_epochs = clamped
         self.step_per = step_per
         unit = iters_per_epoch if step_per == "iteration" else 1
         if unit < 1:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from pathlib import Path
@@ -14,9 +13,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from rtdetr_spartan.core import YAMLConfig, create, merge_dict
+from rtdetr_spartan.core import YAMLConfig, merge_dict
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
-from rtdetr_spartan.optim.warmup_cosine import WarmupCosineLR
 from rtdetr_spartan.solver import TASKS
 from rtdetr_spartan.solver.cls_engine import (
     ClassificationPostProcessor,
@@ -28,70 +26,6 @@ from rtdetr_spartan.solver.cls_solver import ClsSolver, scaled_lr
 from rtdetr_spartan.solver.loaders import ShardSampler
 from tests.cls_utils import SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
 from tests.train_utils import read_json_lines
-
-
-def paper_lr(
-    epoch: float,
-    base: float = 2.5e-3,
-    epochs: int = 300,
-    warmup: int = 20,
-    warmup_lr: float = 1e-4,
-    min_lr: float = 1e-6,
-) -> float:
-    """Linear warm-up from warmup_lr to base over `warmup` epochs, then cosine to min_lr."""
-    if epoch < warmup:
-        return warmup_lr + (base - warmup_lr) * epoch / warmup
-    t = (epoch - warmup) / (epochs - warmup)
-    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t))
-
-
-def _optimizer(lr: float = 2.5e-3) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([nn.Parameter(torch.zeros(3))], lr=lr)
-
-
-@pytest.mark.parametrize("step_per, iters_per_epoch", [("epoch", 1), ("iteration", 5)])
-def test_schedule_equals_warmup_cosine_formula_at_sampled_epochs(step_per: str, iters_per_epoch: int) -> None:
-    optimizer = _optimizer()
-    scheduler = create(
-        {"type": "WarmupCosineLR", "warmup_epochs": 20, "warmup_lr": 1e-4, "min_lr": 1e-6, "step_per": step_per},
-        {"epochs": 300},
-        optimizer=optimizer,
-        iters_per_epoch=iters_per_epoch,
-    )
-    unit = iters_per_epoch if step_per == "iteration" else 1
-    sampled = {0, 1, 7, 19, 20, 21, 113, 150, 200, 299, 300}
-    checked = 0
-    for step in range(300 * unit + 1):
-        if step % unit == 0 and step // unit in sampled:
-            assert optimizer.param_groups[0]["lr"] == pytest.approx(paper_lr(step / unit), rel=1e-9), step
-            checked += 1
-        if step_per == "iteration" and step == 20 * unit + 2:  # mid-epoch: fractional epochs
-            assert optimizer.param_groups[0]["lr"] == pytest.approx(paper_lr(20 + 2 / unit), rel=1e-9)
-        optimizer.step()
-        scheduler.step()
-    assert checked == len(sampled)
-
-
-def test_schedule_state_round_trip_continues_identically() -> None:
-    first_opt, second_opt = _optimizer(), _optimizer()
-    first = WarmupCosineLR(first_opt, epochs=10, warmup_epochs=2, iters_per_epoch=3)
-    for _ in range(8):
-        first_opt.step()
-        first.step()
-    second = WarmupCosineLR(second_opt, epochs=10, warmup_epochs=2, iters_per_epoch=3)
-    second_opt.load_state_dict(first_opt.state_dict())
-    second.load_state_dict(first.state_dict())
-    for _ in range(15):
-        first_opt.step(), second_opt.step()
-        first.step(), second.step()
-        assert first_opt.param_groups[0]["lr"] == second_opt.param_groups[0]["lr"]
-
-
-def test_schedule_rejects_bad_settings() -> None:
-    with pytest.raises(ValueError, match="warmup_epochs"):
-        WarmupCosineLR(_optimizer(), epochs=5, warmup_epochs=5)
-    with pytest.raises(ValueError, match="step_per"):
-        WarmupCosineLR(_optimizer(), epochs=5, step_per="batch")
 
 
 def test_linear_lr_scaling() -> None:
