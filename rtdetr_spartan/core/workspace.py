@@ -10,7 +10,8 @@ Follows RT-DETR's ``create`` semantics (lyuwenyu/RT-DETR, Apache-2.0):
   built recursively; a registered function is passed as the function itself.
 
 Unlike the reference, nothing global is modified, every value is deep-copied before use, and
-a keyword that the constructor does not take is an error naming its key path.
+a keyword that the constructor does not take, or a value that does not fit the parameter's
+annotation (``lr: abc`` for ``lr: float``), is an error naming its key path.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import inspect
 from typing import Any, Mapping
 
 from rtdetr_spartan.core.registry import inject_names, is_registered, lookup, share_names
+from rtdetr_spartan.core.value_types import ValueTypeError, coerce, parameter_hints
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,26 @@ def _check_keys(target: Any, kwargs: Mapping[str, Any], inline: Mapping[str, Any
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(f"{where}: {target.__name__} takes no argument '{key}'{hint} (valid: {', '.join(names)})")
+
+
+def _check_types(
+    target: Any, kwargs: dict[str, Any], inline: Mapping[str, Any], name: str, path: str, skip: set[str]
+) -> None:
+    """Check (and losslessly convert, e.g. ``'1e-4'`` to a float) the config values against the
+    constructor's annotations; ``skip``: injected and code-supplied arguments."""
+    hints = parameter_hints(target)
+    shared = set(share_names(target))
+    for key, value in kwargs.items():
+        if key in skip or key not in hints:
+            continue
+        try:
+            kwargs[key] = coerce(value, hints[key])
+        except ValueTypeError as err:
+            if key in shared:
+                where = f"{key} (top-level, building {path})"
+            else:
+                where = f"{path}.{key}" if key in inline or path == name else f"{name}.{key} (building {path})"
+            raise ConfigError(f"{where}: {err}, for {target.__name__}({key})") from None
 
 
 def _lookup(name: str, path: str) -> Any:
@@ -96,6 +118,7 @@ def create(spec: str | Mapping[str, Any], cfg: Mapping[str, Any], path: str | No
         if key in cfg:
             kwargs[key] = copy.deepcopy(cfg[key])
     _check_keys(target, kwargs, own, name, path)
+    _check_types(target, kwargs, own, name, path, skip=set(inject_names(target)) | set(extra))
     for key in inject_names(target):
         if key in kwargs and kwargs[key] is not None:
             key_path = f"{path}.{key}" if key in own or path == name else f"{name}.{key}"

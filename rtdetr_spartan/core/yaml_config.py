@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rtdetr_spartan.core.registry import registered_names
+from rtdetr_spartan.core.value_types import ValueTypeError, coerce
 from rtdetr_spartan.core.workspace import ConfigError, create
 from rtdetr_spartan.core.yaml_utils import load_yaml, merge_dict
 
@@ -84,6 +85,54 @@ RUNTIME_KEYS = frozenset(
 )
 
 
+# Types of the top-level settings (checked, and losslessly converted, at load time) and their
+# lower bounds; registered constructors' arguments are checked against their annotations.
+SETTING_TYPES: dict[str, Any] = {
+    "task": str,
+    "num_classes": int,
+    "use_focal_loss": bool,
+    "remap_mscoco_category": bool,
+    "eval_spatial_size": tuple[int, int] | None,
+    "use_ema": bool,
+    "use_amp": bool,
+    "sync_bn": bool,
+    "find_unused_parameters": bool,
+    "epochs": int,
+    "clip_max_norm": float,
+    "output_dir": str,
+    "seed": int | None,
+    "print_freq": int,
+    "checkpoint_freq": int,
+    "base_lr_batch": int | None,
+    "num_workers": int,
+}
+SETTING_MINIMA: dict[str, float] = {
+    "num_classes": 1,
+    "epochs": 1,
+    "clip_max_norm": 0,
+    "print_freq": 1,
+    "checkpoint_freq": 0,
+    "base_lr_batch": 1,
+    "num_workers": 0,
+}
+
+
+def _check_settings(cfg: dict[str, Any], path: Path) -> None:
+    """Every top-level setting present has its type (``-u epochs=1.5`` is an error, not one
+    epoch) and lies above its minimum; values are replaced by their converted form."""
+    for key, hint in SETTING_TYPES.items():
+        if key not in cfg:
+            continue
+        try:
+            value = coerce(cfg[key], hint)
+        except ValueTypeError as err:
+            raise ConfigError(f"{path}: top-level setting {key}: {err}") from None
+        low = SETTING_MINIMA.get(key)
+        if low is not None and value is not None and value < low:
+            raise ConfigError(f"{path}: top-level setting {key} must be >= {low:g}, got {value!r}")
+        cfg[key] = value
+
+
 def import_registered_modules() -> None:
     """Import every package that registers config-buildable names."""
     for package in _REGISTERING_PACKAGES:
@@ -126,6 +175,7 @@ class YAMLConfig:
         cfg = merge_dict(load_yaml(self.path, _rename_deprecated), overrides)
         self.yaml_cfg: dict[str, Any] = _rename_deprecated(cfg, self.path)
         _check_top_level(self.yaml_cfg, self.path)
+        _check_settings(self.yaml_cfg, self.path)
 
     def get(self, key: str, default: Any = None) -> Any:
         return copy.deepcopy(self.yaml_cfg.get(key, default))

@@ -8,13 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rtdetr_spartan.deploy.compare import detection_difference
 from rtdetr_spartan.deploy.export import DeployModel, complex_tensor_names, export_onnx
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from tests.deploy.deploy_utils import R18_CONFIG, export_config, spartan_t_config
+from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree, export_config, spartan_t_config
 from tests.parity_utils import synthetic_scenes
-
-TOLERANCE = 1e-4
 
 
 def _sizes(batch: int, height: int, width: int) -> np.ndarray:
@@ -22,7 +19,7 @@ def _sizes(batch: int, height: int, width: int) -> np.ndarray:
     return np.array([[width + 100 * i, height - 40 * i] for i in range(batch)], dtype=np.int64)
 
 
-def _compare(module: DeployModel, session: ort.InferenceSession, batch: int, height: int, width: int) -> float:
+def _assert_agree(module: DeployModel, session: ort.InferenceSession, batch: int, height: int, width: int) -> None:
     images = synthetic_scenes(batch, height, width, seed=batch)
     sizes = _sizes(batch, height, width)
     got = session.run(None, {"images": images.numpy(), "orig_target_sizes": sizes})
@@ -30,7 +27,7 @@ def _compare(module: DeployModel, session: ort.InferenceSession, batch: int, hei
         ref = [t.numpy() for t in module(images, torch.from_numpy(sizes))]
     assert [a.shape for a in got] == [a.shape for a in ref]
     assert [a.dtype for a in got] == [np.int64, np.float32, np.float32]
-    return detection_difference(tuple(ref), tuple(got), sizes)
+    assert_detections_agree(tuple(ref), tuple(got), sizes)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +53,7 @@ def spartan_dynamic(
 def test_r18_batch_1_and_3_from_one_file_match_torch(r18_640) -> None:
     module, _, session = r18_640
     for batch in (1, 3):
-        assert _compare(module, session, batch, 640, 640) <= TOLERANCE, f"batch {batch}"
+        _assert_agree(module, session, batch, 640, 640)
 
 
 def test_r18_graph_interface_and_metadata(r18_640) -> None:
@@ -108,8 +105,8 @@ def test_spartan_dynamic_size_runs_at_two_sizes(spartan_dynamic) -> None:
     module, model, session = spartan_dynamic
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["N", 3, "H", "W"]
-    assert _compare(module, session, 1, 192, 192) <= TOLERANCE
-    assert _compare(module, session, 2, 256, 160) <= TOLERANCE
+    _assert_agree(module, session, 1, 192, 192)
+    _assert_agree(module, session, 2, 256, 160)
 
 
 def test_spartan_fixed_shape_export_matches_torch(tmp_path) -> None:
@@ -122,7 +119,7 @@ def test_spartan_fixed_shape_export_matches_torch(tmp_path) -> None:
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 160, 160]
     assert sum(n.op_type == "Resize" for n in model.graph.node) > 20
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert _compare(module, session, 1, 160, 160) <= TOLERANCE
+    _assert_agree(module, session, 1, 160, 160)
 
 
 def test_export_rejects_opset_without_grid_sample(tmp_path) -> None:

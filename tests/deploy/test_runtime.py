@@ -7,10 +7,9 @@ from PIL import Image
 
 from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY
 from rtdetr_spartan.data.transforms import Compose
-from rtdetr_spartan.deploy.compare import detection_difference
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.runtime import OnnxPredictor, TorchPredictor, preprocess
-from tests.deploy.deploy_utils import R18_CONFIG, export_config
+from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree, export_config
 
 SIZE = 128  # smallest stride-32 size with >= 300 anchors (num_queries)
 
@@ -29,13 +28,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     return module, path
 
 
-def _run_both(module, predictor: OnnxPredictor, images: list[Image.Image]) -> float:
+def _assert_both_agree(module, predictor: OnnxPredictor, images: list[Image.Image]) -> None:
     batch = np.stack([preprocess(im, predictor.input_size).numpy() for im in images])
     sizes = np.array([im.size for im in images], dtype=np.int64)
     got = predictor.run(batch, sizes)
     ref = TorchPredictor(module, predictor.info).run(batch, sizes)
     assert got[0].shape == (len(images), 300)
-    return detection_difference(ref, got, sizes)
+    assert_detections_agree(ref, got, sizes)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
@@ -56,14 +55,14 @@ def test_onnx_predictor_matches_torch_with_batch_chunks(exported) -> None:
     assert predictor.session.get_session_options().intra_op_num_threads == 1
     assert predictor.input_size == (SIZE, SIZE) and predictor._fixed_batch == 1
     images = [_image(120 + 10 * i, 90 - 5 * i, seed=i) for i in range(3)]
-    assert _run_both(module, predictor, images) <= 1e-4  # three runs of the batch-1 graph
+    _assert_both_agree(module, predictor, images)  # three runs of the batch-1 graph
 
 
 def test_dynamic_size_predictor_runs_at_another_input_size(exported) -> None:
     module, path = exported
     predictor = OnnxPredictor(path, input_size=(SIZE + 32, SIZE + 64))
     assert predictor.input_size == (SIZE + 32, SIZE + 64)
-    assert _run_both(module, predictor, [_image(200, 150, seed=5)]) <= 1e-4
+    _assert_both_agree(module, predictor, [_image(200, 150, seed=5)])
 
 
 def test_detections_carry_names_and_category_ids(exported) -> None:

@@ -9,10 +9,9 @@ import torch
 from PIL import Image
 
 from rtdetr_spartan.data.shapes import make_detection_dataset
-from rtdetr_spartan.deploy.compare import detection_difference
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.deploy.runtime import OnnxPredictor
-from tests.deploy.deploy_utils import R18_CONFIG
+from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree
 from tools.export_onnx import main as export_main
 from tools.infer import main as infer_main
 
@@ -88,7 +87,7 @@ def test_infer_torch_checkpoint_matches_onnx(exported: dict[str, Path], tmp_path
         assert infer_main([*source, "-i", str(image_path), "-o", str(tmp_path / name), "--threshold", "0"]) == 0
         outputs[name] = json.loads((tmp_path / name / "detections.json").read_text())["images"][0]
     sizes = np.array([[160, 160]])
-    assert detection_difference(_arrays(outputs["torch"]), _arrays(outputs["onnx"]), sizes) <= 1e-4
+    assert_detections_agree(_arrays(outputs["torch"]), _arrays(outputs["onnx"]), sizes)
 
 
 def test_folder_with_undecodable_video_degrades_with_message(exported: dict[str, Path], tmp_path: Path) -> None:
