@@ -15,7 +15,7 @@ from PIL import Image
 
 from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.deploy.benchmark import time_calls
-from rtdetr_spartan.deploy.compare import detection_difference
+from rtdetr_spartan.deploy.compare import DetectionAgreement, compare_detections
 from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.export import DeployModel, export_onnx
 from rtdetr_spartan.deploy.from_config import build_deploy_model, model_info_from_config
@@ -25,7 +25,7 @@ __all__ = [
     "ExportOutcome",
     "annotate_images",
     "export_detector",
-    "max_difference_on_images",
+    "agreement_on_images",
     "onnx_latency_ms",
     "predictors",
     "validation_images",
@@ -73,15 +73,15 @@ def _load(paths: Sequence[Path]) -> list[Image.Image]:
     return images
 
 
-def max_difference_on_images(
-    torch_predictor: TorchPredictor, onnx_predictor: OnnxPredictor, paths: Sequence[Path]
-) -> float:
-    """Largest difference between onnxruntime's and PyTorch's detections on real images
-    (scores, and boxes in units of the image size; see ``detection_difference``)."""
+def agreement_on_images(
+    torch_predictor: TorchPredictor, onnx_predictor: OnnxPredictor, paths: Sequence[Path], tolerance: float = 1e-3
+) -> DetectionAgreement:
+    """How many of PyTorch's detections onnxruntime reproduces on real images within
+    ``tolerance`` (scores, and boxes in units of the image size; see ``compare_detections``)."""
     images = _load(paths)
     batch = np.stack([preprocess(image, onnx_predictor.input_size).numpy() for image in images])
     sizes = np.array([image.size for image in images], dtype=np.int64)
-    return detection_difference(torch_predictor.run(batch, sizes), onnx_predictor.run(batch, sizes), sizes)
+    return compare_detections(torch_predictor.run(batch, sizes), onnx_predictor.run(batch, sizes), sizes, tolerance)
 
 
 def annotate_images(predictor: Predictor, paths: Sequence[Path], out_dir: Path, threshold: float) -> list[Path]:

@@ -19,9 +19,9 @@ from rtdetr_spartan.deploy.evaluate import evaluate_predictor
 from rtdetr_spartan.misc.plot import plot_training_curves
 from rtdetr_spartan.pipeline.datasets import ensure_classification_dataset, ensure_detection_dataset
 from rtdetr_spartan.pipeline.deployment import (
+    agreement_on_images,
     annotate_images,
     export_detector,
-    max_difference_on_images,
     onnx_latency_ms,
     predictors,
     validation_images,
@@ -84,12 +84,12 @@ def _deploy(settings: QuickstartSettings, detector: DetectorResult, clock: Stage
     with clock.stage("export", "export to ONNX and compare onnxruntime with PyTorch"):
         outcome = export_detector(cfg, detector.checkpoint, out / "model.onnx")
         torch_predictor, onnx_predictor = predictors(outcome, cfg)
-        diff = max_difference_on_images(
+        agreement = agreement_on_images(
             torch_predictor, onnx_predictor, validation_images(val_folder, max(settings.num_samples, 4))
         )
         logger.info(
-            "max |onnxruntime - PyTorch| on validation images: %.3g (random inputs: %s)",
-            diff,
+            "onnxruntime vs PyTorch on validation images: %s (random inputs: max difference %s)",
+            agreement.describe(),
             "n/a" if outcome.verify_diff is None else f"{outcome.verify_diff:.3g}",
         )
     with clock.stage("onnx_eval", "COCO evaluation of the ONNX model (onnxruntime)"):
@@ -112,7 +112,8 @@ def _deploy(settings: QuickstartSettings, detector: DetectorResult, clock: Stage
         latency = onnx_latency_ms(onnx_predictor, validation_images(val_folder, 1)[0], settings.latency_runs)
         logger.info("onnxruntime latency (batch 1, %dx%d): %.1f ms", *onnx_predictor.input_size, latency)
     return {
-        "onnx_max_abs_diff": diff,
+        "onnx_max_abs_diff": agreement.max_matched_diff,
+        "onnx_matched_fraction": agreement.matched_fraction,
         "onnx_verify_diff": outcome.verify_diff,
         "onnx_ap": evaluator.stats[0],
         "onnx_ap50": evaluator.stats[1],

@@ -51,7 +51,8 @@ def test_fast_run_succeeds_and_writes_summary(fast_run: tuple[subprocess.Complet
     for key in ("ap", "ap50", "onnx_max_abs_diff", "seconds", "latency_ms", "onnx_ap", "pretrain_top1", "paths"):
         assert key in summary, key
     assert 0.0 <= summary["ap"] <= summary["ap50"] <= 1.0
-    assert 0.0 <= summary["onnx_max_abs_diff"] < 1e-3  # onnxruntime reproduces PyTorch
+    # onnxruntime reproduces PyTorch (a near-tied detection may be another query's)
+    assert summary["onnx_matched_fraction"] >= 0.95 and 0.0 <= summary["onnx_max_abs_diff"] < 1e-3
     assert math.isclose(summary["onnx_ap"], summary["ap"], abs_tol=1e-3)
     assert summary["latency_ms"] > 0 and summary["seconds"] > 0
     assert set(summary["stage_seconds"]) == {"datasets", "pretrain", "train", "export", "onnx_eval", "demo", "curves"}
