@@ -145,12 +145,23 @@ def coerce(value: Any, hint: Any) -> Any:
 
 @functools.cache
 def parameter_hints(target: Any) -> dict[str, Any]:
-    """Resolved annotations of ``target``'s constructor (or function) parameters; empty when they
-    cannot be resolved (a name only imported for type checking, ...)."""
+    """Resolved annotations of ``target``'s constructor (or function) parameters; those that
+    cannot be resolved (a name only imported for type checking, ...) are left out."""
     func = target.__init__ if inspect.isclass(target) else target
     try:
         hints = typing.get_type_hints(func)
-    except Exception:  # unresolvable annotations: leave the values unchecked
-        return {}
+    except Exception:  # some annotation does not resolve: resolve the others one by one
+        hints = {}
+        namespace = getattr(func, "__globals__", {})
+        for name, param in inspect.signature(func).parameters.items():
+            annotation = param.annotation
+            if isinstance(annotation, str):
+                try:
+                    # what typing.get_type_hints does for each string annotation
+                    annotation = eval(annotation, dict(namespace))
+                except Exception:
+                    continue
+            if annotation is not inspect.Parameter.empty:
+                hints[name] = annotation
     hints.pop("return", None)
     return hints

@@ -57,6 +57,8 @@ def test_wrong_constructor_argument_names_key_path_value_and_type() -> None:
         ConfigError, match=r"optimizer\.lr: expected float \| Tensor, got 'abc' \(str\), for AdamW\(lr\)"
     ):
         _ = _config("optimizer.lr=abc").optimizer
+    with pytest.raises(ConfigError, match=r"train_dataloader\.batch_size: expected int \| None, got 2\.5"):
+        _config("train_dataloader.batch_size=2.5").build("train_dataloader")  # annotations partly unresolvable
     with pytest.raises(ConfigError, match=r"RTDETRTransformer\.num_queries .*expected int, got 'many'"):
         _config("RTDETRTransformer.num_queries=many").build("model")
     with pytest.raises(
