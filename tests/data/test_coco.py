@@ -10,9 +10,12 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from rtdetr_spartan.core import lookup
+from rtdetr_spartan.core import YAMLConfig, lookup
 from rtdetr_spartan.data.categories import MSCOCO_CATEGORIES, MSCOCO_CATEGORY_TO_LABEL
 from rtdetr_spartan.data.coco import CocoDetection, ImageReadError
+from tests.train_utils import dataset_overrides
+
+SHAPES_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "rtdetr" / "rtdetr_spartan_t_shapes.yml"
 
 
 def write_coco(
@@ -203,3 +206,17 @@ def test_generated_dataset_labels_match_annotations(shapes_root: Path) -> None:
         _, target = ds[index]
         anns = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[target["image_id"].item()]))
         assert [ds.label_to_category[label] for label in target["labels"].tolist()] == [a["category_id"] for a in anns]
+
+
+def test_missing_validation_image_stops_the_config_before_training(shapes_root: Path, tmp_path: Path) -> None:
+    """The issue's reproduction: images[0].file_name of the validation file set to a missing
+    file. Building the validation loader (the solver does it before the first epoch) names it."""
+    ann = json.loads((shapes_root / "annotations" / "instances_val.json").read_text())
+    ann["images"][0]["file_name"] = "gone.jpg"
+    ann_file = tmp_path / "instances_val.json"
+    ann_file.write_text(json.dumps(ann))
+    overrides = dataset_overrides(shapes_root)
+    overrides["val_dataloader"]["dataset"]["ann_file"] = str(ann_file)
+    cfg = YAMLConfig(SHAPES_CONFIG, **overrides)
+    with pytest.raises(ImageReadError, match=r"1 of 8 images listed in .*instances_val\.json are missing.*gone\.jpg"):
+        cfg.build("val_dataloader")
