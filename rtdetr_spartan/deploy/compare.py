@@ -150,8 +150,6 @@ def compare_detections(
     their summed difference), so reordered near-ties pair up and one flipped detection costs one
     detection, not the comparison.
     """
-    if tolerance * ref[0].shape[-1] >= 1.0:
-        raise ValueError(f"tolerance {tolerance:g} is too large for {ref[0].shape[-1]} detections per image")
     total = matched = top_total = top_matched = 0
     worst = 0.0
     for a, b in _normalized(ref, got, image_sizes):
@@ -159,8 +157,9 @@ def compare_detections(
         if cost.size == 0:
             continue
         within = cost <= tolerance
-        # a pair beyond the tolerance costs >= 1, more than all within-tolerance pairs together
-        rows, cols = linear_sum_assignment(np.where(within, cost, 1.0 + np.minimum(cost, 1.0)))
+        # a pair beyond the tolerance costs more than all within-tolerance pairs together
+        beyond = 1.0 + tolerance * cost.shape[0]
+        rows, cols = linear_sum_assignment(np.where(within, cost, beyond + np.minimum(cost, 1.0)))
         hit = np.zeros(a[0].shape, dtype=bool)
         hit[rows] = within[rows, cols]
         top = _high_scoring(a[2], top_fraction, score_threshold)
