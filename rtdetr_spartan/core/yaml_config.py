@@ -70,6 +70,9 @@ RUNTIME_KEYS = frozenset(
         "num_top_queries",
         "eval_backend",
         "num_workers",
+        "compile",
+        "overwrite",
+        "hooks",
     }
 )
 

@@ -142,7 +142,7 @@ def test_tuning_loads_matching_weights_and_skips_the_rest(
     own = solver.module.state_dict()
     name = "backbone.conv1.conv1_1.conv.weight"
     assert torch.equal(own[name], other.state_dict()[name])
-    assert torch.equal(solver.ema.module.state_dict()[name], other.state_dict()[name])
+    assert torch.equal(solver.eval_module.state_dict()[name], other.state_dict()[name])  # the EMA copy
     assert "shape mismatch" in caplog.text and "decoder.enc_score_head.weight" in caplog.text
 
 
