@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rtdetr_spartan.core import YAMLConfig, create, merge_dict
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
-from rtdetr_spartan.optim.warmup_cosine import WarmupCosineLR
-from rtdetr_spartan.solver import TASKS
 from rtdetr_spartan.nn.criterion import SoftTargetCrossEntropy
 from rtdetr_spartan.nn.postprocessor import ClassificationPostProcessor
 from rtdetr_spartan.optim.param_groups import scaled_lr
+from rtdetr_spartan.optim.warmup_cosine import WarmupCosineLR
+from rtdetr_spartan.solver import TASKS
 from rtdetr_spartan.solver.cls_engine import all_reduce_batchnorm_stats, evaluate
 from rtdetr_spartan.solver.cls_solver import ClsSolver
 from rtdetr_spartan.solver.loaders import ShardSampler
