@@ -129,6 +129,7 @@ def test_classification_task_is_registered() -> None:
     assert TASKS["classification"] is ClsSolver
 
 
+@pytest.mark.slow
 def test_resume_continues_like_an_uninterrupted_run(cls_data: Path, tmp_path: Path) -> None:
     full = ClsSolver(_config(cls_data, tmp_path / "full"))
     full.fit()
@@ -184,6 +185,8 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
         tdist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_batchnorm_stats_and_accuracy_are_reduced_across_ranks(tmp_path: Path) -> None:
     mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

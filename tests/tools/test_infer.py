@@ -16,6 +16,8 @@ from tests.deploy.deploy_utils import R18_CONFIG
 from tools.export_onnx import main as export_main
 from tools.infer import main as infer_main
 
+pytestmark = pytest.mark.slow  # every test exports a full model or runs a subprocess
+
 SIZE = 128
 
 
