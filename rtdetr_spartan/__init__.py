@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 # Importing the subpackages registers every name a config can build (``type: AdamW``,
 # ``RTDETR``, ``CocoDetection``, ...); core's registry itself knows no package.
-from rtdetr_spartan import data, nn, optim, zoo  # noqa: E402
+from rtdetr_spartan import data, nn, optim, zoo
 
 __all__ = ["__version__", "data", "nn", "optim", "zoo"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -144,10 +144,11 @@ def detector_parity(
     (``summary_problems``, each prefixed by part and level), and the ``matched_fraction`` of
     the reference decoder queries (atol 1e-4)."""
     batch, _, height, width = expected["input_shape"]
+    backbone, encoder, decoder = (cast(torch.nn.Module, getattr(model, n)) for n in ("backbone", "encoder", "decoder"))
     with torch.inference_mode():
-        feats = model.backbone(synthetic_scenes(batch, height, width, seed=0).to(device))
-        memory = model.encoder(feats)
-        outputs = model.decoder(memory)
+        feats = backbone(synthetic_scenes(batch, height, width, seed=0).to(device))
+        memory = encoder(feats)
+        outputs = decoder(memory)
     problems = []
     for part, tensors in (("backbone", feats), ("encoder", memory)):
         for level, (summary, tensor) in enumerate(zip(expected[part], tensors, strict=True)):
