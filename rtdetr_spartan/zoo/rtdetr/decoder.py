@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import init
 
 from rtdetr_spartan.core import register
+from rtdetr_spartan.nn.tracing import is_tracing
 from rtdetr_spartan.zoo.rtdetr.decoder_layers import TransformerDecoder, TransformerDecoderLayer
 from rtdetr_spartan.zoo.rtdetr.denoising import build_contrastive_denoising_group
 from rtdetr_spartan.zoo.rtdetr.utils import MLP, bias_init_with_prob
@@ -221,8 +222,7 @@ class RTDETRTransformer(nn.Module):
         use_cache = (
             not self.training
             and self.anchors is not None
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
+            and not is_tracing()
             and [tuple(s) for s in spatial_shapes] == self._eval_spatial_shapes()
         )
         if use_cache:

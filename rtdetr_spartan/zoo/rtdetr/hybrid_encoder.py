@@ -16,6 +16,7 @@ from torch import nn
 
 from rtdetr_spartan.core import register
 from rtdetr_spartan.nn.common import ConvNormLayer, get_activation
+from rtdetr_spartan.nn.tracing import is_tracing
 
 __all__ = [
     "HybridEncoder",
@@ -196,16 +197,6 @@ class TransformerEncoder(nn.Module):
         return src if self.norm is None else self.norm(src)
 
 
-def _is_exporting() -> bool:
-    """True while tracing/compiling, where shapes may be symbolic and caches must not be used."""
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
-
-
 @register()
 class HybridEncoder(nn.Module):
     """AIFI on the levels in ``use_encoder_idx`` then CCFM top-down/bottom-up fusion.
@@ -307,7 +298,7 @@ class HybridEncoder(nn.Module):
         self, idx: int, h: int | torch.Tensor, w: int | torch.Tensor, device: torch.device
     ) -> torch.Tensor:
         """[1, h * w, hidden_dim]: the cached buffer when it fits, else computed from (h, w)."""
-        if not self.training and not _is_exporting() and self._cached_hw.get(idx) == (h, w):
+        if not self.training and not is_tracing() and self._cached_hw.get(idx) == (h, w):
             return getattr(self, f"pos_embed{idx}")
         return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature, device=device)
 
