@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 from collections.abc import Iterable
 from typing import Any, ContextManager
@@ -17,8 +16,6 @@ from tqdm import tqdm
 from rtdetr_spartan.misc import dist
 
 __all__ = ["FAULT_ENV", "autocast", "backward_and_step", "fault_point", "progress"]
-
-logger = logging.getLogger(__name__)
 
 # Test-only: "RANK:EPOCH:ITERATION" makes that rank exit abruptly (os._exit(FAULT_EXIT_CODE))
 # before that training iteration, on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT 0),
@@ -76,6 +73,6 @@ def fault_point(epoch: int, iteration: int) -> None:
     """Exit this process at the iteration named by ``RTDETR_SPARTAN_TEST_EXIT_AT`` (tests only)."""
     target = _fault_target()
     if target is not None and target == (dist.get_rank(), epoch, iteration):
-        logger.warning("%s: rank %d exits at epoch %d, iteration %d", FAULT_ENV, target[0], epoch, iteration)
-        logging.shutdown()
+        # Straight to the file descriptor: no logging locks or buffers on the way out.
+        os.write(2, f"{FAULT_ENV}: rank {target[0]} exits at epoch {epoch}, iteration {iteration}\n".encode())
         os._exit(FAULT_EXIT_CODE)

@@ -34,6 +34,8 @@ class RTDETRPostProcessor(nn.Module):
 
     __share__ = ["num_classes", "use_focal_loss", "remap_mscoco_category"]
 
+    category_ids: torch.Tensor  # buffer: contiguous label -> COCO category id
+
     def __init__(
         self,
         num_classes: int = 80,
