@@ -85,6 +85,7 @@ def test_fit_writes_checkpoints_log_and_eval_files(one_epoch: tuple[Path, dict[s
     assert {row["category_id"] for row in summary["per_class"]} == {3, 7, 11, 20}
 
 
+@pytest.mark.slow
 def test_fit_with_the_spartan_backbone(shapes: Path, tmp_path: Path) -> None:
     solver = DetSolver(tiny_cfg(shapes, tmp_path, config=TINY_SPARTAN_CONFIG))
     best = solver.fit()
@@ -140,6 +141,7 @@ def _final_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {"model": ckpt["model"], "ema": ckpt["ema"]["module"]}
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     DetSolver(tiny_cfg(shapes, tmp_path / "straight", epochs=2, checkpoint_freq=1)).fit()
     DetSolver(tiny_cfg(shapes, tmp_path / "split", epochs=1)).fit()
