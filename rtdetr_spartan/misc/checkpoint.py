@@ -34,6 +34,7 @@ __all__ = [
     "extract_state_dict",
     "load_checkpoint",
     "load_model_weights",
+    "publish_link",
     "remove_stale_temp_files",
     "save_atomic",
 ]
@@ -89,6 +90,17 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             ) from err
         raise
     return path
+
+
+def publish_link(source: Path, target: Path) -> None:
+    """Atomically make ``target`` a hard link to ``source`` (a copy where links are unsupported)."""
+    staging = target.with_name(f".{target.name}.staging")
+    staging.unlink(missing_ok=True)
+    try:
+        os.link(source, staging)
+    except OSError:
+        shutil.copyfile(source, staging)
+    os.replace(staging, target)
 
 
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:

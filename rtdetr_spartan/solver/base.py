@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import copy
 import datetime
-import inspect
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,62 +34,34 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader
 
 import rtdetr_spartan
-from rtdetr_spartan.core import ConfigError, YAMLConfig, create, lookup
+from rtdetr_spartan.core import ConfigError, YAMLConfig, create
 from rtdetr_spartan.data.dataloader import set_epoch
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.checkpoint import (
     extract_state_dict,
     load_checkpoint,
     load_model_weights,
+    publish_link,
     remove_stale_temp_files,
     save_atomic,
 )
 from rtdetr_spartan.nn.compile import compile_regional
-from rtdetr_spartan.optim import param_groups_from_config, scaled_lr
+from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
 from rtdetr_spartan.solver.loaders import prepare_eval_loader, prepare_train_loader
+from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler
 from rtdetr_spartan.solver.rng import preserved_rng, rng_state, set_rng_state
 from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainState
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["BaseSolver", "resolve_amp_dtype", "select_device"]
+__all__ = ["BaseSolver"]
 
 logger = logging.getLogger(__name__)
 
-AMP_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 AUTO_RESUME = "auto"
-
-
-def select_device(requested: str | None) -> torch.device:
-    """``cpu``, ``cuda`` or ``None`` (CUDA when available); distributed CUDA runs use
-    ``cuda:LOCAL_RANK``."""
-    name = (requested or ("cuda" if torch.cuda.is_available() else "cpu")).lower()
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"device: expected 'cpu' or 'cuda', got {requested!r}")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {requested!r} requested but CUDA is not available")
-        if dist.is_dist_initialized():
-            return torch.device("cuda", dist.get_local_rank())
-    return torch.device(name)
-
-
-def resolve_amp_dtype(cfg: YAMLConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or ``None`` without AMP. CPU AMP is bfloat16 only (opt-in)."""
-    if not cfg.use_amp:
-        return None
-    default = "float16" if device.type == "cuda" else "bfloat16"
-    name = str(cfg.get("amp_dtype") or default)
-    if name not in AMP_DTYPES:
-        raise ConfigError(f"amp_dtype: expected one of {sorted(AMP_DTYPES)}, got {name!r}")
-    if device.type == "cpu" and name != "bfloat16":
-        raise ConfigError(f"amp_dtype: {name} autocast is not supported on the CPU; use bfloat16")
-    return AMP_DTYPES[name]
 
 
 class BaseSolver:
@@ -330,52 +299,6 @@ class BaseSolver:
             model, device_ids=device_ids, find_unused_parameters=bool(self.cfg.get("find_unused_parameters", False))
         )
 
-    def _build_optimizer(self, module: nn.Module, train_loader: DataLoader[Any]) -> torch.optim.Optimizer:
-        """The one optimizer path: parameter groups from ``optimizer.params``, then the lr scaled
-        to the total batch when ``base_lr_batch`` is set."""
-        groups = param_groups_from_config(self.cfg.get("optimizer") or {}, module, self.cfg.yaml_cfg)
-        logger.info(
-            "optimizer parameter groups: %s",
-            ", ".join(f"{len(g['params'])} tensors (weight_decay {g.get('weight_decay', 'default')})" for g in groups),
-        )
-        optimizer: torch.optim.Optimizer = self.cfg.build("optimizer", params=groups)
-        base_lr_batch = self.cfg.get("base_lr_batch")
-        if base_lr_batch is not None:
-            batch = int(train_loader.batch_size or 1)
-            total = batch * dist.get_world_size()
-            base = float(optimizer.defaults["lr"])
-            lr = scaled_lr(base, total, base_lr_batch)
-            for group in optimizer.param_groups:
-                group["lr"] *= lr / base if base else 1.0
-            optimizer.defaults["lr"] = lr
-            logger.info(
-                "lr %.6g = base lr %.6g x total batch %d (%d x %d processes) / base_lr_batch %s",
-                lr,
-                base,
-                total,
-                batch,
-                dist.get_world_size(),
-                base_lr_batch,
-            )
-        return optimizer
-
-    def _build_scheduler(self, optimizer: torch.optim.Optimizer, train_loader: DataLoader[Any]) -> LRScheduler | None:
-        """``lr_scheduler`` (built after any lr scaling); ``iters_per_epoch`` is supplied to a
-        scheduler that takes it."""
-        spec = self.cfg.get("lr_scheduler")
-        if not spec:
-            return None
-        name = spec if isinstance(spec, str) else spec.get("type") if isinstance(spec, Mapping) else None
-        try:
-            target = lookup(str(name))
-        except KeyError as err:
-            raise ConfigError(f"{self.cfg.path}: lr_scheduler: {err.args[0]}") from None
-        extra: dict[str, Any] = {"optimizer": optimizer}
-        if "iters_per_epoch" in inspect.signature(target).parameters:
-            extra["iters_per_epoch"] = len(train_loader)
-        scheduler: LRScheduler = self.cfg.build("lr_scheduler", **extra)
-        return scheduler
-
     def setup_train(self) -> TrainState:
         """Everything :meth:`fit` needs; with ``resume`` set, the full state of that checkpoint."""
         resume = self._resume_source(training=True)
@@ -383,7 +306,7 @@ class BaseSolver:
             remove_stale_temp_files(self.output_dir)
         base = self._build_eval_state()
         train_loader = prepare_train_loader(self.cfg.train_dataloader, self.seed)
-        optimizer = self._build_optimizer(base.module, train_loader)
+        optimizer = build_optimizer(self.cfg, base.module, train_loader)
         scaler = None
         if self.amp_dtype == torch.float16:  # bfloat16 needs no loss scaling
             scaler = self.cfg.build("scaler") if self.cfg.get("scaler") else torch.amp.GradScaler("cuda")
@@ -391,7 +314,7 @@ class BaseSolver:
             base,
             train_loader=train_loader,
             optimizer=optimizer,
-            lr_scheduler=self._build_scheduler(optimizer, train_loader),
+            lr_scheduler=build_scheduler(self.cfg, optimizer, train_loader),
             scaler=scaler,
         )
         self._state = state
@@ -536,7 +459,7 @@ class BaseSolver:
         """
         target = self.output_dir / name
         if self.is_main:
-            _publish_copy(source, target)
+            publish_link(source, target)
         dist.barrier()
         return target
 
@@ -545,17 +468,6 @@ class BaseSolver:
         if self.is_main:
             with (self.output_dir / "log.txt").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(_json_safe(record)) + "\n")
-
-
-def _publish_copy(source: Path, target: Path) -> None:
-    """Atomically make ``target`` a hard link to ``source`` (a copy where links are unsupported)."""
-    staging = target.with_name(f".{target.name}.staging")
-    staging.unlink(missing_ok=True)
-    try:
-        os.link(source, staging)
-    except OSError:
-        shutil.copyfile(source, staging)
-    os.replace(staging, target)
 
 
 def _json_safe(value: Any) -> Any:

@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig
-from rtdetr_spartan.misc.checkpoint import save_atomic
-from rtdetr_spartan.solver.base import BaseSolver, _publish_copy, resolve_amp_dtype, select_device
+from rtdetr_spartan.misc.checkpoint import publish_link, save_atomic
+from rtdetr_spartan.solver.base import BaseSolver
+from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
 
 
 def _cfg(tmp_path: Path, **values: object) -> YAMLConfig:
@@ -54,8 +55,8 @@ def test_best_metric_keeps_the_highest(tmp_path: Path) -> None:
 def test_published_copy_survives_the_next_last_checkpoint(tmp_path: Path) -> None:
     last, best = tmp_path / "last.pth", tmp_path / "best.pth"
     save_atomic({"epoch": 0}, last)
-    _publish_copy(last, best)
+    publish_link(last, best)
     save_atomic({"epoch": 1}, last)  # a new file renamed over last.pth
     assert torch.load(best)["epoch"] == 0 and torch.load(last)["epoch"] == 1
-    _publish_copy(last, best)
+    publish_link(last, best)
     assert torch.load(best)["epoch"] == 1
