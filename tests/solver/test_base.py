@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
-from rtdetr_spartan.core import ConfigError, YAMLConfig
+from rtdetr_spartan.core import ConfigError, YAMLConfig, register
 from rtdetr_spartan.misc.checkpoint import publish_link, save_atomic
 from rtdetr_spartan.solver.base import BaseSolver
 from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
+from rtdetr_spartan.solver.state import SolverHook
 
 
 def _cfg(tmp_path: Path, **values: object) -> YAMLConfig:
@@ -60,3 +61,22 @@ def test_published_copy_survives_the_next_last_checkpoint(tmp_path: Path) -> Non
     assert torch.load(best)["epoch"] == 0 and torch.load(last)["epoch"] == 1
     publish_link(last, best)
     assert torch.load(best)["epoch"] == 1
+
+
+@register(name="TestEveryNEpochsHook")
+class _EveryNEpochs(SolverHook):
+    def __init__(self, every: int = 1) -> None:
+        self.every = every
+
+
+@register(name="TestNotAHook")
+class _NotAHook:
+    pass
+
+
+def test_hooks_are_built_from_the_config(tmp_path: Path) -> None:
+    solver = BaseSolver(_cfg(tmp_path, device="cpu", hooks=[{"type": "TestEveryNEpochsHook", "every": 5}]))
+    (hook,) = solver.hooks
+    assert isinstance(hook, _EveryNEpochs) and hook.every == 5
+    with pytest.raises(ConfigError, match=r"hooks\[0\] built a _NotAHook, expected a SolverHook"):
+        BaseSolver(_cfg(tmp_path, device="cpu", hooks=["TestNotAHook"]))
