@@ -32,28 +32,26 @@ import json
 import logging
 import math
 import statistics
-import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rtdetr_spartan.deploy.benchmark import benchmark  # noqa: E402
-from rtdetr_spartan.deploy.from_config import load_config  # noqa: E402
-from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier  # noqa: E402
-from tests.parity_utils import (  # noqa: E402
+from rtdetr_spartan.deploy.benchmark import benchmark
+from rtdetr_spartan.deploy.from_config import load_config
+from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
+from rtdetr_spartan.testing import parity as fixtures
+from rtdetr_spartan.testing.parity import (
     detector_parity,
-    load_expected,
-    load_spec,
     state_dict_spec,
     summary_problems,
     synthetic_scenes,
     synthetic_state_dict,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "parity"  # data files, read from the repository
 
 logger = logging.getLogger("gpu_check")
 
@@ -66,7 +64,7 @@ DETECTORS = {
 def _detector(config: Path, fixture: str, overrides: list[str] | None = None) -> torch.nn.Module:
     """The config's detector with the fixture's synthetic weights (state dict checked against the spec)."""
     model = load_config(config, overrides or []).build("model")
-    entries, _ = load_spec(fixture)
+    entries, _ = fixtures.load_spec(fixture, FIXTURES)
     if state_dict_spec(model) != entries:
         raise AssertionError(f"{config.name}: state dict differs from the {fixture} spec")
     model.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
@@ -78,7 +76,7 @@ def parity(device: torch.device) -> dict[str, object]:
     results: dict[str, object] = {}
     for name, (fixture, config) in DETECTORS.items():
         model = _detector(config, fixture).eval().to(device)
-        expected = load_expected(f"{fixture}_seed0")
+        expected = fixtures.load_expected(f"{fixture}_seed0", FIXTURES)
         for form in ("eval", "deployed"):
             if form == "deployed":
                 model.deploy()
@@ -88,11 +86,11 @@ def parity(device: torch.device) -> dict[str, object]:
                 "problems": problems,
                 "ok": fraction >= 0.98 and not problems,
             }
-    entries, _ = load_spec("spartan_t_cls")
+    entries, _ = fixtures.load_spec("spartan_t_cls", FIXTURES)
     classifier = SpaRTANClassifier()
     classifier.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
     classifier = classifier.eval().to(device)
-    expected = load_expected("spartan_t_cls_seed0")
+    expected = fixtures.load_expected("spartan_t_cls_seed0", FIXTURES)
     x = synthetic_scenes(expected["input_shape"][0], *expected["input_shape"][2:], seed=0).to(device)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):

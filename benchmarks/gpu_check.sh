@@ -55,12 +55,12 @@ if [ -n "${GPU_CHECK_SKIP_TOOLS:-}" ]; then
   cat "$out/summary.txt"
   exit $failed
 fi
-step train 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" -u epochs=1 "${det_data[@]}"
+step train 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" --overwrite -u epochs=1 "${det_data[@]}"
 step resume 180 torchrun --standalone --nproc-per-node 1 tools/train.py "${det[@]}" -r "$out/det/last.pth" \
   -u epochs=2 "${det_data[@]}"
 step test_only 120 python tools/train.py "${det[@]}" -r "$out/det/last.pth" --test-only -u "${det_data[@]}"
 step pretrain 180 torchrun --standalone --nproc-per-node 1 tools/pretrain.py -c configs/spartan/spartan_t_shapes_cls.yml \
-  --device "$device" --amp --output-dir "$out/cls" -u epochs=1 lr_scheduler.warmup_epochs=0 train_dataloader.dataset.root="$data/cls/train" \
+  --device "$device" --amp --overwrite --output-dir "$out/cls" -u epochs=1 lr_scheduler.warmup_epochs=0 train_dataloader.dataset.root="$data/cls/train" \
   val_dataloader.dataset.root="$data/cls/val"
 if [ -n "${GPU_CHECK_ORT_THREADS:-}" ]; then
   # shellcheck disable=SC2086

@@ -18,7 +18,7 @@ if [ ! -f "$data/annotations/instances_val.json" ]; then
 fi
 
 start=$(date +%s)
-python tools/train.py -c configs/rtdetr/rtdetr_spartan_t_shapes.yml --seed 0 --output-dir "$out" \
+python tools/train.py -c configs/rtdetr/rtdetr_spartan_t_shapes.yml --seed 0 --overwrite --output-dir "$out" \
   -u train_dataloader.dataset.img_folder="$data/train" \
      train_dataloader.dataset.ann_file="$data/annotations/instances_train.json" \
      val_dataloader.dataset.img_folder="$data/val" \

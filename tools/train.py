@@ -3,9 +3,12 @@
 
     python tools/train.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml
     python tools/train.py -c CFG -r output/x/last.pth             # resume everything
+    python tools/train.py -c CFG -r auto                            # resume OUTPUT_DIR/last.pth if any
+    python tools/train.py -c CFG --overwrite                        # fresh run over an earlier one
     python tools/train.py -c CFG -t weights.pth                     # fine-tune from matching weights
     python tools/train.py -c CFG -r output/x/best.pth --test-only   # evaluate only
     torchrun --nproc-per-node=2 tools/train.py -c CFG               # DDP (NCCL on GPU, gloo on CPU)
+    torchrun --max-restarts=3 --nproc-per-node=2 tools/train.py -c CFG -r auto   # elastic restarts
 
 ``batch_size`` in the config is per process: the total batch is batch_size x world size.
 """

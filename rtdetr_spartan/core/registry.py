@@ -29,7 +29,7 @@ def register(obj: T | None = None, *, name: str | None = None, force: bool = Fal
     """
 
     def _do(target: T) -> T:
-        key = name or target.__name__
+        key = name or str(getattr(target, "__name__", ""))
         known = _REGISTRY.get(key)
         if known is not None and known is not target and not force:
             raise KeyError(f"'{key}' is already registered as {known.__module__}.{known.__qualname__}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import logging
 from functools import cached_property
 from pathlib import Path
@@ -24,15 +23,6 @@ from rtdetr_spartan.core.workspace import ConfigError, create
 from rtdetr_spartan.core.yaml_utils import load_yaml, merge_dict
 
 logger = logging.getLogger(__name__)
-
-# Packages whose import registers the buildable classes.
-_REGISTERING_PACKAGES = (
-    "rtdetr_spartan.nn",
-    "rtdetr_spartan.zoo",
-    "rtdetr_spartan.data",
-    "rtdetr_spartan.optim",
-    "rtdetr_spartan.solver",
-)
 
 # Reference key names still accepted, with a warning.
 DEPRECATED_KEYS = {"epoches": "epochs"}
@@ -81,6 +71,9 @@ RUNTIME_KEYS = frozenset(
         "num_top_queries",
         "eval_backend",
         "num_workers",
+        "compile",
+        "overwrite",
+        "hooks",
     }
 )
 
@@ -105,6 +98,8 @@ SETTING_TYPES: dict[str, Any] = {
     "checkpoint_freq": int,
     "base_lr_batch": int | None,
     "num_workers": int,
+    "compile": bool,
+    "overwrite": bool,
 }
 SETTING_MINIMA: dict[str, float] = {
     "num_classes": 1,
@@ -131,12 +126,6 @@ def _check_settings(cfg: dict[str, Any], path: Path) -> None:
         if low is not None and value is not None and value < low:
             raise ConfigError(f"{path}: top-level setting {key} must be >= {low:g}, got {value!r}")
         cfg[key] = value
-
-
-def import_registered_modules() -> None:
-    """Import every package that registers config-buildable names."""
-    for package in _REGISTERING_PACKAGES:
-        importlib.import_module(package)
 
 
 def _rename_deprecated(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -170,7 +159,6 @@ class YAMLConfig:
     """
 
     def __init__(self, cfg_path: str | Path, **overrides: Any) -> None:
-        import_registered_modules()
         self.path = Path(cfg_path)
         cfg = merge_dict(load_yaml(self.path, _rename_deprecated), overrides)
         self.yaml_cfg: dict[str, Any] = _rename_deprecated(cfg, self.path)
@@ -223,17 +211,6 @@ class YAMLConfig:
     @cached_property
     def postprocessor(self) -> torch.nn.Module:
         return self.build("postprocessor")
-
-    @cached_property
-    def optimizer(self) -> torch.optim.Optimizer:
-        from rtdetr_spartan.optim.param_groups import param_groups_from_config
-
-        groups = param_groups_from_config(self.yaml_cfg["optimizer"], self.model)
-        return self.build("optimizer", params=groups)
-
-    @cached_property
-    def lr_scheduler(self) -> Any:
-        return self.build("lr_scheduler", optimizer=self.optimizer)
 
     @cached_property
     def ema(self) -> Any:

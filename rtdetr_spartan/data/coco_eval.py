@@ -56,7 +56,8 @@ def to_category_ids(
     lut = torch.full((max(label_to_category) + 1,), -1, dtype=torch.int64)
     for label, cid in label_to_category.items():
         lut[label] = cid
-    out, dropped = {}, {}
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    dropped: dict[int, int] = {}
     for image_id, pred in predictions.items():
         labels = pred["labels"].to(torch.int64).cpu()
         in_range = (labels >= 0) & (labels < len(lut))

@@ -43,7 +43,7 @@ def set_epoch(loader: data.DataLoader, epoch: int) -> None:
     seen: list[Any] = []
     for obj in (sampler, batch_sampler, inner, loader.collate_fn):
         if obj is not None and hasattr(obj, "set_epoch") and not any(obj is s for s in seen):
-            obj.set_epoch(epoch)
+            obj.set_epoch(epoch)  # type: ignore[union-attr]
             seen.append(obj)
 
 

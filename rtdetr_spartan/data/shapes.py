@@ -54,6 +54,7 @@ class ShapeObject:
 # ----------------------------------------------------------------------------- geometry
 def shape_polygon(name: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
     """Vertices of ``name`` centred at (cx, cy) with circumradius ``radius``, rotated by ``angle``."""
+    radii: tuple[float, ...]
     if name == "circle":
         n, radii = 48, (radius,)
     elif name == "square":
@@ -223,7 +224,8 @@ def _coco_annotation(ann_id: int, image_id: int, obj: ShapeObject) -> dict[str, 
 def _write_detection_split(
     out: Path, split: str, count: int, size: int, seed: int, image_format: str, max_objects: int
 ) -> Path:
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(count):
         rng = _image_rng(seed, split, index)
         num_objects = 0 if index % EMPTY_EVERY == 3 else int(rng.integers(1, max_objects + 1))

@@ -77,8 +77,8 @@ class DeployModel(nn.Module):
 
     def __init__(self, model: nn.Module, postprocessor: nn.Module) -> None:
         super().__init__()
-        self.model = model.deploy()
-        self.postprocessor = postprocessor.deploy()
+        self.model: nn.Module = getattr(model, "deploy")()  # noqa: B009 (deploy() is not on nn.Module)
+        self.postprocessor: nn.Module = getattr(postprocessor, "deploy")()  # noqa: B009
 
     def forward(
         self, images: torch.Tensor, orig_target_sizes: torch.Tensor

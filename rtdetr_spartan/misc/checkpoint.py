@@ -1,41 +1,124 @@
-"""Checkpoint files: atomic writes and model-weight loading from the published layouts.
+"""Checkpoint files: atomic writes, stale temporary files, and the one model-weight loader.
 
-Published RT-DETR checkpoints store weights as ``{'ema': {'module': sd}}``, ``{'model': sd}`` or
-a bare state dict; all three load here, EMA weights first.
+:func:`load_model_weights` is the project's only way to put saved weights into a model (solvers'
+resume and tuning, backbones' ``pretrained``, deployment). As timm's ``load_checkpoint`` /
+``clean_state_dict``, it reads every published layout (``{'ema': {'module': sd}}``,
+``{'model': sd}``, ``{'state_dict': sd}`` or a bare state dict; EMA weights first), strips a
+DistributedDataParallel ``module.`` prefix, and applies one strictness policy:
+
+- ``strict=True``: names and shapes must match exactly; the error lists every difference.
+- ``strict=False``: the tensors whose names and shapes match are loaded; the rest are reported
+  in one warning (e.g. a class head of another size when fine-tuning).
+
+Either way BatchNorm's ``num_batches_tracked`` counters never count as a difference (a
+FrozenBatchNorm2d has none), and ``ignore`` drops entries by name prefix (a classifier head).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any
 
 import torch
 
+__all__ = [
+    "LoadReport",
+    "clean_state_dict",
+    "extract_state_dict",
+    "load_checkpoint",
+    "load_model_weights",
+    "publish_link",
+    "remove_stale_temp_files",
+    "save_atomic",
+]
+
 logger = logging.getLogger(__name__)
+
+# save_atomic's temporary files: ``.NAME.<random>.tmp`` beside NAME.
+TEMP_SUFFIX = ".tmp"
+
+
+def _open_for_writing(fd: int) -> IO[bytes]:
+    """The binary file object ``save_atomic`` writes through (a seam for disk-full tests)."""
+    return os.fdopen(fd, "wb")
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` or an exception it wraps is ENOSPC (torch's writer raises a RuntimeError
+    whose context is the OSError of the failed write)."""
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
 
-    A crash mid-write leaves the previous file intact (rename is atomic on POSIX).
+    A crash mid-write leaves the previous file intact (rename is atomic on POSIX); a kill can
+    leave the temporary file, which :func:`remove_stale_temp_files` removes. A full disk raises
+    ``OSError(ENOSPC)`` naming ``path`` and the free space.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with _open_for_writing(fd) as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(err):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on device while saving {path} ({free / 2**20:.1f} MiB free in {path.parent}); "
+                "free some space (old checkpointNNNN.pth files?) and resume with -r auto",
+            ) from err
         raise
     return path
+
+
+def publish_link(source: Path, target: Path) -> None:
+    """Atomically make ``target`` a hard link to ``source`` (a copy where links are unsupported)."""
+    staging = target.with_name(f".{target.name}.staging")
+    staging.unlink(missing_ok=True)
+    try:
+        os.link(source, staging)
+    except OSError:
+        shutil.copyfile(source, staging)
+    os.replace(staging, target)
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that a killed :func:`save_atomic` (``.NAME.*.tmp``) or
+    checkpoint publication (``.NAME.staging``) left in ``directory``; returns them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted({*directory.glob(".*.pth.*.tmp"), *directory.glob(".*.pth.staging")})
+    total = 0
+    for path in stale:
+        total += path.stat().st_size
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info(
+            "removed %d stale temporary checkpoint files (%.1f MiB) in %s", len(stale), total / 2**20, directory
+        )
+    return stale
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -52,24 +135,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return dict(obj)
 
 
-def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Model weights from any published layout: EMA weights, else ``model``, else a bare dict.
+def clean_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` with a DistributedDataParallel ``module.`` prefix removed."""
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
 
-    A ``module.`` prefix left by DistributedDataParallel is removed.
-    """
-    if isinstance(obj.get("ema"), Mapping) and "module" in obj["ema"]:
-        state = obj["ema"]["module"]
+
+def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Model weights from any published layout: EMA weights, else ``model``, else
+    ``state_dict``, else a bare state dict (cleaned by :func:`clean_state_dict`)."""
+    ema = obj.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        state = ema["module"]
     elif isinstance(obj.get("model"), Mapping):
         state = obj["model"]
     elif isinstance(obj.get("state_dict"), Mapping):
         state = obj["state_dict"]
     else:
         state = obj
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = clean_state_dict(state)
     if not tensors:
-        raise ValueError(f"no tensors found in checkpoint (keys: {sorted(obj)[:10]})")
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+        raise ValueError(
+            "no tensors found in the checkpoint: expected a state dict, {'model': state_dict} or "
+            f"{{'ema': {{'module': state_dict}}}} (top-level keys: {sorted(map(str, obj))[:10]})"
+        )
     return tensors
 
 
@@ -81,6 +172,11 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every model tensor loaded and every checkpoint tensor used."""
+        return not (self.missing or self.unexpected or self.mismatched)
 
     def describe(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
@@ -95,34 +191,49 @@ class LoadReport:
         return "; ".join(lines)
 
 
+def _is_counter(name: str) -> bool:
+    return name.endswith("num_batches_tracked")
+
+
 def load_model_weights(
-    model: torch.nn.Module, source: str | Path | Mapping[str, Any], strict: bool = True
+    model: torch.nn.Module,
+    source: str | Path | Mapping[str, Any],
+    strict: bool = True,
+    ignore: Sequence[str] = (),
 ) -> LoadReport:
     """Load weights into ``model`` from a checkpoint path or an already-read checkpoint.
 
-    ``strict=True``: names and shapes must match exactly (error lists the differences).
-    ``strict=False`` (tuning): load the entries whose names and shapes match, report the rest —
-    e.g. a class head of another size.
+    ``strict`` and ``ignore`` (name prefixes of checkpoint entries to drop) follow the module's
+    policy. Raises ``ValueError`` naming the file (when given a path) and the differences.
     """
+    label = f"checkpoint {source}" if isinstance(source, (str, Path)) else "checkpoint"
     ckpt = load_checkpoint(source) if isinstance(source, (str, Path)) else source
-    state = extract_state_dict(ckpt)
+    try:
+        state = extract_state_dict(ckpt)
+    except ValueError as err:
+        raise ValueError(f"{label}: {err}") from None
+    state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in ignore)}
     own = model.state_dict()
     report = LoadReport()
     usable: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if name not in own:
-            report.unexpected.append(name)
+            if not _is_counter(name):
+                report.unexpected.append(name)
         elif own[name].shape != tensor.shape:
             report.mismatched.append(f"{name} {tuple(tensor.shape)} vs model {tuple(own[name].shape)}")
         else:
             usable[name] = tensor
-    report.missing = [n for n in own if n not in state]
+    report.missing = [n for n in own if n not in state and not _is_counter(n)]
     report.loaded = list(usable)
-    if strict and (report.missing or report.unexpected or report.mismatched):
+    if strict and not report.complete:
         raise ValueError(
-            f"checkpoint does not match the model ({report.describe()}); "
-            "use tuning (strict=False) to load only matching tensors"
+            f"{label} does not match {type(model).__name__} ({report.describe()}); "
+            "load with strict=False (tuning) to take only the matching tensors"
         )
     model.load_state_dict(usable, strict=False)
-    logger.info("weights: %s", report.describe())
+    if report.complete:
+        logger.info("%s: %s", label, report.describe())
+    else:
+        logger.warning("%s: %s", label, report.describe())
     return report

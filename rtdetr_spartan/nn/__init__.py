@@ -1,5 +1,5 @@
-"""Network building blocks and backbones."""
+"""Network building blocks and backbones; the classification criterion and postprocessor."""
 
-from rtdetr_spartan.nn import backbones
+from rtdetr_spartan.nn import backbones, criterion, postprocessor
 
-__all__ = ["backbones"]
+__all__ = ["backbones", "criterion", "postprocessor"]

@@ -55,7 +55,7 @@ def get_activation(act: str | nn.Module | None, inplace: bool = True) -> nn.Modu
     else:
         raise ValueError(f"unknown activation {act!r}; expected None, an nn.Module or one of {sorted(_ACTIVATIONS)}")
     if hasattr(module, "inplace"):
-        module.inplace = inplace
+        setattr(module, "inplace", inplace)  # noqa: B010 (a plain attribute, not a tensor or module)
     return module
 
 

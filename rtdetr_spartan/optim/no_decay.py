@@ -6,7 +6,7 @@ contains one of ``skip_names`` (``norm``; ``gamma``: the SMixer's centre-boost f
 no decay. As in the reference, the multi-dimensional block layer scales (``scale_1``,
 ``scale_2``: ``[1, C, 1, 1]``) and the CMixer's ``complex`` rotation weights are decayed.
 
-Select it from a config in place of a regex list (see :func:`param_groups_for`)::
+Select it from a config in place of a regex list (see :func:`~rtdetr_spartan.optim.param_groups.param_groups_from_config`)::
 
     optimizer:
       type: AdamW
@@ -16,14 +16,14 @@ Select it from a config in place of a regex list (see :func:`param_groups_for`):
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from rtdetr_spartan.core import ConfigError, create, register
-from rtdetr_spartan.optim.param_groups import param_groups_from_config
+from rtdetr_spartan.core import register
 
-__all__ = ["is_no_decay", "no_weight_decay_groups", "param_groups_for"]
+__all__ = ["is_no_decay", "no_weight_decay_groups"]
 
 
 def is_no_decay(name: str, param: torch.Tensor, skip_names: Sequence[str] = ("norm", "gamma")) -> bool:
@@ -56,25 +56,3 @@ def no_weight_decay_groups(
     if no_decay[1]:
         groups.append({"params": no_decay[1], "names": no_decay[0], "weight_decay": 0.0})
     return groups
-
-
-def param_groups_for(
-    optimizer_cfg: Mapping[str, Any], model: torch.nn.Module, cfg: Mapping[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    """Parameter groups as ``optimizer.params`` selects them.
-
-    ``params`` may name a registered group function (``no_weight_decay_groups``) or be a
-    ``{type: name, ...}`` dict of one with its options; anything else (a regex list, or nothing)
-    goes to :func:`param_groups_from_config`.
-    """
-    spec = optimizer_cfg.get("params")
-    if isinstance(spec, str) or (isinstance(spec, Mapping) and "type" in spec):
-        built = create(
-            spec if isinstance(spec, Mapping) else {"type": spec}, cfg or {}, path="optimizer.params", model=model
-        )
-        if not isinstance(built, list):
-            raise ConfigError(
-                f"optimizer.params: {spec!r} returned {type(built).__name__}, expected a list of parameter groups"
-            )
-        return built
-    return param_groups_from_config(optimizer_cfg, model)

@@ -1,5 +1,6 @@
-"""Solvers: the training and evaluation loops of each task, on a shared base
-(device, DDP, AMP, EMA, checkpoints). ``TASKS`` maps a config's ``task`` to its solver class."""
+"""Solvers: one training loop (:class:`BaseSolver`: device, DDP, AMP, EMA, optimizer,
+checkpoints, hooks) and each task's epoch, evaluation and metric. ``TASKS`` maps a config's
+``task`` to its solver class."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.solver.base import BaseSolver
 from rtdetr_spartan.solver.cls_solver import ClsSolver
 from rtdetr_spartan.solver.det_solver import DetSolver
+from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainState
 
-__all__ = ["TASKS", "BaseSolver", "DetSolver", "build_solver"]
+__all__ = [
+    "TASKS",
+    "BaseSolver",
+    "ClsSolver",
+    "DetSolver",
+    "EpochResult",
+    "EvalState",
+    "SolverHook",
+    "TrainState",
+    "build_solver",
+]
 
 TASKS: dict[str, type[BaseSolver]] = {
     "detection": DetSolver,

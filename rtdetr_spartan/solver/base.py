@@ -1,18 +1,23 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
-"""Task-independent training machinery: device, DDP, AMP, EMA, checkpoints, resume and tuning.
+"""The one training loop: device, DDP, AMP, EMA, optimizer, checkpoints, resume, logging and hooks.
 
 A solver is built from a :class:`~rtdetr_spartan.core.YAMLConfig`. Runtime keys it reads
 (all optional): ``device`` (``cpu`` | ``cuda``; default cuda when available), ``seed``,
 ``output_dir``, ``epochs``, ``use_amp`` + ``amp_dtype`` (``float16`` with a GradScaler on CUDA;
 ``bfloat16``, the only choice on the CPU), ``sync_bn``, ``find_unused_parameters``, ``use_ema``,
-``checkpoint_freq``, ``resume`` (a checkpoint to continue from) and ``tuning`` (a checkpoint
-whose matching weights initialise the model).
+``checkpoint_freq``, ``compile`` (regional ``torch.compile`` of the model's repeated blocks),
+``base_lr_batch`` (every group's lr is scaled by ``total batch / base_lr_batch``), ``resume`` (a
+checkpoint to continue from, or ``auto``: ``OUTPUT_DIR/last.pth`` when it exists), ``overwrite``
+(start a fresh run in a folder that holds one), ``tuning`` (a checkpoint whose matching weights
+initialise the model) and ``hooks`` (registered :class:`SolverHook` s).
 
-Checkpoints (rank 0 writes them): ``last.pth`` after every epoch, ``best.pth`` when the
-validation metric improves and ``checkpointNNNN.pth`` every ``checkpoint_freq`` epochs. Each
-holds model, EMA, optimizer, scheduler and scaler states, the epoch, the best metric, every
-rank's RNG states (python, NumPy, torch CPU/CUDA and the data-order generator) and the
-resolved config, so a resumed run continues exactly as an uninterrupted one.
+Each epoch of :meth:`BaseSolver.fit`: the task trains (:meth:`train_one_epoch`), ``last.pth`` is
+written, the task evaluates (:meth:`evaluate`) and names its metric (:meth:`metric`); a new best
+rewrites ``last.pth`` and links ``best.pth`` to it; ``checkpointNNNN.pth`` every
+``checkpoint_freq`` epochs; then ``log.txt``, TensorBoard and the hooks. A failure in evaluation
+or logging never loses the trained epoch. Checkpoints hold model, EMA, optimizer, scheduler and
+scaler states, the epoch, the best metric, every rank's RNG states and the resolved config, so
+a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,91 +27,52 @@ import datetime
 import json
 import logging
 import math
-import os
-import random
-import shutil
+import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 import rtdetr_spartan
-from rtdetr_spartan.core import ConfigError, YAMLConfig
+from rtdetr_spartan.core import ConfigError, YAMLConfig, create
+from rtdetr_spartan.data.dataloader import set_epoch
 from rtdetr_spartan.misc import dist
-from rtdetr_spartan.misc.checkpoint import extract_state_dict, load_checkpoint, load_model_weights, save_atomic
-from rtdetr_spartan.optim import param_groups_from_config, unwrap_model
+from rtdetr_spartan.misc.checkpoint import (
+    extract_state_dict,
+    load_checkpoint,
+    load_model_weights,
+    publish_link,
+    remove_stale_temp_files,
+    save_atomic,
+)
+from rtdetr_spartan.nn.compile import compile_regional
+from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
 from rtdetr_spartan.solver.loaders import prepare_eval_loader, prepare_train_loader
+from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler
+from rtdetr_spartan.solver.rng import preserved_rng, rng_state, set_rng_state
+from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainState
 
-__all__ = ["BaseSolver", "select_device"]
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["BaseSolver"]
 
 logger = logging.getLogger(__name__)
 
-AMP_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def select_device(requested: str | None) -> torch.device:
-    """``cpu``, ``cuda`` or ``None`` (CUDA when available); distributed CUDA runs use
-    ``cuda:LOCAL_RANK``."""
-    name = (requested or ("cuda" if torch.cuda.is_available() else "cpu")).lower()
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"device: expected 'cpu' or 'cuda', got {requested!r}")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {requested!r} requested but CUDA is not available")
-        if dist.is_dist_initialized():
-            return torch.device("cuda", dist.get_local_rank())
-    return torch.device(name)
-
-
-def resolve_amp_dtype(cfg: YAMLConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or ``None`` without AMP. CPU AMP is bfloat16 only (opt-in)."""
-    if not cfg.use_amp:
-        return None
-    default = "float16" if device.type == "cuda" else "bfloat16"
-    name = str(cfg.get("amp_dtype") or default)
-    if name not in AMP_DTYPES:
-        raise ConfigError(f"amp_dtype: expected one of {sorted(AMP_DTYPES)}, got {name!r}")
-    if device.type == "cpu" and name != "bfloat16":
-        raise ConfigError(f"amp_dtype: {name} autocast is not supported on the CPU; use bfloat16")
-    return AMP_DTYPES[name]
-
-
-def _numpy_rng_state() -> tuple[str, list[int], int, int, float]:
-    """NumPy's global RNG state with plain Python values (its key as a list, not an array), so
-    that checkpoints load with ``torch.load(weights_only=True)``; ``np.random.set_state``
-    accepts it unchanged."""
-    name, key, pos, has_gauss, cached = np.random.get_state()
-    return str(name), key.tolist(), int(pos), int(has_gauss), float(cached)
-
-
-def _rng_state(device: torch.device, data_generator: torch.Generator | None) -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    if data_generator is not None:
-        state["data"] = data_generator.get_state()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device, data_generator: torch.Generator | None) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    if data_generator is not None and "data" in state:
-        data_generator.set_state(state["data"])
+AUTO_RESUME = "auto"
 
 
 class BaseSolver:
-    """Builds the run's components from ``cfg`` and owns their checkpointed state.
+    """The training loop and the run's checkpointed state; a task subclass supplies
+    :meth:`train_one_epoch`, :meth:`evaluate`, :meth:`metric` and the epoch's log fields.
 
-    Subclasses implement :meth:`train_epoch` (one epoch of :meth:`fit`) and :meth:`val`.
     ``last_epoch`` is the index of the last finished epoch (``-1`` before training); training
     continues at ``last_epoch + 1``.
     """
+
+    metric_name = "metric"
 
     def __init__(self, cfg: YAMLConfig) -> None:
         self.cfg = cfg
@@ -118,47 +84,106 @@ class BaseSolver:
                 f"{cfg.path}: 'resume' ({cfg.get('resume')}) and 'tuning' ({cfg.get('tuning')}) "
                 "exclude each other: resume continues a run, tuning starts a new one"
             )
+        if cfg.get("resume") and cfg.get("overwrite"):
+            raise ConfigError(
+                f"{cfg.path}: 'resume' ({cfg.get('resume')}) and 'overwrite' exclude each other: "
+                "resume continues the run in output_dir, overwrite replaces it"
+            )
         self.seed = int(cfg.get("seed") or 0)
         self.epochs = cfg.epochs
         self.checkpoint_freq = int(cfg.get("checkpoint_freq", 1) or 0)
+        self.print_freq = int(cfg.get("print_freq", 50) or 0)
         self.last_epoch = -1
         self.best: dict[str, Any] = {"metric": None, "value": None, "epoch": -1}
-        self.model: nn.Module | None = None
-        self.criterion: nn.Module | None = None
-        self.postprocessor: nn.Module | None = None
-        self.ema: Any = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.lr_scheduler: Any = None
-        self.scaler: torch.amp.GradScaler | None = None
-        self.train_dataloader: torch.utils.data.DataLoader | None = None
-        self.val_dataloader: torch.utils.data.DataLoader | None = None
+        self.hooks: list[SolverHook] = [self._build_hook(i, spec) for i, spec in enumerate(cfg.get("hooks") or [])]
+        self._state: EvalState | None = None
         self._pending_rng: dict[str, Any] | None = None
 
-    # ------------------------------------------------------------------------- interface
+    # ------------------------------------------------------------------------- task interface
+    def train_one_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> dict[str, float]:
+        """Train one epoch (the scheduler is stepped by the loop unless it steps per iteration:
+        pass ``state.iteration_scheduler`` to the engine); returns rank-averaged statistics."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement train_one_epoch()")
+
+    def evaluate(self, state: EvalState) -> dict[str, Any]:
+        """Evaluate ``state.eval_module`` on the validation set; the same result on every rank."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+
+    def metric(self, eval_stats: Mapping[str, Any]) -> float:
+        """The number that selects ``best.pth`` (higher is better)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement metric()")
+
+    def after_train_epoch(self, state: TrainState) -> None:
+        """Called after the training part of every epoch, before its checkpoint (collective)."""
+
+    def epoch_record(self, eval_stats: Mapping[str, Any]) -> dict[str, Any]:
+        """The evaluation fields of the epoch's ``log.txt`` line."""
+        return {f"test_{k}": v for k, v in eval_stats.items()}
+
+    def epoch_scalars(self, eval_stats: Mapping[str, Any]) -> dict[str, float]:
+        """The evaluation scalars written to TensorBoard as ``Test/<name>``."""
+        return {k: float(v) for k, v in eval_stats.items() if isinstance(v, (int, float))}
+
+    def describe(self, eval_stats: Mapping[str, Any]) -> str:
+        """One line summarising an evaluation."""
+        return f"{self.metric_name} {self.metric(eval_stats):.4f}"
+
     def val(self) -> dict[str, Any]:
         """Evaluate only (``--test-only``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement val()")
+        stats = self.evaluate(self.setup_eval())
+        logger.info("%s", self.describe(stats))
+        return stats
 
-    def train_epoch(self, epoch: int, writer: Any) -> None:
-        """Train, evaluate, checkpoint and log one epoch (the task's part of :meth:`fit`)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement train_epoch()")
+    # ------------------------------------------------------------------------- the loop
+    def register_hook(self, hook: SolverHook) -> None:
+        self.hooks.append(hook)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``last_epoch + 1`` (0, or after the resumed epoch) to ``epochs``; returns
         the best-metric record ``{"metric", "value", "epoch"}``."""
-        self.setup_train()
+        state = self.setup_train()
         first = self.last_epoch + 1
         if first >= self.epochs:
             logger.warning("nothing to train: %d of epochs=%d already done", first, self.epochs)
         writer = self.open_summary_writer()
         logger.info("training epochs %d..%d, output in %s", first, self.epochs - 1, self.output_dir)
         try:
+            for hook in self.hooks:
+                hook.before_train(self, state)
             for epoch in range(first, self.epochs):
-                self.train_epoch(epoch, writer)
+                self.run_epoch(state, epoch, writer)
+            for hook in self.hooks:
+                hook.after_train(self, state)
         finally:
             if writer is not None:
                 writer.close()
         return dict(self.best)
+
+    def run_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> EpochResult:
+        """Train, checkpoint, evaluate, publish best/periodic checkpoints, log and run the hooks."""
+        start = time.perf_counter()
+        set_epoch(state.train_loader, epoch)
+        train_stats = self.train_one_epoch(state, epoch, writer)
+        if state.lr_scheduler is not None and state.iteration_scheduler is None:
+            state.lr_scheduler.step()
+        self.after_train_epoch(state)
+        self.last_epoch = epoch
+        # The trained epoch is on disk before evaluation or logging can fail.
+        last = self.save_checkpoint(state, "last.pth")
+        with preserved_rng(self.device):  # so the checkpoint's RNG states stay those of this run
+            eval_stats = self.evaluate(state)
+        value = self.metric(eval_stats)
+        is_best = self.update_best(self.metric_name, value, epoch)
+        if is_best:  # last.pth again, now recording this epoch as the best
+            self.save_checkpoint(state, "last.pth")
+            self.publish(last, "best.pth")
+        if self.checkpoint_freq > 0 and (epoch + 1) % self.checkpoint_freq == 0:
+            self.publish(last, f"checkpoint{epoch:04d}.pth")
+        result = EpochResult(epoch, train_stats, dict(eval_stats), value, is_best, time.perf_counter() - start)
+        self.log_epoch(state, result, writer)
+        for hook in self.hooks:
+            hook.after_epoch(self, state, result, writer)
+        return result
 
     def update_best(self, metric: str, value: float, epoch: int) -> bool:
         """Record ``value`` if it beats the best so far (higher is better); ``True`` if it did."""
@@ -167,7 +192,35 @@ class BaseSolver:
         self.best = {"metric": metric, "value": value, "epoch": epoch}
         return True
 
-    def open_summary_writer(self) -> Any:
+    def log_epoch(self, state: TrainState, result: EpochResult, writer: SummaryWriter | None) -> None:
+        """The epoch's ``log.txt`` line, log message and TensorBoard scalars (rank 0)."""
+        self.append_log(
+            {
+                **{f"train_{k}": v for k, v in result.train_stats.items()},
+                **self.epoch_record(result.eval_stats),
+                "epoch": result.epoch,
+                "n_parameters": sum(p.numel() for p in state.module.parameters() if p.requires_grad),
+                "best": self.best,
+                "epoch_time_s": round(result.seconds, 3),
+            }
+        )
+        logger.info(
+            "epoch %d: %s (best %s %.4f at epoch %d, %.1f s)",
+            result.epoch,
+            self.describe(result.eval_stats),
+            self.metric_name,
+            self.best["value"],
+            self.best["epoch"],
+            result.seconds,
+        )
+        if writer is not None:
+            for key, value in result.train_stats.items():
+                writer.add_scalar(f"Train/{key}", value, result.epoch)
+            for key, value in self.epoch_scalars(result.eval_stats).items():
+                writer.add_scalar(f"Test/{key}", value, result.epoch)
+            writer.flush()
+
+    def open_summary_writer(self) -> SummaryWriter | None:
         """A TensorBoard ``SummaryWriter`` on rank 0 (``summary_dir`` or ``OUTPUT_DIR/summary``)."""
         if not self.is_main:
             return None
@@ -180,20 +233,30 @@ class BaseSolver:
         return dist.is_main_process()
 
     @property
+    def state(self) -> EvalState:
+        """The state built by the last :meth:`setup_train` / :meth:`setup_eval`."""
+        if self._state is None:
+            raise RuntimeError("the solver is not set up yet; call setup_train() or setup_eval()")
+        return self._state
+
+    @property
     def module(self) -> nn.Module:
         """The model without its DDP wrapper."""
-        if self.model is None:
-            raise RuntimeError("the solver's model is not built yet; call setup_train() or setup_eval()")
-        return unwrap_model(self.model)
+        return self.state.module
 
     @property
     def eval_module(self) -> nn.Module:
-        """The weights to evaluate: the EMA copy when EMA is on, else the model."""
-        return self.ema.module if self.ema is not None else self.module
+        return self.state.eval_module
 
     # ------------------------------------------------------------------------- setup
-    def _setup_model(self) -> None:
-        """Model (tuning weights, device, SyncBN, DDP), criterion, postprocessor and EMA."""
+    def _build_hook(self, index: int, spec: Any) -> SolverHook:
+        hook = create(spec, self.cfg.yaml_cfg, path=f"hooks[{index}]")
+        if not isinstance(hook, SolverHook):
+            raise ConfigError(f"{self.cfg.path}: hooks[{index}] built a {type(hook).__name__}, expected a SolverHook")
+        return hook
+
+    def _build_eval_state(self) -> EvalState:
+        """Model (tuning weights, device, EMA, compile, SyncBN, DDP), criterion, postprocessor, val loader."""
         dist.seed_everything(self.seed)
         model = self.cfg.model
         tuning = self.cfg.get("tuning")
@@ -202,18 +265,26 @@ class BaseSolver:
             report = load_model_weights(model, tuning, strict=False)
             logger.info("tuning from %s: %s", tuning, report.describe())
         model = model.to(self.device)
-        self.model = self._wrap_distributed(model)
-        self.criterion = self.cfg.criterion.to(self.device)
-        self.postprocessor = self.cfg.postprocessor.to(self.device)
-        self.ema = self.cfg.build("ema", model=model) if self.cfg.use_ema else None
+        ema = self.cfg.build("ema", model=model) if self.cfg.use_ema else None
+        if self.cfg.get("compile", False):
+            compile_regional(model)  # after the EMA deep copy, which must stay an eager module
+        state = EvalState(
+            model=self._wrap_distributed(model),
+            criterion=self.cfg.criterion.to(self.device),
+            postprocessor=self.cfg.postprocessor.to(self.device),
+            ema=ema,
+            val_loader=prepare_eval_loader(self.cfg.val_dataloader),
+        )
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(
-            "model: %d trainable parameters, device %s, amp %s, ema %s",
+            "model: %d trainable parameters, device %s, amp %s, ema %s, compiled %s",
             n_params,
             self.device,
             self.amp_dtype,
-            self.ema is not None,
+            ema is not None,
+            bool(self.cfg.get("compile", False)),
         )
+        return state
 
     def _wrap_distributed(self, model: nn.Module) -> nn.Module:
         if not dist.is_dist_initialized():
@@ -228,84 +299,126 @@ class BaseSolver:
             model, device_ids=device_ids, find_unused_parameters=bool(self.cfg.get("find_unused_parameters", False))
         )
 
-    def _setup_optimization(self) -> None:
-        groups = param_groups_from_config(self.cfg.get("optimizer") or {}, self.module)
-        self.optimizer = self.cfg.build("optimizer", params=groups)
-        self.lr_scheduler = (
-            self.cfg.build("lr_scheduler", optimizer=self.optimizer) if self.cfg.get("lr_scheduler") else None
-        )
-        self.scaler = None
-        if self.amp_dtype == torch.float16:
-            self.scaler = self.cfg.build("scaler") if self.cfg.get("scaler") else torch.amp.GradScaler("cuda")
-
-    def setup_train(self) -> None:
+    def setup_train(self) -> TrainState:
         """Everything :meth:`fit` needs; with ``resume`` set, the full state of that checkpoint."""
-        self._setup_model()
-        self._setup_optimization()
-        self.train_dataloader = prepare_train_loader(self.cfg.train_dataloader, self.seed)
-        self.val_dataloader = prepare_eval_loader(self.cfg.val_dataloader)
-        self._resume_if_requested()
+        resume = self._resume_source(training=True)
+        if self.is_main:
+            remove_stale_temp_files(self.output_dir)
+        base = self._build_eval_state()
+        train_loader = prepare_train_loader(self.cfg.train_dataloader, self.seed)
+        optimizer = build_optimizer(self.cfg, base.module, train_loader)
+        scaler = None
+        if self.amp_dtype == torch.float16:  # bfloat16 needs no loss scaling
+            scaler = self.cfg.build("scaler") if self.cfg.get("scaler") else torch.amp.GradScaler("cuda")
+        state = TrainState.extend(
+            base,
+            train_loader=train_loader,
+            optimizer=optimizer,
+            lr_scheduler=build_scheduler(self.cfg, optimizer, train_loader),
+            scaler=scaler,
+        )
+        self._state = state
+        if resume is not None:
+            self._resume(state, resume)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        return state
 
-    def setup_eval(self) -> None:
+    def setup_eval(self) -> EvalState:
         """What :meth:`val` needs; with ``resume`` set, the model and EMA weights of that checkpoint."""
-        self._setup_model()
-        self.val_dataloader = prepare_eval_loader(self.cfg.val_dataloader)
-        self._resume_if_requested()
+        resume = self._resume_source(training=False)
+        state = self._build_eval_state()
+        self._state = state
+        if resume is not None:
+            self._resume(state, resume)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        return state
 
-    def _resume_if_requested(self) -> None:
+    def _resume_source(self, training: bool) -> Path | None:
+        """The checkpoint to resume: ``resume``, or with ``resume: auto`` ``OUTPUT_DIR/last.pth``
+        when it exists. A fresh training run into a folder holding ``last.pth`` is refused
+        unless ``overwrite`` is set (the earlier run's files are then removed)."""
         resume = self.cfg.get("resume")
+        last = self.output_dir / "last.pth"
+        if resume == AUTO_RESUME:
+            if last.is_file():
+                logger.info("resume auto: continuing the run in %s from %s", self.output_dir, last)
+                return last
+            logger.info("resume auto: no %s; starting a fresh run", last)
+            return None
         if resume:
-            logger.info("resuming from %s", resume)
-            self.load_state_dict(load_checkpoint(resume), source=str(resume))
-            self.restore_rng()
+            return Path(resume)
+        if training and last.is_file():
+            if not self.cfg.get("overwrite", False):
+                raise ConfigError(
+                    f"{last} exists: {self.output_dir} holds an earlier run. Continue it with -r auto "
+                    f"(or -r {last}), or start a fresh run over it with --overwrite"
+                )
+            self._remove_previous_run()
+        return None
+
+    def _remove_previous_run(self) -> None:
+        dist.barrier()  # every rank has seen last.pth before rank 0 removes it
+        if self.is_main:
+            old = [self.output_dir / n for n in ("last.pth", "best.pth", "log.txt")]
+            old += sorted(self.output_dir.glob("checkpoint[0-9][0-9][0-9][0-9].pth"))
+            removed = [p for p in old if p.is_file()]
+            for path in removed:
+                path.unlink()
+            logger.warning("overwrite: removed the earlier run's %s", ", ".join(p.name for p in removed))
+        dist.barrier()
+
+    def _resume(self, state: EvalState, path: Path) -> None:
+        logger.info("resuming from %s", path)
+        self.load_state_dict(state, load_checkpoint(path), source=str(path))
+        if isinstance(state, TrainState):
+            self.restore_rng(state)
+        logger.info("resumed after epoch %d (best %s %s)", self.last_epoch, self.best["metric"], self.best["value"])
 
     # ------------------------------------------------------------------------- state
-    def _data_generator(self) -> torch.Generator | None:
-        return getattr(self.train_dataloader, "generator", None)
+    @staticmethod
+    def _stateful(state: EvalState) -> dict[str, Any]:
+        """The components whose ``state_dict`` a checkpoint holds (besides the model)."""
+        parts: dict[str, Any] = {"ema": state.ema}
+        if isinstance(state, TrainState):
+            parts.update(optimizer=state.optimizer, lr_scheduler=state.lr_scheduler, scaler=state.scaler)
+        return {name: part for name, part in parts.items() if part is not None}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, state: TrainState) -> dict[str, Any]:
         """The full training state. Collective in distributed runs (gathers every rank's RNG)."""
-        state: dict[str, Any] = {
-            "model": self.module.state_dict(),
+        checkpoint: dict[str, Any] = {
+            "model": state.module.state_dict(),
             "epoch": self.last_epoch,
             "best": dict(self.best),
-            "rng": dist.all_gather_object(_rng_state(self.device, self._data_generator())),
+            "rng": dist.all_gather_object(rng_state(self.device, state.train_loader.generator)),
             "config": copy.deepcopy(self.cfg.yaml_cfg),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "version": rtdetr_spartan.__version__,
         }
-        for name in ("ema", "optimizer", "lr_scheduler", "scaler"):
-            component = getattr(self, name)
-            if component is not None:
-                state[name] = component.state_dict()
-        return state
+        for name, part in self._stateful(state).items():
+            checkpoint[name] = part.state_dict()
+        return checkpoint
 
-    def load_state_dict(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
-        """Restore what ``state`` holds into the components built so far.
+    def load_state_dict(self, state: EvalState, checkpoint: Mapping[str, Any], source: str = "checkpoint") -> None:
+        """Restore what ``checkpoint`` holds into ``state``.
 
         The model must match exactly (use tuning to load partially). A file without a ``model``
         entry (published RT-DETR weights: ``{'ema': {'module': ...}}``) loads its EMA weights
         into the model. Components the file lacks start fresh (an EMA restarts from the loaded
-        model). RNG states are kept for :meth:`restore_rng`, called once the data loaders exist.
+        model). RNG states are kept for :meth:`restore_rng`.
         """
-        weights = state["model"] if "model" in state else extract_state_dict(state)
-        load_model_weights(self.module, {"model": weights}, strict=True)
-        for name in ("ema", "optimizer", "lr_scheduler", "scaler"):
-            component = getattr(self, name)
-            if component is None:
-                continue
-            if name in state:
-                component.load_state_dict(state[name])
+        weights = checkpoint["model"] if "model" in checkpoint else extract_state_dict(checkpoint)
+        load_model_weights(state.module, {"model": weights}, strict=True)
+        for name, part in self._stateful(state).items():
+            if name in checkpoint:
+                part.load_state_dict(checkpoint[name])
                 continue
             logger.warning("%s: no '%s' state; %s starts fresh", source, name, name)
             if name == "ema":
-                self.ema = self.cfg.build("ema", model=self.module)
+                state.ema = self.cfg.build("ema", model=state.module)
         # Reference RT-DETR checkpoints call the finished epoch 'last_epoch'.
-        self.last_epoch = int(state.get("epoch", state.get("last_epoch", -1)))
-        self.best = dict(state.get("best") or self.best)
-        self._pending_rng = self._rng_for_this_rank(state.get("rng"), source)
+        self.last_epoch = int(checkpoint.get("epoch", checkpoint.get("last_epoch", -1)))
+        self.best = dict(checkpoint.get("best") or self.best)
+        self._pending_rng = self._rng_for_this_rank(checkpoint.get("rng"), source)
 
     def _rng_for_this_rank(self, saved: Any, source: str) -> dict[str, Any] | None:
         if not saved:
@@ -320,50 +433,41 @@ class BaseSolver:
             )
             dist.seed_everything(self.seed + self.last_epoch + 1)
             return None
-        return saved[dist.get_rank()]
+        state: dict[str, Any] = saved[dist.get_rank()]
+        return state
 
-    def restore_rng(self) -> None:
+    def restore_rng(self, state: TrainState) -> None:
         """Apply the RNG states read by :meth:`load_state_dict` (including the data generator)."""
         if self._pending_rng is not None:
-            _set_rng_state(self._pending_rng, self.device, self._data_generator())
+            set_rng_state(self._pending_rng, self.device, state.train_loader.generator)
             self._pending_rng = None
 
     # ------------------------------------------------------------------------- files
-    def save_checkpoints(self, epoch: int, is_best: bool) -> list[Path]:
-        """Write ``last.pth`` (+ ``best.pth``, ``checkpointNNNN.pth``); collective, rank 0 writes.
-
-        The state is serialized once; the other names are hard links to (or copies of) that file,
-        so a later ``last.pth`` (written to a new file and renamed) never changes them.
-        """
-        state = self.state_dict()
-        last = self.output_dir / "last.pth"
-        extra = ["best.pth"] if is_best else []
-        if self.checkpoint_freq > 0 and (epoch + 1) % self.checkpoint_freq == 0:
-            extra.append(f"checkpoint{epoch:04d}.pth")
-        paths = [last] + [self.output_dir / name for name in extra]
+    def save_checkpoint(self, state: TrainState, name: str) -> Path:
+        """Write the training state to ``OUTPUT_DIR/name``; collective, rank 0 writes."""
+        checkpoint = self.state_dict(state)
+        path = self.output_dir / name
         if self.is_main:
-            save_atomic(state, last)
-            for path in paths[1:]:
-                _publish_copy(last, path)
+            save_atomic(checkpoint, path)
         dist.barrier()
-        return paths
+        return path
+
+    def publish(self, source: Path, name: str) -> Path:
+        """``OUTPUT_DIR/name`` as a hard link to (or copy of) ``source``; collective, rank 0 writes.
+
+        A later ``last.pth`` is written to a new file and renamed, so it never changes the link.
+        """
+        target = self.output_dir / name
+        if self.is_main:
+            publish_link(source, target)
+        dist.barrier()
+        return target
 
     def append_log(self, record: Mapping[str, Any]) -> None:
         """One JSON line in ``OUTPUT_DIR/log.txt`` (rank 0)."""
         if self.is_main:
             with (self.output_dir / "log.txt").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(_json_safe(record)) + "\n")
-
-
-def _publish_copy(source: Path, target: Path) -> None:
-    """Atomically make ``target`` a hard link to ``source`` (a copy where links are unsupported)."""
-    staging = target.with_name(f".{target.name}.staging")
-    staging.unlink(missing_ok=True)
-    try:
-        os.link(source, staging)
-    except OSError:
-        shutil.copyfile(source, staging)
-    os.replace(staging, target)
 
 
 def _json_safe(value: Any) -> Any:

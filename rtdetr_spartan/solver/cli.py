@@ -16,16 +16,27 @@ logger = logging.getLogger(__name__)
 
 
 def solver_args_parser(description: str, config_help: str, outputs_help: str) -> argparse.ArgumentParser:
-    """The flags every solver tool takes: config, resume/tuning, test-only, AMP, seed, output
-    directory, device and ``-u`` overrides (repeatable)."""
+    """The flags every solver tool takes: config, resume/tuning, overwrite, test-only, AMP,
+    compile, seed, output directory, device and ``-u`` overrides (repeatable)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help=config_help)
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("-r", "--resume", help="checkpoint to resume (model, EMA, optimizer, scheduler, epoch, RNG)")
+    start.add_argument(
+        "-r",
+        "--resume",
+        help="checkpoint to resume (model, EMA, optimizer, scheduler, epoch, RNG); 'auto': OUTPUT_DIR/last.pth "
+        "when it exists, else a fresh run (the setting for torchrun --max-restarts)",
+    )
     start.add_argument("-t", "--tuning", help="checkpoint whose matching weights initialise the model")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start a fresh run in an output directory that holds last.pth"
+    )
     parser.add_argument("--test-only", action="store_true", help="evaluate on the validation set only")
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (fp16 + GradScaler on CUDA; bf16 autocast on the CPU)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model's repeated blocks (regional compilation)"
     )
     parser.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
     parser.add_argument("--output-dir", help=outputs_help)
@@ -52,8 +63,9 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
     }
     overrides = merge_dict(parse_overrides(args.update), {k: v for k, v in named.items() if v is not None})
-    if args.amp:
-        overrides["use_amp"] = True
+    for flag, key in (("amp", "use_amp"), ("compile", "compile"), ("overwrite", "overwrite")):
+        if getattr(args, flag):
+            overrides[key] = True
     return overrides
 
 

@@ -1,70 +1,40 @@
 """One classification training epoch, one top-k evaluation pass, and the cross-rank averaging
-of BatchNorm statistics.
+of BatchNorm statistics (the loss and postprocessor are :mod:`rtdetr_spartan.nn.criterion` and
+:mod:`rtdetr_spartan.nn.postprocessor`).
 
-Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0): soft-target cross-entropy on
-MixUp/CutMix targets, top-1/top-5 accuracy reduced across ranks, BatchNorm running statistics
-averaged across ranks after every epoch.
+Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0): top-1/top-5 accuracy reduced
+across ranks, BatchNorm running statistics averaged across ranks after every epoch.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
 
-from rtdetr_spartan.core import register
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.meters import MetricLogger
-from rtdetr_spartan.solver.steps import autocast, backward_and_step, progress
+from rtdetr_spartan.optim.ema import ModelEMA
+from rtdetr_spartan.solver.steps import autocast, backward_and_step, fault_point, progress
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = [
-    "ClassificationPostProcessor",
-    "SoftTargetCrossEntropy",
     "all_reduce_batchnorm_stats",
     "evaluate",
     "train_one_epoch",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@register()
-class SoftTargetCrossEntropy(nn.Module):
-    """Cross-entropy against probability rows (MixUp/CutMix) or class indices.
-
-    ``logits``: ``[B, C]``; ``targets``: ``[B, C]`` float rows summing to 1, or ``[B]`` int64.
-    Returns the batch mean (float32 even when the logits are half precision).
-    """
-
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"SoftTargetCrossEntropy.label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.label_smoothing = label_smoothing
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
-
-
-@register()
-class ClassificationPostProcessor(nn.Module):
-    """Top-k classes of each image: ``logits [B, C]`` -> ``{"labels": [B, k] int64, "scores":
-    [B, k] softmax probabilities}``, best first (``k = min(topk, C)``)."""
-
-    def __init__(self, topk: int = 5) -> None:
-        super().__init__()
-        if topk < 1:
-            raise ValueError(f"ClassificationPostProcessor.topk must be >= 1, got {topk}")
-        self.topk = topk
-
-    def forward(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        scores, labels = logits.float().softmax(-1).topk(min(self.topk, logits.shape[-1]), dim=-1)
-        return {"labels": labels, "scores": scores}
 
 
 def _mean_loss(loss: torch.Tensor, epoch: int, iteration: int) -> float:
@@ -80,18 +50,18 @@ def _mean_loss(loss: torch.Tensor, epoch: int, iteration: int) -> float:
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
-    data_loader: Iterable[Any],
+    data_loader: DataLoader[Any],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     epoch: int,
     *,
-    lr_scheduler: Any = None,
+    lr_scheduler: LRScheduler | None = None,
     clip_max_norm: float = 0.0,
-    ema: Any = None,
+    ema: ModelEMA | None = None,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
     print_freq: int = 50,
-    writer: Any = None,
+    writer: SummaryWriter | None = None,
 ) -> dict[str, float]:
     """One pass over ``data_loader`` of ``(images [B, 3, H, W], targets [B, C] or [B])``.
 
@@ -101,9 +71,10 @@ def train_one_epoch(
     """
     model.train()
     meters = MetricLogger()
-    total = len(data_loader)  # type: ignore[arg-type]
+    total = len(data_loader)
     bar = progress(data_loader, total, f"epoch {epoch}")
     for iteration, (images, targets) in enumerate(bar):
+        fault_point(epoch, iteration)
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(images)
@@ -139,7 +110,7 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int])
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data_loader: Iterable[Any],
+    data_loader: DataLoader[Any],
     device: torch.device,
     *,
     amp_dtype: torch.dtype | None = None,
@@ -153,7 +124,7 @@ def evaluate(
     """
     model.eval()
     sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=device)  # images, loss, hits...
-    total = len(data_loader)  # type: ignore[arg-type]
+    total = len(data_loader)
     for images, labels in progress(data_loader, total, "eval"):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):

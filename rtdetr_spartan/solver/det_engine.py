@@ -6,16 +6,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
 
 from rtdetr_spartan.data.coco_eval import STAT_NAMES, CocoEvaluator, to_category_ids
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.meters import MetricLogger, SmoothedValue
-from rtdetr_spartan.solver.steps import autocast, backward_and_step, progress
+from rtdetr_spartan.optim.ema import ModelEMA
+from rtdetr_spartan.solver.steps import autocast, backward_and_step, fault_point, progress
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["check_finite_loss", "check_finite_outputs", "evaluate", "train_one_epoch"]
 
@@ -69,7 +76,9 @@ def check_finite_loss(
     return total
 
 
-def _log_iteration(epoch: int, iteration: int, total: int, loss: float, lr: float, writer: Any) -> None:
+def _log_iteration(
+    epoch: int, iteration: int, total: int, loss: float, lr: float, writer: SummaryWriter | None
+) -> None:
     logger.info("epoch %d [%d/%d] loss %.4f lr %.3e", epoch, iteration + 1, total, loss, lr)
     if writer is not None:
         step = epoch * total + iteration
@@ -80,31 +89,34 @@ def _log_iteration(epoch: int, iteration: int, total: int, loss: float, lr: floa
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
-    data_loader: Iterable[Any],
+    data_loader: DataLoader[Any],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     epoch: int,
     *,
+    lr_scheduler: LRScheduler | None = None,
     clip_max_norm: float = 0.0,
-    ema: Any = None,
+    ema: ModelEMA | None = None,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
     print_freq: int = 50,
-    writer: Any = None,
+    writer: SummaryWriter | None = None,
 ) -> dict[str, float]:
     """Train ``model`` for one pass over ``data_loader``; returns rank-averaged mean losses and lr.
 
     Batches are ``(images [B, 3, H, W], targets)`` with target ``boxes`` cxcywh normalized and
     ``labels`` contiguous. With ``amp_dtype`` the forward pass runs under autocast and the
-    criterion in float32. A non-finite loss raises :class:`FloatingPointError`.
+    criterion in float32. A non-finite loss raises :class:`FloatingPointError`. ``lr_scheduler``,
+    when given, is stepped after every optimizer step (per-iteration schedules).
     """
     model.train()
     criterion.train()
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.3e}"))
-    total = len(data_loader)  # type: ignore[arg-type]
+    total = len(data_loader)
     bar = progress(data_loader, total, f"epoch {epoch}")
     for iteration, (images, targets) in enumerate(bar):
+        fault_point(epoch, iteration)
         images, targets = images.to(device), _targets_to(targets, device)
         with autocast(device, amp_dtype):
             outputs = model(images, targets)
@@ -114,9 +126,11 @@ def train_one_epoch(
         reduced = dist.reduce_dict(loss_dict)
         loss_value = check_finite_loss(reduced, loss_dict, epoch, iteration)
         backward_and_step(sum(loss_dict.values()), model, optimizer, scaler, clip_max_norm)
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step used
         if ema is not None:
             ema.update(model)
-        lr = optimizer.param_groups[0]["lr"]
+        if lr_scheduler is not None:
+            lr_scheduler.step()
         meters.update(reduced, loss=loss_value, lr=lr)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -154,7 +168,7 @@ def _write_eval_files(evaluator: CocoEvaluator, summary: Mapping[str, Any], eval
 def evaluate(
     model: nn.Module,
     postprocessor: nn.Module,
-    data_loader: Iterable[Any],
+    data_loader: DataLoader[Any],
     evaluator: CocoEvaluator,
     device: torch.device,
     *,
@@ -170,7 +184,7 @@ def evaluate(
     """
     model.eval()
     postprocessor.eval()
-    total = len(data_loader)  # type: ignore[arg-type]
+    total = len(data_loader)
     for images, targets in progress(data_loader, total, "eval"):
         images, targets = images.to(device), _targets_to(targets, device)
         outputs = model(images)

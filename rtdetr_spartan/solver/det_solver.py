@@ -1,18 +1,21 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
-"""Detection solver: one epoch of :meth:`BaseSolver.fit` (train, evaluate, checkpoint, log) and
-the COCO evaluation of :meth:`DetSolver.val`."""
+"""Detection solver: the task's part of :meth:`BaseSolver.fit` (a training epoch, the COCO
+evaluation and its AP) and :meth:`DetSolver.val`."""
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from rtdetr_spartan.core import ConfigError
 from rtdetr_spartan.data.coco_eval import STAT_NAMES, CocoEvaluator
-from rtdetr_spartan.data.dataloader import set_epoch
 from rtdetr_spartan.solver.base import BaseSolver
 from rtdetr_spartan.solver.det_engine import evaluate, train_one_epoch
+from rtdetr_spartan.solver.state import EvalState, TrainState
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["DetSolver"]
 
@@ -35,99 +38,65 @@ def _dataset_attr(dataset: Any, name: str) -> Any:
 class DetSolver(BaseSolver):
     """Trains a detector for ``epochs`` epochs, evaluating COCO box AP after each one.
 
-    The learning-rate scheduler steps once per epoch (as RT-DETR v1); evaluation uses the EMA
-    weights when EMA is on; ``best.pth`` follows the validation AP (IoU .50:.95).
+    The learning-rate scheduler steps once per epoch (as RT-DETR v1) unless it declares
+    ``step_per: iteration``; evaluation uses the EMA weights when EMA is on; ``best.pth``
+    follows the validation AP (IoU .50:.95).
     """
 
-    # ------------------------------------------------------------------------- evaluation
-    def _make_evaluator(self) -> CocoEvaluator:
+    metric_name = "AP"
+
+    def _make_evaluator(self, state: EvalState) -> CocoEvaluator:
         spec = dict(self.cfg.get("evaluator") or {})
         name = spec.pop("type", "CocoEvaluator")
         if name != "CocoEvaluator":
             raise ConfigError(f"evaluator.type: detection evaluates with CocoEvaluator, got {name!r}")
-        assert self.val_dataloader is not None
-        coco_gt = _dataset_attr(self.val_dataloader.dataset, "coco")
+        coco_gt = _dataset_attr(state.val_loader.dataset, "coco")
         try:
             return CocoEvaluator(coco_gt, **spec)
         except TypeError as err:
             raise ConfigError(f"evaluator: {err}") from err
 
-    def evaluate(self) -> dict[str, Any]:
-        """Evaluate the EMA (or plain) model on the validation set; rank 0 writes ``eval/``."""
-        assert self.val_dataloader is not None and self.postprocessor is not None
+    def evaluate(self, state: EvalState) -> dict[str, Any]:
+        """COCO evaluation of the EMA (or plain) model; rank 0 writes ``eval/``. Returns the
+        summary written to ``eval/summary.json`` (``stats``: the 12 COCOeval numbers)."""
         label_to_category = None
-        if not getattr(self.postprocessor, "remap_mscoco_category", False):
-            label_to_category = _dataset_attr(self.val_dataloader.dataset, "label_to_category")
+        if not getattr(state.postprocessor, "remap_mscoco_category", False):
+            label_to_category = _dataset_attr(state.val_loader.dataset, "label_to_category")
         return evaluate(
-            self.eval_module,
-            self.postprocessor,
-            self.val_dataloader,
-            self._make_evaluator(),
+            state.eval_module,
+            state.postprocessor,
+            state.val_loader,
+            self._make_evaluator(state),
             self.device,
             label_to_category=label_to_category,
             output_dir=self.output_dir,
         )
 
-    def val(self) -> dict[str, Any]:
-        """Evaluate only (``--test-only``); returns the summary written to ``eval/summary.json``."""
-        self.setup_eval()
-        summary = self.evaluate()
-        logger.info("AP %.4f AP50 %.4f", summary["stats"][0], summary["stats"][1])
-        return summary
+    def metric(self, eval_stats: Mapping[str, Any]) -> float:
+        return float(eval_stats["stats"][0])
 
-    # ------------------------------------------------------------------------- training
-    def _log_epoch(
-        self, epoch: int, train_stats: Mapping[str, float], summary: Mapping[str, Any], writer: Any, seconds: float
-    ) -> None:
-        stats = summary["stats"]
-        self.append_log(
-            {
-                **{f"train_{k}": v for k, v in train_stats.items()},
-                "test_coco_eval_bbox": stats,
-                "epoch": epoch,
-                "n_parameters": sum(p.numel() for p in self.module.parameters() if p.requires_grad),
-                "best": self.best,
-                "epoch_time_s": round(seconds, 3),
-            }
-        )
-        logger.info(
-            "epoch %d: AP %.4f AP50 %.4f (best AP %.4f at epoch %d)",
-            epoch,
-            stats[0],
-            stats[1],
-            self.best["value"],
-            self.best["epoch"],
-        )
-        if writer is not None:
-            for key, value in train_stats.items():
-                writer.add_scalar(f"Train/{key}", value, epoch)
-            for key, value in zip(STAT_NAMES, stats):
-                writer.add_scalar(f"Test/{key}", value, epoch)
-            writer.flush()
+    def describe(self, eval_stats: Mapping[str, Any]) -> str:
+        return f"AP {eval_stats['stats'][0]:.4f} AP50 {eval_stats['stats'][1]:.4f}"
 
-    def train_epoch(self, epoch: int, writer: Any) -> None:
-        """Train one epoch, step the scheduler, evaluate, save checkpoints and log."""
-        assert self.train_dataloader is not None and self.optimizer is not None
-        start = time.perf_counter()
-        set_epoch(self.train_dataloader, epoch)
-        train_stats = train_one_epoch(
-            self.model,
-            self.criterion,
-            self.train_dataloader,
-            self.optimizer,
+    def epoch_record(self, eval_stats: Mapping[str, Any]) -> dict[str, Any]:
+        return {"test_coco_eval_bbox": list(eval_stats["stats"])}
+
+    def epoch_scalars(self, eval_stats: Mapping[str, Any]) -> dict[str, float]:
+        return {key: float(value) for key, value in zip(STAT_NAMES, eval_stats["stats"])}
+
+    def train_one_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> dict[str, float]:
+        return train_one_epoch(
+            state.model,
+            state.criterion,
+            state.train_loader,
+            state.optimizer,
             self.device,
             epoch,
+            lr_scheduler=state.iteration_scheduler,
             clip_max_norm=self.cfg.clip_max_norm,
-            ema=self.ema,
-            scaler=self.scaler,
+            ema=state.ema,
+            scaler=state.scaler,
             amp_dtype=self.amp_dtype,
-            print_freq=int(self.cfg.get("print_freq", 50) or 0),
+            print_freq=self.print_freq,
             writer=writer,
         )
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        summary = self.evaluate()
-        is_best = self.update_best("AP", float(summary["stats"][0]), epoch)
-        self.last_epoch = epoch
-        self.save_checkpoints(epoch, is_best)
-        self._log_epoch(epoch, train_stats, summary, writer, time.perf_counter() - start)

@@ -9,7 +9,8 @@ Batch size is per process: with ``torchrun --nproc-per-node=N`` the total batch 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sized
+from collections.abc import Iterator, Sized
+from typing import Any, cast
 
 import torch
 import torch.utils.data as data
@@ -52,7 +53,7 @@ def _rebuild(
             "batch_sampler; the solver needs a loader built with batch_size"
         )
     cls = type(loader) if type(loader).__init__ is data.DataLoader.__init__ else data.DataLoader
-    extra = {}
+    extra: dict[str, Any] = {}
     if loader.num_workers > 0:
         extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
     return cls(
@@ -81,7 +82,7 @@ def prepare_train_loader(loader: data.DataLoader, seed: int) -> data.DataLoader:
     """
     shuffle = isinstance(loader.sampler, data.RandomSampler)
     generator = torch.Generator().manual_seed(int(seed) + get_rank())
-    sampler = None
+    sampler: data.Sampler[int] | None = None
     if is_dist_initialized():
         # Pads the last round with repeated samples so every rank runs the same number of steps.
         sampler = data.DistributedSampler(loader.dataset, shuffle=shuffle, seed=int(seed))
@@ -92,4 +93,4 @@ def prepare_eval_loader(loader: data.DataLoader) -> data.DataLoader:
     """The evaluation loader: in order, and sharded without repeats when distributed."""
     if not is_dist_initialized():
         return loader
-    return _rebuild(loader, ShardSampler(loader.dataset), False, None)
+    return _rebuild(loader, ShardSampler(cast(Sized, loader.dataset)), False, None)

@@ -1,9 +1,13 @@
-"""Pieces every training loop shares: the rank-0 progress bar, autocast and the optimizer step."""
+"""Pieces every training loop shares: the rank-0 progress bar, autocast, the optimizer step, and
+a test-only fault point for the elastic-restart test."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Iterable
+import functools
+import os
+from collections.abc import Iterable
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
@@ -11,7 +15,13 @@ from tqdm import tqdm
 
 from rtdetr_spartan.misc import dist
 
-__all__ = ["autocast", "backward_and_step", "progress"]
+__all__ = ["FAULT_ENV", "autocast", "backward_and_step", "fault_point", "progress"]
+
+# Test-only: "RANK:EPOCH:ITERATION" makes that rank exit abruptly (os._exit(FAULT_EXIT_CODE))
+# before that training iteration, on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT 0),
+# as a preempted node would.
+FAULT_ENV = "RTDETR_SPARTAN_TEST_EXIT_AT"
+FAULT_EXIT_CODE = 75
 
 
 def progress(iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
@@ -48,3 +58,21 @@ def backward_and_step(
         nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
     scaler.step(optimizer)
     scaler.update()
+
+
+@functools.cache
+def _fault_target() -> tuple[int, int, int] | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
+    rank, epoch, iteration = (int(part) for part in spec.split(":"))
+    return rank, epoch, iteration
+
+
+def fault_point(epoch: int, iteration: int) -> None:
+    """Exit this process at the iteration named by ``RTDETR_SPARTAN_TEST_EXIT_AT`` (tests only)."""
+    target = _fault_target()
+    if target is not None and target == (dist.get_rank(), epoch, iteration):
+        # Straight to the file descriptor: no logging locks or buffers on the way out.
+        os.write(2, f"{FAULT_ENV}: rank {target[0]} exits at epoch {epoch}, iteration {iteration}\n".encode())
+        os._exit(FAULT_EXIT_CODE)

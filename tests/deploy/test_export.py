@@ -50,12 +50,14 @@ def spartan_dynamic(
     return module, onnx.load(str(path)), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_r18_batch_1_and_3_from_one_file_match_torch(r18_640) -> None:
     module, _, session = r18_640
     for batch in (1, 3):
         _assert_agree(module, session, batch, 640, 640)
 
 
+@pytest.mark.slow
 def test_r18_graph_interface_and_metadata(r18_640) -> None:
     _, model, _ = r18_640
     dims = {
@@ -78,6 +80,7 @@ def test_r18_graph_interface_and_metadata(r18_640) -> None:
     assert json.loads(next(p.value for p in model.metadata_props if p.key == "input_size")) == [640, 640]
 
 
+@pytest.mark.slow
 def test_no_complex_tensor_types(r18_640, spartan_dynamic) -> None:
     for _, model, _ in (r18_640, spartan_dynamic):
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -101,6 +104,7 @@ def test_complex_tensor_check_finds_complex_initializer() -> None:
     assert set(complex_tensor_names(onnx.helper.make_model(graph))) == {"w", "y"}
 
 
+@pytest.mark.slow
 def test_spartan_dynamic_size_runs_at_two_sizes(spartan_dynamic) -> None:
     module, model, session = spartan_dynamic
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -109,6 +113,7 @@ def test_spartan_dynamic_size_runs_at_two_sizes(spartan_dynamic) -> None:
     _assert_agree(module, session, 2, 256, 160)
 
 
+@pytest.mark.slow
 def test_spartan_fixed_shape_export_matches_torch(tmp_path) -> None:
     """Without dynamic axes the export traces SpaRTAN's fixed-shape form (gates as resized
     maps, see nn/backbones/spartan_layers.py); it still matches PyTorch."""

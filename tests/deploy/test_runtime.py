@@ -49,6 +49,7 @@ def test_preprocess_equals_validation_transforms(mode: str) -> None:
     assert torch.equal(got, expected.as_subclass(torch.Tensor))
 
 
+@pytest.mark.slow  # exports a full detector (module fixture)
 def test_onnx_predictor_matches_torch_with_batch_chunks(exported) -> None:
     module, path = exported
     predictor = OnnxPredictor(path, threads=1)
@@ -58,6 +59,7 @@ def test_onnx_predictor_matches_torch_with_batch_chunks(exported) -> None:
     _assert_both_agree(module, predictor, images)  # three runs of the batch-1 graph
 
 
+@pytest.mark.slow  # exports a full detector (module fixture)
 def test_dynamic_size_predictor_runs_at_another_input_size(exported) -> None:
     module, path = exported
     predictor = OnnxPredictor(path, input_size=(SIZE + 32, SIZE + 64))
@@ -65,6 +67,7 @@ def test_dynamic_size_predictor_runs_at_another_input_size(exported) -> None:
     _assert_both_agree(module, predictor, [_image(200, 150, seed=5)])
 
 
+@pytest.mark.slow  # exports a full detector (module fixture)
 def test_detections_carry_names_and_category_ids(exported) -> None:
     _, path = exported
     predictor = OnnxPredictor(path)

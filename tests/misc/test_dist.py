@@ -102,6 +102,8 @@ def _worker(rank: int, port: int, results: Any) -> None:
         results.put((rank, repr(err)))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_gloo_processes() -> None:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()

@@ -6,7 +6,8 @@ from torch import nn
 
 from rtdetr_spartan.core import ConfigError
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
-from rtdetr_spartan.optim.no_decay import is_no_decay, no_weight_decay_groups, param_groups_for
+from rtdetr_spartan.optim.no_decay import is_no_decay, no_weight_decay_groups
+from rtdetr_spartan.optim.param_groups import param_groups_from_config
 
 
 class Block(nn.Module):
@@ -66,19 +67,19 @@ def test_selectable_from_config_and_used_by_adamw() -> None:
     cfg = {
         "optimizer": {"type": "AdamW", "params": {"type": "no_weight_decay_groups", "skip_names": ["norm", "gamma"]}}
     }
-    groups = param_groups_for(cfg["optimizer"], model, cfg)
+    groups = param_groups_from_config(cfg["optimizer"], model, cfg)
     opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.03)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.03, 0.0]
     assert set(opt.param_groups[1]["names"]) == EXPECTED_NO_DECAY
-    by_name = param_groups_for({"params": "no_weight_decay_groups"}, model)
+    by_name = param_groups_from_config({"params": "no_weight_decay_groups"}, model)
     assert [set(g["names"]) for g in by_name] == [EXPECTED_DECAY, EXPECTED_NO_DECAY]
-    regex = param_groups_for({"params": [{"params": "norm", "weight_decay": 0.0}]}, model)
+    regex = param_groups_from_config({"params": [{"params": "norm", "weight_decay": 0.0}]}, model)
     assert len(regex[0]["params"]) == 2 and len(regex) == 2
 
 
 def test_unknown_group_function_names_key() -> None:
     with pytest.raises(ConfigError, match="optimizer.params"):
-        param_groups_for({"params": "no_decay_typo"}, Block())
+        param_groups_from_config({"params": "no_decay_typo"}, Block())
 
 
 def test_spartan_classifier_groups_follow_the_reference_rule() -> None:

@@ -8,9 +8,11 @@ import pytest
 import torch
 import yaml
 
-from rtdetr_spartan.core import ConfigError, YAMLConfig
-from rtdetr_spartan.misc.checkpoint import save_atomic
-from rtdetr_spartan.solver.base import BaseSolver, _publish_copy, resolve_amp_dtype, select_device
+from rtdetr_spartan.core import ConfigError, YAMLConfig, register
+from rtdetr_spartan.misc.checkpoint import publish_link, save_atomic
+from rtdetr_spartan.solver.base import BaseSolver
+from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
+from rtdetr_spartan.solver.state import SolverHook
 
 
 def _cfg(tmp_path: Path, **values: object) -> YAMLConfig:
@@ -54,8 +56,27 @@ def test_best_metric_keeps_the_highest(tmp_path: Path) -> None:
 def test_published_copy_survives_the_next_last_checkpoint(tmp_path: Path) -> None:
     last, best = tmp_path / "last.pth", tmp_path / "best.pth"
     save_atomic({"epoch": 0}, last)
-    _publish_copy(last, best)
+    publish_link(last, best)
     save_atomic({"epoch": 1}, last)  # a new file renamed over last.pth
     assert torch.load(best)["epoch"] == 0 and torch.load(last)["epoch"] == 1
-    _publish_copy(last, best)
+    publish_link(last, best)
     assert torch.load(best)["epoch"] == 1
+
+
+@register(name="TestEveryNEpochsHook")
+class _EveryNEpochs(SolverHook):
+    def __init__(self, every: int = 1) -> None:
+        self.every = every
+
+
+@register(name="TestNotAHook")
+class _NotAHook:
+    pass
+
+
+def test_hooks_are_built_from_the_config(tmp_path: Path) -> None:
+    solver = BaseSolver(_cfg(tmp_path, device="cpu", hooks=[{"type": "TestEveryNEpochsHook", "every": 5}]))
+    (hook,) = solver.hooks
+    assert isinstance(hook, _EveryNEpochs) and hook.every == 5
+    with pytest.raises(ConfigError, match=r"hooks\[0\] built a _NotAHook, expected a SolverHook"):
+        BaseSolver(_cfg(tmp_path, device="cpu", hooks=["TestNotAHook"]))

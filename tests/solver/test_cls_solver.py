@@ -15,14 +15,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rtdetr_spartan.core import YAMLConfig, merge_dict
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
+from rtdetr_spartan.nn.criterion import SoftTargetCrossEntropy
+from rtdetr_spartan.nn.postprocessor import ClassificationPostProcessor
+from rtdetr_spartan.optim.param_groups import scaled_lr
 from rtdetr_spartan.solver import TASKS
-from rtdetr_spartan.solver.cls_engine import (
-    ClassificationPostProcessor,
-    SoftTargetCrossEntropy,
-    all_reduce_batchnorm_stats,
-    evaluate,
-)
-from rtdetr_spartan.solver.cls_solver import ClsSolver, scaled_lr
+from rtdetr_spartan.solver.cls_engine import all_reduce_batchnorm_stats, evaluate
+from rtdetr_spartan.solver.cls_solver import ClsSolver
 from rtdetr_spartan.solver.loaders import ShardSampler
 from tests.cls_utils import SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
 from tests.train_utils import read_json_lines
@@ -65,13 +63,13 @@ def test_classification_task_is_registered() -> None:
     assert TASKS["classification"] is ClsSolver
 
 
+@pytest.mark.slow
 def test_resume_continues_like_an_uninterrupted_run(cls_data: Path, tmp_path: Path) -> None:
     full = ClsSolver(_config(cls_data, tmp_path / "full"))
     full.fit()
     # The same run stopped after epoch 0 (as a crash would), then resumed from last.pth.
     part = ClsSolver(_config(cls_data, tmp_path / "part"))
-    part.setup_train()
-    part._train_epoch(0, writer=None)
+    part.run_epoch(part.setup_train(), 0, writer=None)
     assert load_checkpoint(tmp_path / "part" / "last.pth")["epoch"] == 0
     resumed = ClsSolver(_config(cls_data, tmp_path / "part", resume=str(tmp_path / "part" / "last.pth")))
     resumed.fit()
@@ -121,6 +119,8 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
         tdist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_batchnorm_stats_and_accuracy_are_reduced_across_ranks(tmp_path: Path) -> None:
     mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

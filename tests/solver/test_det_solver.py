@@ -11,10 +11,10 @@ import pytest
 import torch
 from torchvision.ops import box_convert
 
-from rtdetr_spartan.core import YAMLConfig
+from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.data import ImageReadError
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
-from rtdetr_spartan.solver import TASKS, DetSolver, build_solver
+from rtdetr_spartan.solver import TASKS, DetSolver, EpochResult, SolverHook, TrainState, build_solver
 from tests.train_utils import TINY_CONFIG, TINY_SPARTAN_CONFIG, dataset_overrides, make_tiny_dataset, read_json_lines
 
 
@@ -33,12 +33,33 @@ def tiny_cfg(data_root: Path, output_dir: Path, config: Path = TINY_CONFIG, **ov
     return YAMLConfig(config, **{**base, **overrides})
 
 
+class RecordingHook(SolverHook):
+    """Records what the loop hands its hooks, and what is on disk when they run."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def before_train(self, solver: Any, state: TrainState) -> None:
+        self.calls.append(("before_train", solver.last_epoch))
+
+    def after_epoch(self, solver: Any, state: TrainState, result: EpochResult, writer: Any) -> None:
+        on_disk = load_checkpoint(solver.output_dir / "last.pth")["epoch"]
+        self.calls.append(("after_epoch", (result.epoch, result.is_best, result.metric, on_disk, writer is not None)))
+
+    def after_train(self, solver: Any, state: TrainState) -> None:
+        self.calls.append(("after_train", solver.last_epoch))
+
+
 @pytest.fixture(scope="module")
 def one_epoch(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """A 1-epoch run; returns its output dir and fit()'s best record."""
+    """A 1-epoch run; returns its output dir and fit()'s best record (a RecordingHook's calls
+    under ``"hook_calls"``)."""
     out = tmp_path_factory.mktemp("run1")
-    best = DetSolver(tiny_cfg(shapes, out)).fit()
-    return out, best
+    solver = DetSolver(tiny_cfg(shapes, out))
+    hook = RecordingHook()
+    solver.register_hook(hook)
+    best = solver.fit()
+    return out, {**best, "hook_calls": hook.calls}
 
 
 def test_tasks_registry_and_unknown_task(shapes: Path, tmp_path: Path) -> None:
@@ -54,18 +75,26 @@ def test_fit_writes_checkpoints_log_and_eval_files(one_epoch: tuple[Path, dict[s
     assert not list(out.glob("checkpoint*.pth"))  # checkpoint_freq 0 in the tiny config
     (record,) = read_json_lines(out / "log.txt")
     assert record["epoch"] == 0 and len(record["test_coco_eval_bbox"]) == 12
-    assert record["train_loss"] > 0 and best == {"metric": "AP", "value": record["test_coco_eval_bbox"][0], "epoch": 0}
+    best = {k: v for k, v in best.items() if k != "hook_calls"}
+    assert best == {"metric": "AP", "value": record["test_coco_eval_bbox"][0], "epoch": 0}
+    # the logged total is the sum of the weighted criterion terms (main, auxiliary, denoising)
+    terms = [v for k, v in record.items() if k.startswith("train_loss_")]
+    assert len(terms) > 10 and record["train_loss"] == pytest.approx(sum(terms), rel=1e-5)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert len(summary["stats"]) == 12 and summary["num_images"] == 3
     assert {row["category_id"] for row in summary["per_class"]} == {3, 7, 11, 20}
 
 
+@pytest.mark.slow
 def test_fit_with_the_spartan_backbone(shapes: Path, tmp_path: Path) -> None:
     solver = DetSolver(tiny_cfg(shapes, tmp_path, config=TINY_SPARTAN_CONFIG))
     best = solver.fit()
     assert type(solver.module.backbone).__name__ == "SpaRTAN" and best["epoch"] == 0
     (record,) = read_json_lines(tmp_path / "log.txt")
-    assert record["train_loss"] > 0 and (tmp_path / "eval" / "results.json").is_file()
+    terms = [v for k, v in record.items() if k.startswith("train_loss_")]
+    assert (
+        record["train_loss"] == pytest.approx(sum(terms), rel=1e-5) and (tmp_path / "eval" / "results.json").is_file()
+    )
 
 
 def test_checkpoint_holds_the_full_state(one_epoch: tuple[Path, dict[str, Any]], shapes: Path) -> None:
@@ -112,6 +141,7 @@ def _final_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {"model": ckpt["model"], "ema": ckpt["ema"]["module"]}
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     DetSolver(tiny_cfg(shapes, tmp_path / "straight", epochs=2, checkpoint_freq=1)).fit()
     DetSolver(tiny_cfg(shapes, tmp_path / "split", epochs=1)).fit()
@@ -142,7 +172,7 @@ def test_tuning_loads_matching_weights_and_skips_the_rest(
     own = solver.module.state_dict()
     name = "backbone.conv1.conv1_1.conv.weight"
     assert torch.equal(own[name], other.state_dict()[name])
-    assert torch.equal(solver.ema.module.state_dict()[name], other.state_dict()[name])
+    assert torch.equal(solver.eval_module.state_dict()[name], other.state_dict()[name])  # the EMA copy
     assert "shape mismatch" in caplog.text and "decoder.enc_score_head.weight" in caplog.text
 
 
@@ -190,3 +220,64 @@ def test_val_only_writes_eval_files(shapes: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["stats"] == summary["stats"]
     assert isinstance(json.loads((tmp_path / "eval" / "results.json").read_text()), list)
     assert not (tmp_path / "last.pth").exists()
+
+
+def test_hooks_run_around_the_epochs(one_epoch: tuple[Path, dict[str, Any]]) -> None:
+    _, best = one_epoch
+    before, (name, (epoch, is_best, metric, on_disk, has_writer)), after = best["hook_calls"]
+    assert before == ("before_train", -1) and after == ("after_train", 0)
+    assert name == "after_epoch" and (epoch, is_best, on_disk, has_writer) == (0, True, 0, True)
+    assert metric == best["value"]
+
+
+def test_failing_evaluation_keeps_the_trained_epoch(shapes: Path, tmp_path: Path) -> None:
+    """A validation image that cannot be read fails the run, but last.pth already holds the epoch."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes, data)
+    broken = sorted((data / "val").iterdir())[0]
+    broken.write_bytes(b"this is not a jpeg")
+    out = tmp_path / "out"
+    with pytest.raises(ImageReadError, match=broken.name):
+        DetSolver(tiny_cfg(data, out)).fit()
+    last = load_checkpoint(out / "last.pth")
+    assert last["epoch"] == 0 and last["ema"]["updates"] == 2 and last["best"]["epoch"] == -1
+    assert not (out / "best.pth").exists() and not (out / "log.txt").exists()
+
+
+def test_fresh_run_into_a_finished_run_is_refused(shapes: Path, tmp_path: Path) -> None:
+    (tmp_path / "last.pth").write_bytes(b"an earlier run")
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'last.pth'} exists: .* -r auto .* --overwrite"):
+        DetSolver(tiny_cfg(shapes, tmp_path)).setup_train()
+    assert (tmp_path / "last.pth").read_bytes() == b"an earlier run"
+    with pytest.raises(ConfigError, match="'resume' .* and 'overwrite' exclude each other"):
+        DetSolver(tiny_cfg(shapes, tmp_path, resume="auto", overwrite=True))
+
+
+def test_overwrite_replaces_the_earlier_run(shapes: Path, tmp_path: Path) -> None:
+    for name in ("last.pth", "best.pth", "checkpoint0003.pth", "log.txt", ".last.pth.x1.tmp"):
+        (tmp_path / name).write_bytes(b"old")
+    state = DetSolver(tiny_cfg(shapes, tmp_path, overwrite=True)).setup_train()
+    assert isinstance(state, TrainState)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_auto_resume_starts_fresh_then_continues(shapes: Path, tmp_path: Path) -> None:
+    first = DetSolver(tiny_cfg(shapes, tmp_path, resume="auto", epochs=1))
+    assert first.fit()["epoch"] == 0 and first.last_epoch == 0
+    (tmp_path / ".last.pth.killed.tmp").write_bytes(b"partial")  # a kill during a save
+    second = DetSolver(tiny_cfg(shapes, tmp_path, resume="auto", epochs=2))
+    second.fit()
+    assert second.last_epoch == 1 and [r["epoch"] for r in read_json_lines(tmp_path / "log.txt")] == [0, 1]
+    assert not (tmp_path / ".last.pth.killed.tmp").exists()
+    assert load_checkpoint(tmp_path / "last.pth")["ema"]["updates"] == 4
+
+
+def test_no_weight_decay_groups_for_detection(shapes: Path, tmp_path: Path) -> None:
+    params = {"type": "no_weight_decay_groups", "skip_names": ["norm"]}
+    state = DetSolver(tiny_cfg(shapes, tmp_path, optimizer={"params": params, "weight_decay": 0.01})).setup_train()
+    decay, no_decay = state.optimizer.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(not n.endswith("bias") and "norm" not in n for n in decay["names"])
+    assert "backbone.conv1.conv1_1.norm.weight" in no_decay["names"]
+    trainable = sum(1 for p in state.module.parameters() if p.requires_grad)
+    assert len(decay["params"]) + len(no_decay["params"]) == trainable

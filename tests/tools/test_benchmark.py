@@ -22,6 +22,7 @@ def _run(capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
     return json.loads(last)
 
 
+@pytest.mark.slow
 def test_torch_and_onnxruntime_report_the_same_model(capsys: pytest.CaptureFixture[str]) -> None:
     eager = _run(capsys, "--backend", "torch")
     ort = _run(capsys, "--backend", "onnxruntime", "--batch", "2")

@@ -21,6 +21,8 @@ from tests.deploy.deploy_utils import R18_CONFIG
 from tools.eval_onnx import main as eval_onnx_main
 from tools.export_onnx import main as export_main
 
+pytestmark = pytest.mark.slow  # every test exports a full model or runs a subprocess
+
 SIZE = 128
 OVERRIDES = ["num_classes=4", "remap_mscoco_category=False", f"eval_spatial_size=[{SIZE},{SIZE}]"]
 

@@ -15,6 +15,8 @@ from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree
 from tools.export_onnx import main as export_main
 from tools.infer import main as infer_main
 
+pytestmark = pytest.mark.slow  # every test exports a full model or runs a subprocess
+
 SIZE = 128
 
 

@@ -44,6 +44,7 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     return proc, out
 
 
+@pytest.mark.slow
 def test_fast_run_succeeds_and_writes_summary(fast_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, out = fast_run
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -58,6 +59,7 @@ def test_fast_run_succeeds_and_writes_summary(fast_run: tuple[subprocess.Complet
     assert set(summary["stage_seconds"]) == {"datasets", "pretrain", "train", "export", "onnx_eval", "demo", "curves"}
 
 
+@pytest.mark.slow
 def test_fast_run_writes_model_pictures_and_curves(fast_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, out = fast_run
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from rtdetr_spartan.core import ConfigError
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.solver.cli import config_overrides
 from tests.train_utils import (
@@ -66,6 +67,25 @@ def test_flags_become_config_overrides() -> None:
     }
 
 
+def test_auto_resume_overwrite_and_compile_flags() -> None:
+    parse = get_args_parser().parse_args
+    assert config_overrides(parse(["-c", "x.yml", "-r", "auto"])) == {"resume": "auto"}
+    assert config_overrides(parse(["-c", "x.yml", "--overwrite", "--compile", "-t", "w.pth"])) == {
+        "tuning": "w.pth",
+        "compile": True,
+        "overwrite": True,
+    }
+
+
+def test_fresh_run_into_an_earlier_run_names_the_file(shapes: Path, tmp_path: Path) -> None:
+    (tmp_path / "last.pth").write_bytes(b"an earlier run")
+    updates = as_cli_updates(dataset_overrides(shapes))
+    argv = ["-c", str(TINY_CONFIG), "--device", "cpu", "--output-dir", str(tmp_path), "-u", *updates]
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'last.pth'} exists: .*-r auto.*--overwrite"):
+        main(argv)
+    assert (tmp_path / "last.pth").read_bytes() == b"an earlier run"
+
+
 def test_test_only_writes_eval_files_and_log(shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     updates = as_cli_updates(dataset_overrides(shapes))
@@ -116,6 +136,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
     return proc, out
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_torchrun_two_cpu_ranks_train_and_evaluate(ddp_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, out = ddp_run
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -132,6 +154,8 @@ def test_torchrun_two_cpu_ranks_train_and_evaluate(ddp_run: tuple[subprocess.Com
     assert sorted(p.name for p in out.iterdir()) == ["best.pth", "eval", "last.pth", "log.txt", "summary", "train.log"]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_torchrun_rank_without_boxes_does_not_hang(ddp_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, out = ddp_run  # the fixture's timeout turns a hang into a failure
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -8,7 +8,6 @@ shortcut. State-dict names follow the reference (``conv1.conv1_1``, ``res_layers
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.core import register
+from rtdetr_spartan.misc.checkpoint import load_model_weights
 from rtdetr_spartan.nn.common import ConvNormLayer, freeze_batch_norm, get_activation
 
 __all__ = ["PResNet", "BasicBlock", "BottleNeck"]
-
-logger = logging.getLogger(__name__)
 
 # Blocks per stage for each depth.
 STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
@@ -140,27 +138,8 @@ def _stem(variant: str, act: str | None) -> nn.Sequential:
 
 
 def _load_local_checkpoint(module: nn.Module, pretrained: str | Path) -> None:
-    path = Path(pretrained)
-    if not path.is_file():
-        raise FileNotFoundError(f"PResNet pretrained checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(
-            f"PResNet pretrained checkpoint {str(path)!r} holds a {type(state).__name__}, expected a state dict"
-        )
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        logger.warning(
-            "PResNet checkpoint %s: %d missing keys: %s", path, len(result.missing_keys), result.missing_keys
-        )
-    if result.unexpected_keys:
-        logger.warning(
-            "PResNet checkpoint %s: %d unexpected keys: %s", path, len(result.unexpected_keys), result.unexpected_keys
-        )
-    logger.info("Loaded PResNet weights from %s", path)
+    """The project's one weight loader, non-strict: matching tensors load, the rest are warned about."""
+    load_model_weights(module, Path(pretrained), strict=False)
 
 
 def _check_pretrained(pretrained: bool | str | Path) -> str | Path | None:

@@ -70,6 +70,8 @@ class SetCriterion(nn.Module):
     __share__ = ["num_classes"]
     __inject__ = ["matcher"]
 
+    empty_weight: torch.Tensor  # buffer: class weights of the softmax loss
+
     def __init__(
         self,
         matcher: nn.Module,

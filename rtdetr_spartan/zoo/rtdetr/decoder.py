@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import init
 
 from rtdetr_spartan.core import register
+from rtdetr_spartan.nn.tracing import is_tracing
 from rtdetr_spartan.zoo.rtdetr.decoder_layers import TransformerDecoder, TransformerDecoderLayer
 from rtdetr_spartan.zoo.rtdetr.denoising import build_contrastive_denoising_group
 from rtdetr_spartan.zoo.rtdetr.utils import MLP, bias_init_with_prob
@@ -69,7 +70,14 @@ def _gather_queries(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
-def _aux_outputs(logits: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+def _linear(module: nn.Module) -> nn.Linear:
+    """``module`` as the ``nn.Linear`` it is (for the type checker)."""
+    return cast(nn.Linear, module)
+
+
+def _aux_outputs(
+    logits: Sequence[torch.Tensor] | torch.Tensor, boxes: Sequence[torch.Tensor] | torch.Tensor
+) -> list[dict[str, torch.Tensor]]:
     return [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits, boxes)]
 
 
@@ -89,6 +97,9 @@ class RTDETRTransformer(nn.Module):
     """
 
     __share__ = ["num_classes", "eval_spatial_size"]
+
+    anchors: torch.Tensor | None  # buffers (eval anchors for eval_spatial_size)
+    valid_mask: torch.Tensor | None
 
     def __init__(
         self,
@@ -184,19 +195,22 @@ class RTDETRTransformer(nn.Module):
     def _reset_parameters(self) -> None:
         bias = bias_init_with_prob(0.01)
         init.constant_(self.enc_score_head.bias, bias)
-        init.constant_(self.enc_bbox_head.layers[-1].weight, 0)
-        init.constant_(self.enc_bbox_head.layers[-1].bias, 0)
+        last_box_layers = [_linear(self.enc_bbox_head.layers[-1])]
         for score_head, bbox_head in zip(self.dec_score_head, self.dec_bbox_head):
-            init.constant_(score_head.bias, bias)
-            init.constant_(bbox_head.layers[-1].weight, 0)
-            init.constant_(bbox_head.layers[-1].bias, 0)
-        init.xavier_uniform_(self.enc_output[0].weight)
+            init.constant_(_linear(score_head).bias, bias)
+            last_box_layers.append(_linear(cast(MLP, bbox_head).layers[-1]))
+        for layer in last_box_layers:
+            init.constant_(layer.weight, 0)
+            init.constant_(layer.bias, 0)
+        init.xavier_uniform_(_linear(self.enc_output[0]).weight)
         if self.learnt_init_query:
             init.xavier_uniform_(self.tgt_embed.weight)
-        init.xavier_uniform_(self.query_pos_head.layers[0].weight)
-        init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        init.xavier_uniform_(_linear(self.query_pos_head.layers[0]).weight)
+        init.xavier_uniform_(_linear(self.query_pos_head.layers[1]).weight)
 
     def _eval_spatial_shapes(self) -> SpatialShapes:
+        if self.eval_spatial_size is None:
+            raise RuntimeError("eval_spatial_size is not set: there are no cached eval anchors")
         height, width = self.eval_spatial_size
         return [(int(height / s), int(width / s)) for s in self.feat_strides]
 
@@ -220,12 +234,11 @@ class RTDETRTransformer(nn.Module):
         """
         use_cache = (
             not self.training
-            and self.anchors is not None
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
+            and self.eval_spatial_size is not None
+            and not is_tracing()
             and [tuple(s) for s in spatial_shapes] == self._eval_spatial_shapes()
         )
-        if use_cache:
+        if use_cache and self.anchors is not None and self.valid_mask is not None:
             return self.anchors, self.valid_mask
         return generate_anchors(spatial_shapes, eps=self.eps, device=memory.device)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import nn
 
 from rtdetr_spartan.core import register
 from rtdetr_spartan.nn.common import ConvNormLayer, get_activation
+from rtdetr_spartan.nn.tracing import is_tracing
 
 __all__ = [
     "HybridEncoder",
@@ -45,8 +46,8 @@ def build_2d_sincos_position_embedding(
     if embed_dim % 4 != 0:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 for the 2-D sin-cos position embedding")
     pos_dim = embed_dim // 4
-    grid_w = torch.arange(w, dtype=torch.float32, device=device)
-    grid_h = torch.arange(h, dtype=torch.float32, device=device)
+    grid_w = torch.arange(cast(int, w), dtype=torch.float32, device=device)  # traced sizes work as ints
+    grid_h = torch.arange(cast(int, h), dtype=torch.float32, device=device)
     grid_w, grid_h = torch.meshgrid(grid_w, grid_h, indexing="ij")
     omega = torch.arange(pos_dim, dtype=torch.float32, device=device) / pos_dim
     omega = 1.0 / (temperature**omega)
@@ -76,6 +77,8 @@ class RepVggBlock(nn.Module):
     def _fuse_conv_norm(branch: ConvNormLayer) -> tuple[torch.Tensor, torch.Tensor]:
         """Kernel and bias of one conv followed by its BN in eval mode."""
         norm = branch.norm
+        if norm.running_var is None or norm.running_mean is None:
+            raise ValueError("RepVggBlock fusion needs BatchNorm running statistics")
         std = (norm.running_var + norm.eps).sqrt()
         scale = norm.weight / std
         bias = norm.bias - norm.running_mean * scale
@@ -96,7 +99,7 @@ class RepVggBlock(nn.Module):
         conv = nn.Conv2d(self.ch_in, self.ch_out, 3, 1, padding=1, bias=True)
         conv = conv.to(device=kernel3.device, dtype=kernel3.dtype)
         conv.weight.copy_(kernel3 + F.pad(kernel1, [1, 1, 1, 1]))
-        conv.bias.copy_(bias3 + bias1)
+        cast(torch.Tensor, conv.bias).copy_(bias3 + bias1)
         self.conv = conv
         del self.conv1, self.conv2
 
@@ -194,16 +197,6 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             src = layer(src, src_mask=src_mask, pos_embed=pos_embed)
         return src if self.norm is None else self.norm(src)
-
-
-def _is_exporting() -> bool:
-    """True while tracing/compiling, where shapes may be symbolic and caches must not be used."""
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
 
 
 @register()
@@ -307,7 +300,7 @@ class HybridEncoder(nn.Module):
         self, idx: int, h: int | torch.Tensor, w: int | torch.Tensor, device: torch.device
     ) -> torch.Tensor:
         """[1, h * w, hidden_dim]: the cached buffer when it fits, else computed from (h, w)."""
-        if not self.training and not _is_exporting() and self._cached_hw.get(idx) == (h, w):
+        if not self.training and not is_tracing() and self._cached_hw.get(idx) == (h, w):
             return getattr(self, f"pos_embed{idx}")
         return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature, device=device)
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.core import register
+from rtdetr_spartan.data.categories import MSCOCO_CATEGORIES, label_to_category_table
 from rtdetr_spartan.zoo.rtdetr.box_ops import box_cxcywh_to_xyxy
-from rtdetr_spartan.zoo.rtdetr.coco_categories import COCO_CATEGORIES, label_to_category_table
 
 __all__ = ["RTDETRPostProcessor"]
 
@@ -34,6 +34,8 @@ class RTDETRPostProcessor(nn.Module):
 
     __share__ = ["num_classes", "use_focal_loss", "remap_mscoco_category"]
 
+    category_ids: torch.Tensor  # buffer: contiguous label -> COCO category id
+
     def __init__(
         self,
         num_classes: int = 80,
@@ -42,8 +44,8 @@ class RTDETRPostProcessor(nn.Module):
         remap_mscoco_category: bool = False,
     ) -> None:
         super().__init__()
-        if remap_mscoco_category and num_classes != len(COCO_CATEGORIES):
-            raise ValueError(f"remap_mscoco_category needs num_classes={len(COCO_CATEGORIES)}, got {num_classes}")
+        if remap_mscoco_category and num_classes != len(MSCOCO_CATEGORIES):
+            raise ValueError(f"remap_mscoco_category needs num_classes={len(MSCOCO_CATEGORIES)}, got {num_classes}")
         self.num_classes = num_classes
         self.use_focal_loss = use_focal_loss
         self.num_top_queries = num_top_queries

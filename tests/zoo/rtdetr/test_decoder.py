@@ -160,6 +160,7 @@ def test_empty_images_keep_the_denoising_branch(counts: list[int]) -> None:
             assert losses[f"loss_bbox_dn_{i}"].item() == 0.0 and losses[f"loss_giou_dn_{i}"].item() == 0.0
 
 
+@pytest.mark.slow
 def test_export_keeps_feature_sizes_dynamic() -> None:
     class Head(torch.nn.Module):
         def __init__(self, decoder: RTDETRTransformer) -> None:

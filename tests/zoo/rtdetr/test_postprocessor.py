@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtdetr_spartan.zoo.rtdetr.coco_categories import (
-    CATEGORY_TO_LABEL,
-    COCO_CATEGORIES,
-    LABEL_TO_CATEGORY,
-    LABEL_TO_NAME,
+from rtdetr_spartan.data.categories import (
+    MSCOCO_CATEGORIES,
+    MSCOCO_CATEGORY_TO_LABEL,
+    MSCOCO_LABEL_TO_CATEGORY,
+    MSCOCO_LABEL_TO_NAME,
 )
 from rtdetr_spartan.zoo.rtdetr.postprocessor import RTDETRPostProcessor
 
@@ -50,7 +50,7 @@ def test_remap_to_coco_category_ids() -> None:
     plain = RTDETRPostProcessor(num_top_queries=40)(outputs, SIZES)
     remapped = RTDETRPostProcessor(num_top_queries=40, remap_mscoco_category=True)(outputs, SIZES)
     for a, b in zip(plain, remapped):
-        assert b["labels"].tolist() == [LABEL_TO_CATEGORY[i] for i in a["labels"].tolist()]
+        assert b["labels"].tolist() == [MSCOCO_LABEL_TO_CATEGORY[i] for i in a["labels"].tolist()]
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
 
 
@@ -79,11 +79,11 @@ def test_softmax_mode_keeps_best_class_per_query() -> None:
 
 
 def test_coco_table() -> None:
-    assert len(COCO_CATEGORIES) == 80 and len(set(LABEL_TO_CATEGORY.values())) == 80
-    assert LABEL_TO_CATEGORY[0] == 1 and LABEL_TO_CATEGORY[11] == 13 and LABEL_TO_CATEGORY[79] == 90
-    assert LABEL_TO_NAME[0] == "person" and LABEL_TO_NAME[79] == "toothbrush"
-    assert all(CATEGORY_TO_LABEL[LABEL_TO_CATEGORY[i]] == i for i in range(80))
-    assert list(LABEL_TO_CATEGORY.values()) == sorted(LABEL_TO_CATEGORY.values())
+    assert len(MSCOCO_CATEGORIES) == 80 and len(set(MSCOCO_LABEL_TO_CATEGORY.values())) == 80
+    assert [MSCOCO_LABEL_TO_CATEGORY[label] for label in (0, 11, 79)] == [1, 13, 90]
+    assert MSCOCO_LABEL_TO_NAME[0] == "person" and MSCOCO_LABEL_TO_NAME[79] == "toothbrush"
+    assert all(MSCOCO_CATEGORY_TO_LABEL[MSCOCO_LABEL_TO_CATEGORY[i]] == i for i in range(80))
+    assert list(MSCOCO_LABEL_TO_CATEGORY.values()) == sorted(MSCOCO_LABEL_TO_CATEGORY.values())
 
 
 def test_remap_needs_80_classes() -> None:
