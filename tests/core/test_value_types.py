@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import pytest
+import torch
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig, parse_overrides
 from rtdetr_spartan.core.value_types import ValueTypeError, coerce
@@ -60,7 +61,7 @@ def test_wrong_constructor_argument_names_key_path_value_and_type() -> None:
     with pytest.raises(
         ConfigError, match=r"optimizer\.lr: expected float \| Tensor, got 'abc' \(str\), for AdamW\(lr\)"
     ):
-        _ = _config("optimizer.lr=abc").optimizer
+        _config("optimizer.lr=abc").build("optimizer", params=[torch.zeros(1, requires_grad=True)])
     with pytest.raises(ConfigError, match=r"train_dataloader\.batch_size: expected int \| None, got 2\.5"):
         _config("train_dataloader.batch_size=2.5").build("train_dataloader")  # annotations partly unresolvable
     with pytest.raises(ConfigError, match=r"RTDETRTransformer\.num_queries .*expected int, got 'many'"):
@@ -75,8 +76,9 @@ def test_wrong_constructor_argument_names_key_path_value_and_type() -> None:
 def test_number_given_as_yaml_string_still_works() -> None:
     """YAML reads ``1e-4`` (no dot) as a string; a float argument takes it as the number."""
     cfg = _config("optimizer.lr=1e-4", "RTDETRTransformer.num_queries='100'")
-    assert all(isinstance(g["lr"], float) for g in cfg.optimizer.param_groups)
-    assert cfg.optimizer.defaults["lr"] == pytest.approx(1e-4)
+    optimizer = cfg.build("optimizer", params=[torch.zeros(1, requires_grad=True)])
+    assert all(isinstance(g["lr"], float) for g in optimizer.param_groups)
+    assert optimizer.defaults["lr"] == pytest.approx(1e-4)
     assert cfg.build("model").decoder.num_queries == 100
 
 
