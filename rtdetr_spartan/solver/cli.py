@@ -86,12 +86,12 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
     output directory, then train or evaluate (``run_solver``) and log the best epoch. Logging and
     the process group are closed however the run ends."""
     setup_logging()  # console only until the config names the output directory
-    cfg = YAMLConfig(args.config, **config_overrides(args))
-    if task is not None and cfg.task != task:
-        raise ConfigError(
-            f"{args.config}: task is '{cfg.task}', this tool needs task: {task} (use {other_tool} for other tasks)"
-        )
     try:
+        cfg = YAMLConfig(args.config, **config_overrides(args))
+        if task is not None and cfg.task != task:
+            raise ConfigError(
+                f"{args.config}: task is '{cfg.task}', this tool needs task: {task} (use {other_tool} for other tasks)"
+            )
         dist.init_distributed(device=cfg.get("device"))
         setup_logging(cfg.output_dir)
         logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())

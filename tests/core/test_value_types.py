@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -10,7 +11,6 @@ import torch
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig, parse_overrides
 from rtdetr_spartan.core.value_types import ValueTypeError, coerce
-from rtdetr_spartan.misc.logger import close_logging
 from tools.train import main as train_main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -42,12 +42,13 @@ def test_wrong_top_level_setting_is_named(override: str, message: str) -> None:
 
 
 def test_train_tool_stops_before_training_on_a_wrong_override(tmp_path: Path) -> None:
-    try:
-        for override, key in (("epochs=1.5", "epochs"), ("num_classes=abc", "num_classes")):
-            with pytest.raises(ConfigError, match=f"setting {key}: expected int"):
-                train_main(["-c", str(SHAPES), "-u", override, f"output_dir={tmp_path}"])
-    finally:
-        close_logging()  # the tool set up console logging before loading the config
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    for override, key in (("epochs=1.5", "epochs"), ("num_classes=abc", "num_classes")):
+        with pytest.raises(ConfigError, match=f"setting {key}: expected int"):
+            train_main(["-c", str(SHAPES), "-u", override, f"output_dir={tmp_path}"])
+    # the tool closes the console logging it set up, however the run ends
+    assert root.handlers == handlers and root.level == level
     assert not (tmp_path / "train.log").exists()
 
 
