@@ -49,7 +49,7 @@ def get_activation(act: str | nn.Module | None, inplace: bool = True) -> nn.Modu
     else:
         raise ValueError(f"unknown activation {act!r}; expected None, an nn.Module or one of {sorted(_ACTIVATIONS)}")
     if hasattr(module, "inplace"):
-        module.inplace = inplace
+        module.inplace = inplace  # type: ignore[assignment]
     return module
 
 

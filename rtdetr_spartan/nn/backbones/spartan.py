@@ -267,7 +267,7 @@ class SpaRTANClassifier(SpaRTAN):
         super().__init__(spec, return_idx=(len(spec.depths) - 1,), drop_path_rate=drop_path_rate)
         self.linear = nn.Linear(spec.widths[-1], num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """x: [B, 3, H, W] -> logits [B, num_classes]."""
         feat = self.forward_stages(x, self.return_idx)[-1]
         return self.linear(feat.mean((2, 3)))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,17 @@ class ExportSMixer(nn.Module):
         return _conv_sum(gated, list(self.proj_out), self.proj_out_bias, residual)
 
 
+class _Span(nn.Module):
+    """One channel span of one half map: its 1x1 rows and 3x3 taps (see ``ExportCMixer``)."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        super().__init__()
+        self.theta, self.theta_b = _frozen(tensors["theta"]), _frozen(tensors["theta_b"])
+        self.proj, self.proj_b = _frozen(tensors["proj"]), _frozen(tensors["proj_b"])
+        self.direct, self.crossed = _frozen(tensors["direct"]), _frozen(tensors["crossed"])
+        self.spread, self.bias = _frozen(tensors["spread"]), _frozen(tensors["bias"])
+
+
 class ExportCMixer(nn.Module):
     """``InferenceCMixer`` in export form.
 
@@ -189,12 +201,7 @@ class ExportCMixer(nn.Module):
                         "bias": source.conv_bias[out],
                     }
                 )
-        self.parts = nn.ModuleList()
-        for tensors in names:
-            part = nn.Module()
-            for key, value in tensors.items():
-                part.register_parameter(key, _frozen(value))
-            self.parts.append(part)
+        self.parts = nn.ModuleList(_Span(**tensors) for tensors in names)
         sizes = [hi - lo for _ in (0, 1) for lo, hi in self.spans]
         self.gate = _ConvGate(source.gate, sizes, fixed_shapes)
         self.proj_out = nn.ParameterList(_frozen(w[:, :, None, None]) for w in source.proj_out.split(sizes, 1))
@@ -212,7 +219,8 @@ class ExportCMixer(nn.Module):
 
     def _halves(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, firsts = [], []
-        for k, part in enumerate(self.parts):
+        parts = cast(list[_Span], list(self.parts))
+        for k, part in enumerate(parts):
             t = F.conv2d(x, part.theta, part.theta_b)
             w = F.conv2d(x, part.proj, part.proj_b)
             feats.append(F.gelu(t) * w)
@@ -223,7 +231,7 @@ class ExportCMixer(nn.Module):
         t, w = (torch.where(real, firsts[0][k].gather(1, pair), firsts[1][k].gather(1, pair)) for k in (0, 1))
         peak = F.gelu(t) * w
         spans, outs = len(self.spans), []
-        for k, part in enumerate(self.parts):
+        for k, part in enumerate(parts):
             other = feats[(k + spans) % (2 * spans)]  # the same span of the other half
             groups = part.direct.shape[0]
             out = (

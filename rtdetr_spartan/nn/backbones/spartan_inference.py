@@ -21,6 +21,7 @@ What the conversion does, once (all exact up to float rounding):
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from rtdetr_spartan.nn.backbones.spartan_layers import (
     ConvNormAct,
     SMixer,
     SqueezeExcite,
+    conv_bias,
     fold_rotation,
     maps,
     tokens,
@@ -69,8 +71,11 @@ def folded_conv(module: ConvNormAct, weight: torch.Tensor | None = None) -> tupl
         raise ValueError("convert_for_inference: a BatchNorm normalizes with batch statistics; call model.eval()")
     if not isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)):
         raise TypeError(f"convert_for_inference: cannot fold a {type(norm).__name__}")
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    return w * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale
+    weight, bias, mean, var = (
+        cast(torch.Tensor, t) for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    )
+    scale = weight * torch.rsqrt(var + norm.eps)
+    return w * scale.view(-1, 1, 1, 1), bias - mean * scale
 
 
 class FusedConvAct(nn.Module):
@@ -93,12 +98,8 @@ class FusedConvAct(nn.Module):
             b = w.new_zeros(w.shape[0])
         if order is not None:
             w, b = w.index_select(0, order), b.index_select(0, order)
-        conv = nn.Conv2d(
-            src.in_channels, src.out_channels, src.kernel_size, src.stride, src.padding, src.dilation, src.groups
-        )
-        conv = conv.to(w)
-        conv.weight.data.copy_(w)
-        conv.bias.data.copy_(b)
+        conv = copy.deepcopy(src)
+        conv.weight, conv.bias = nn.Parameter(w.detach().clone()), nn.Parameter(b.detach().clone())
         return cls(conv, module.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,10 +135,10 @@ class SqueezeGate(nn.Module):
     @classmethod
     def of(cls, se: SqueezeExcite, order: torch.Tensor | None = None) -> SqueezeGate:
         """``se``'s layers with the channels in ``order`` (None: natural)."""
-        w1, w2, b2 = se.squeeze.weight.flatten(1), se.expand.weight.flatten(1), se.expand.bias
+        w1, w2, b2 = se.squeeze.weight.flatten(1), se.expand.weight.flatten(1), conv_bias(se.expand)
         if order is not None:
             w1, w2, b2 = w1.index_select(1, order), w2.index_select(0, order), b2.index_select(0, order)
-        return cls(w1, se.squeeze.bias, w2, b2)
+        return cls(w1, conv_bias(se.squeeze), w2, b2)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled: [B, E] -> gate [B, E]."""
@@ -159,10 +160,10 @@ class InferenceSMixer(nn.Module):
         _buffers(
             self,
             proj_in=source.proj_in.weight.flatten(1),
-            proj_in_bias=source.proj_in.bias,
+            proj_in_bias=conv_bias(source.proj_in),
             gamma=source.gamma.view(-1),
             proj_out=source.proj_out.weight.flatten(1) * scale[:, None],
-            proj_out_bias=source.proj_out.bias * scale,
+            proj_out_bias=conv_bias(source.proj_out) * scale,
         )
         self.h_conv = FusedConvAct.fuse(source.h_conv)
         self.l_conv = nn.Sequential(*(FusedConvAct.fuse(m) for m in source.l_conv))  # type: ignore[arg-type]
@@ -245,7 +246,7 @@ class InferenceCMixer(nn.Module):
         scale = out_scale.view(-1)
         proj_out = source.proj_out.weight.flatten(1) * scale[:, None]
         mix = torch.cat((source.theta.weight.flatten(1), source.proj.weight.flatten(1)))
-        mix_bias = torch.cat((source.theta.bias, source.proj.bias))
+        mix_bias = torch.cat((conv_bias(source.theta), conv_bias(source.proj)))
         position = torch.arange(e, device=mix.device)
         if order is not None:
             both = torch.cat((order, order + e))
@@ -264,7 +265,7 @@ class InferenceCMixer(nn.Module):
             conv_bias=bias,
             crossed=crossed,
             proj_out=proj_out,
-            proj_out_bias=source.proj_out.bias * scale,
+            proj_out_bias=conv_bias(source.proj_out) * scale,
         )
         self.gate = SqueezeGate.of(source.attn, order)
 

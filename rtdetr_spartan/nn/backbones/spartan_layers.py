@@ -30,6 +30,7 @@ __all__ = [
     "Block",
     "CMixer",
     "ConvNormAct",
+    "conv_bias",
     "NORM_EPS",
     "SMixer",
     "SqueezeExcite",
@@ -79,6 +80,12 @@ def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return folded.view(out_ch, per_group, kh, kw)
 
 
+def conv_bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a conv built with one."""
+    assert conv.bias is not None
+    return conv.bias
+
+
 def project(t: torch.Tensor, proj: nn.Conv2d, gate: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
     """out_scale * proj(t * gate): a 1x1 conv after a squeeze-excite gate, both folded into one
     batched matrix product.
@@ -88,7 +95,7 @@ def project(t: torch.Tensor, proj: nn.Conv2d, gate: torch.Tensor, out_scale: tor
     scale = out_scale.view(-1)
     weight = (proj.weight.flatten(1) * scale[:, None])[None] * gate[:, None, :]  # [B, C, E]
     h, w = t.shape[1:3]
-    out = torch.baddbmm(proj.bias * scale, t.flatten(1, 2), weight.transpose(1, 2))
+    out = torch.baddbmm(conv_bias(proj) * scale, t.flatten(1, 2), weight.transpose(1, 2))
     return maps(out.unflatten(1, (h, w)))
 
 
@@ -202,7 +209,7 @@ class CMixer(nn.Module):
         both = F.linear(
             t,
             torch.cat((self.theta.weight, self.proj.weight)).flatten(1),
-            torch.cat((self.theta.bias, self.proj.bias)),
+            torch.cat((conv_bias(self.theta), conv_bias(self.proj))),
         )  # [B, H, W, 2E]
         index = t.max(dim=-1, keepdim=True).indices  # [B, H, W, 1]
         peak = both.gather(-1, torch.cat((index, index + e), dim=-1))  # theta[m], w[m]: [B, H, W, 2]
