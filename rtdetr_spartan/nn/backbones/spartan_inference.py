@@ -21,7 +21,7 @@ What the conversion does, once (all exact up to float rounding):
 from __future__ import annotations
 
 import copy
-from typing import cast
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -328,6 +328,8 @@ class InferenceCMixer(nn.Module):
 
 class InferenceBlock(nn.Module):
     """``Block`` for inference: no drop path, layer scales in the mixers."""
+
+    compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile: the repeated unit
 
     def __init__(self, source: Block, tile_rows: bool = True) -> None:
         super().__init__()

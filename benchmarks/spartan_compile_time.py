@@ -1,0 +1,78 @@
+"""Compile time of the SpaRTAN-T backbone: regional compilation (each ``Block`` compiled, every
+instance of a shape reusing the code; ``rtdetr_spartan.nn.compile.compile_regional``) against
+whole-model ``torch.compile``. Time = first forward (tracing + codegen), then steady-state
+latency of compiled and eager forwards.
+
+    python benchmarks/spartan_compile_time.py --threads 2 --size 320 [--skip-whole]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
+from rtdetr_spartan.nn.compile import compile_regional
+
+logger = logging.getLogger("spartan_compile_time")
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(model: nn.Module, x: torch.Tensor, runs: int, train: bool) -> dict[str, float]:
+    """First call (compile) and median of ``runs`` later calls, in seconds."""
+
+    def step() -> None:
+        if train:
+            sum(f.float().mean() for f in model(x)).backward()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    first = _timed(step)
+    times = [_timed(step) for _ in range(runs)]
+    return {"first_call_s": first, "median_s": statistics.median(times), "min_s": min(times)}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--train", action="store_true", help="time forward + backward in train mode")
+    parser.add_argument("--skip-whole", action="store_true", help="regional compilation only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = SpaRTAN().train(args.train)
+    x = torch.rand(args.batch, 3, args.size, args.size)
+    results = {"eager": measure(copy.deepcopy(base), x, args.runs, args.train)}
+    torch._dynamo.reset()
+    results["regional"] = measure(compile_regional(copy.deepcopy(base)), x, args.runs, args.train)
+    if not args.skip_whole:
+        torch._dynamo.reset()
+        results["whole"] = measure(torch.compile(copy.deepcopy(base)), x, args.runs, args.train)
+    logger.info(json.dumps({"threads": args.threads, "size": args.size, "train": args.train, **results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
