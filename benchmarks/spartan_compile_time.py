@@ -1,7 +1,7 @@
 """Compile time of the SpaRTAN-T backbone: regional compilation (each ``Block`` compiled, every
 instance of a shape reusing the code; ``rtdetr_spartan.nn.compile.compile_regional``) against
-whole-model ``torch.compile``. Time = first forward (tracing + codegen), then steady-state
-latency of compiled and eager forwards.
+whole-model ``torch.compile``. Time = first forward (tracing + codegen; wall and process CPU
+time), then steady-state latency of compiled and eager forwards.
 
     python benchmarks/spartan_compile_time.py --threads 2 --size 320 [--skip-whole]
 """
@@ -25,14 +25,15 @@ from rtdetr_spartan.nn.compile import compile_regional
 logger = logging.getLogger("spartan_compile_time")
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call; CPU time is the steadier on a shared machine."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def measure(model: nn.Module, x: torch.Tensor, runs: int, train: bool) -> dict[str, float]:
-    """First call (compile) and median of ``runs`` later calls, in seconds."""
+    """First call (compile) and median / min of ``runs`` later calls, in seconds."""
 
     def step() -> None:
         if train:
@@ -41,9 +42,14 @@ def measure(model: nn.Module, x: torch.Tensor, runs: int, train: bool) -> dict[s
             with torch.no_grad():
                 model(x)
 
-    first = _timed(step)
-    times = [_timed(step) for _ in range(runs)]
-    return {"first_call_s": first, "median_s": statistics.median(times), "min_s": min(times)}
+    first, first_cpu = _timed(step)
+    times = [_timed(step)[0] for _ in range(runs)]
+    return {
+        "first_call_s": round(first, 2),
+        "first_call_cpu_s": round(first_cpu, 2),
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+    }
 
 
 def get_args_parser() -> argparse.ArgumentParser:

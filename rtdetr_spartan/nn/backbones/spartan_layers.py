@@ -19,7 +19,7 @@ Two choices keep the reference's math but not its ops (both exact up to float ro
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ __all__ = [
     "rotate_pairs",
     "tokens",
     "maps",
+    "peak_mix",
 ]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
@@ -97,6 +98,56 @@ def project(t: torch.Tensor, proj: nn.Conv2d, gate: torch.Tensor, out_scale: tor
     h, w = t.shape[1:3]
     out = torch.baddbmm(conv_bias(proj) * scale, t.flatten(1, 2), weight.transpose(1, 2))
     return maps(out.unflatten(1, (h, w)))
+
+
+class _PeakMix(torch.autograd.Function):
+    """The CMixer's per-pixel part with a backward that recomputes the GELUs instead of keeping
+    them (``peak_mix`` gives the math)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        both = F.linear(t, weight, bias)  # [..., 2E]: theta, then w
+        e = both.shape[-1] // 2
+        index = t.max(dim=-1, keepdim=True).indices  # argmax's first maximum, faster on CPU
+        peak = both.gather(-1, torch.cat((index, index + e), dim=-1))  # theta[m], w[m]
+        ctx.save_for_backward(t, weight, both, index)
+        return torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        t, weight, both, index = ctx.saved_tensors
+        e = both.shape[-1] // 2
+        theta, w = both[..., :e], both[..., e:]
+        grad = grad.to(both.dtype)
+        g_theta = torch.ops.aten.gelu_backward(grad * w, theta)
+        g_w = grad * F.gelu(theta)
+        # the peak term, equal on all channels, adds to channel m of theta and w
+        total = grad.sum(-1, keepdim=True)
+        theta_m, w_m = theta.gather(-1, index), w.gather(-1, index)
+        g_theta.scatter_add_(-1, index, torch.ops.aten.gelu_backward(total * w_m, theta_m))
+        g_w.scatter_add_(-1, index, total * F.gelu(theta_m))
+        grad_t = grad_weight = grad_bias = None
+        w_theta, w_w = weight.to(both.dtype).split(e)
+        if ctx.needs_input_grad[0]:
+            grad_t = (g_theta @ w_theta + g_w @ w_w).to(t.dtype)
+        if ctx.needs_input_grad[1]:
+            rows = t.to(both.dtype).flatten(0, -2)
+            grad_weight = torch.cat((g_theta.flatten(0, -2).t() @ rows, g_w.flatten(0, -2).t() @ rows))
+            grad_weight = grad_weight.to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = torch.cat((g_theta.flatten(0, -2).sum(0), g_w.flatten(0, -2).sum(0))).to(weight.dtype)
+        return grad_t, grad_weight, grad_bias
+
+
+def peak_mix(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The CMixer's per-pixel part: w * gelu(theta) + w[m] * gelu(theta[m]), where
+    (theta, w) = linear(t, weight, bias) and m = argmax of t over channels.
+
+    t: [B, H, W, C]; weight: [2E, C] (theta rows, then w rows); bias: [2E] -> [B, H, W, E].
+    Its backward (``_PeakMix``) recomputes the GELUs and writes the gradients of theta and w
+    without the zero-filled slice and gather gradients that autograd would build and add.
+    """
+    return _PeakMix.apply(t, weight, bias)
 
 
 class ConvNormAct(nn.Module):
@@ -203,17 +254,8 @@ class CMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> out_scale [1, C, 1, 1] * CMixer(x): [B, C, H, W]."""
-        t = tokens(x)
-        e = self.theta.out_channels
-        # theta and w as one linear layer; max(...).indices is argmax's first maximum, faster on CPU
-        both = F.linear(
-            t,
-            torch.cat((self.theta.weight, self.proj.weight)).flatten(1),
-            torch.cat((conv_bias(self.theta), conv_bias(self.proj))),
-        )  # [B, H, W, 2E]
-        index = t.max(dim=-1, keepdim=True).indices  # [B, H, W, 1]
-        peak = both.gather(-1, torch.cat((index, index + e), dim=-1))  # theta[m], w[m]: [B, H, W, 2]
-        feat = torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
+        weight = torch.cat((self.theta.weight, self.proj.weight)).flatten(1)  # theta and w: one linear layer
+        feat = peak_mix(tokens(x), weight, torch.cat((conv_bias(self.theta), conv_bias(self.proj))))
         rotation = self.complex.view(-1, 2)
         conv = self.conv.conv
         if (conv.in_channels // conv.groups) % 2 == 0:  # groups hold whole pairs: rotate the taps
