@@ -77,8 +77,8 @@ class DeployModel(nn.Module):
 
     def __init__(self, model: nn.Module, postprocessor: nn.Module) -> None:
         super().__init__()
-        self.model = convert_for_inference(model.deploy())
-        self.postprocessor = postprocessor.deploy()
+        self.model = convert_for_inference(model.deploy())  # type: ignore[operator]
+        self.postprocessor = postprocessor.deploy()  # type: ignore[operator]
 
     def forward(
         self, images: torch.Tensor, orig_target_sizes: torch.Tensor
