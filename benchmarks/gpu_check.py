@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from rtdetr_spartan.deploy.benchmark import benchmark  # noqa: E402
 from rtdetr_spartan.deploy.from_config import load_config  # noqa: E402
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier  # noqa: E402
+from rtdetr_spartan.nn.backbones.spartan_inference import convert_for_inference  # noqa: E402
 from tests.parity_utils import (  # noqa: E402
     detector_parity,
     load_expected,
@@ -81,7 +82,7 @@ def parity(device: torch.device) -> dict[str, object]:
         expected = load_expected(f"{fixture}_seed0")
         for form in ("eval", "deployed"):
             if form == "deployed":
-                model.deploy()
+                model = convert_for_inference(model.deploy())
             problems, fraction = detector_parity(model, expected, device)
             results[f"{name} ({form})"] = {
                 "matched_queries": round(fraction, 4),

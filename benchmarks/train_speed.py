@@ -6,7 +6,10 @@ classifier against the reference formulation of the same weights, in one interle
 A step is forward + criterion (detectors: the config's SetCriterion on synthetic targets;
 classifier: cross-entropy) + backward + AdamW. Detectors: 320 x 320, batch 4; classifier:
 224 x 224, batch 16. The models alternate step by step, so slow phases of a shared machine hit
-each alike; the summary gives the median and the fastest step of each and their ratios.
+each alike; the summary gives the median and the fastest step of each, the median process CPU
+time, and their ratios. On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE`` (set before
+Python starts; spinning OpenMP threads otherwise wait for descheduled siblings) and compare CPU
+times, the steadier measure there.
 Memory: the bytes autograd saves for backward in one step (distinct storages), the part of
 peak training memory that depends on the model's formulation. The last stdout line is JSON.
 """
@@ -146,24 +149,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             step()
     load = os.getloadavg()[0]
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(args.rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
         logger.info("round %d/%d: %s", round_index + 1, args.rounds, {n: round(t[-1], 3) for n, t in times.items()})
     result: dict[str, object] = {"threads": args.threads, "load_average_before": load, "compile": args.compile}
     for name, values in times.items():
         result[name] = {
-            "median_s": statistics.median(values),
-            "min_s": min(values),
+            "median_s": round(statistics.median(values), 4),
+            "min_s": round(min(values), 4),
+            "cpu_median_s": round(statistics.median(cpu[name]), 4),
             "saved_for_backward_mib": round(memory[name], 1),
         }
         logger.info(
-            "%s: median %.3f s, min %.3f s, saved for backward %.0f MiB",
+            "%s: median %.3f s, min %.3f s, CPU time median %.3f s, saved for backward %.0f MiB",
             name,
             statistics.median(values),
             min(values),
+            statistics.median(cpu[name]),
             memory[name],
         )
     pairs = [
@@ -174,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a in times and b in times:
             median = statistics.median(times[a]) / statistics.median(times[b])
             fastest = min(times[a]) / min(times[b])
-            result[f"{a} / {b}"] = {"median": round(median, 3), "min": round(fastest, 3)}
-            logger.info("%s / %s: %.3f (median), %.3f (min)", a, b, median, fastest)
+            cpu_ratio = statistics.median(cpu[a]) / statistics.median(cpu[b])
+            result[f"{a} / {b}"] = {"median": round(median, 3), "min": round(fastest, 3), "cpu": round(cpu_ratio, 3)}
+            logger.info("%s / %s: %.3f (median), %.3f (min), %.3f (CPU time)", a, b, median, fastest, cpu_ratio)
     print(json.dumps(result))
     return 0
 

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rtdetr_spartan.core import lookup
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_layers import CMixer, SMixer, fold_rotation, rotate_pairs
+from rtdetr_spartan.nn.backbones.spartan_layers import CMixer, SMixer, fold_rotation, peak_mix, rotate_pairs
 from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
 from tests.nn.spartan_helpers import randomize
@@ -52,6 +52,15 @@ def test_rotation_folds_into_grouped_conv(per_group: int) -> None:
     rotated = rotate_pairs(x.permute(0, 2, 3, 1), rotation).permute(0, 3, 1, 2)
     folded = F.conv2d(x, fold_rotation(weight, rotation), padding=1, groups=groups)
     torch.testing.assert_close(folded, F.conv2d(rotated, weight, padding=1, groups=groups))
+
+
+def test_peak_mix_gradients() -> None:
+    """The hand-written backward of the CMixer's per-pixel part against finite differences."""
+    gen = torch.Generator().manual_seed(2)
+    t = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(16, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(peak_mix, (t, weight, bias))
 
 
 # ---- every path of the mixers against the reference formulation -----------------------------
