@@ -72,10 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = torch.rand(args.batch, 3, args.size, args.size)
     results = {"eager": measure(copy.deepcopy(base), x, args.runs, args.train)}
     torch._dynamo.reset()
-    results["regional"] = measure(compile_regional(copy.deepcopy(base)), x, args.runs, args.train)
+    results["regional"] = measure(compile_regional(copy.deepcopy(base), dynamic=False), x, args.runs, args.train)
     if not args.skip_whole:
         torch._dynamo.reset()
-        results["whole"] = measure(torch.compile(copy.deepcopy(base)), x, args.runs, args.train)
+        results["whole"] = measure(torch.compile(copy.deepcopy(base), dynamic=False), x, args.runs, args.train)
     logger.info(json.dumps({"threads": args.threads, "size": args.size, "train": args.train, **results}, indent=1))
     return 0
 
