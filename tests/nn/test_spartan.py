@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rtdetr_spartan.core import lookup
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_layers import CMixer, SMixer, fold_rotation, peak_mix, rotate_pairs
+from rtdetr_spartan.nn.backbones.spartan_layers import CMixer, DropPath, SMixer, fold_rotation, peak_mix, rotate_pairs
 from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
 from tests.nn.spartan_helpers import randomize
@@ -60,7 +60,12 @@ def test_peak_mix_gradients() -> None:
     t = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(16, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(16, generator=gen, dtype=torch.float64, requires_grad=True)
+    rotation = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(peak_mix, (t, weight, bias))
+    assert torch.autograd.gradcheck(peak_mix, (t, weight, bias, rotation))
+    with torch.no_grad():
+        rotated = rotate_pairs(peak_mix(t, weight, bias), rotation)
+        torch.testing.assert_close(peak_mix(t, weight, bias, rotation), rotated)
 
 
 # ---- every path of the mixers against the reference formulation -----------------------------
@@ -280,3 +285,17 @@ def test_registered_under_reference_names() -> None:
     assert lookup("SpaRTAN") is SpaRTAN
     assert lookup("SpaRTANClassifier") is SpaRTANClassifier
     assert SpaRTANClassifier.__share__ == ["num_classes"]
+
+
+def test_drop_path_drops_whole_samples_and_rescales() -> None:
+    drop = DropPath(0.25)
+    x = torch.ones(4000, 3, 2, 2)
+    torch.manual_seed(0)
+    out = drop.train()(x)
+    per_sample = out.flatten(1)
+    kept = per_sample[:, 0] > 0
+    assert ((per_sample == 0) | (per_sample == 1 / 0.75)).all()
+    assert (per_sample == per_sample[:, :1]).all()  # a sample is kept or dropped as a whole
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
+    assert torch.equal(drop.eval()(x), x)
+    assert "rate" not in drop.state_dict()  # not a reference tensor

@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 __all__ = [
     "Block",
     "CMixer",
     "ConvNormAct",
+    "DropPath",
     "conv_bias",
     "NORM_EPS",
     "SMixer",
@@ -62,10 +62,8 @@ def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     x: [..., E]; rotation: [E/2, 2] -> [..., E] with
     out[2k] = re_k x[2k] - im_k x[2k+1] and out[2k+1] = im_k x[2k] + re_k x[2k+1].
     """
-    same = rotation[:, 0].repeat_interleave(2).to(x.dtype)
-    cross = (rotation[:, 1:2] * rotation.new_tensor([-1.0, 1.0])).flatten().to(x.dtype)
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return torch.addcmul(x * same, swapped, cross)
+    same, cross = _pair_factors(rotation, x.dtype)
+    return torch.addcmul(x * same, _swap_pairs(x), cross)
 
 
 def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -100,32 +98,61 @@ def project(t: torch.Tensor, proj: nn.Conv2d, gate: torch.Tensor, out_scale: tor
     return maps(out.unflatten(1, (h, w)))
 
 
+def _swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., E] -> the same with the channels of each pair (2k, 2k+1) exchanged."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def _pair_factors(rotation: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rotate_pairs``' per-channel factors: (re_0, re_0, re_1, ...), (-im_0, im_0, -im_1, ...)."""
+    same = rotation[:, 0].repeat_interleave(2)
+    cross = torch.stack((-rotation[:, 1], rotation[:, 1]), dim=1).flatten()
+    return same.to(dtype), cross.to(dtype)
+
+
 class _PeakMix(torch.autograd.Function):
-    """The CMixer's per-pixel part with a backward that recomputes the GELUs instead of keeping
-    them (``peak_mix`` gives the math)."""
+    """The CMixer's per-pixel part, optionally with the rotation, whose backward recomputes the
+    GELUs and the unrotated product instead of keeping them (``peak_mix`` gives the math)."""
 
     @staticmethod
-    def forward(ctx: Any, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rotation: torch.Tensor | None
+    ) -> torch.Tensor:
         both = F.linear(t, weight, bias)  # [..., 2E]: theta, then w
         e = both.shape[-1] // 2
         index = t.max(dim=-1, keepdim=True).indices  # argmax's first maximum, faster on CPU
         peak = both.gather(-1, torch.cat((index, index + e), dim=-1))  # theta[m], w[m]
-        ctx.save_for_backward(t, weight, both, index)
-        return torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
+        ctx.save_for_backward(t, weight, both, index, rotation)
+        feat = torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
+        if rotation is None:
+            return feat
+        same, cross = _pair_factors(rotation, feat.dtype)
+        return torch.addcmul(feat * same, _swap_pairs(feat), cross)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        t, weight, both, index = ctx.saved_tensors
+        t, weight, both, index, rotation = ctx.saved_tensors
         e = both.shape[-1] // 2
         theta, w = both[..., :e], both[..., e:]
         grad = grad.to(both.dtype)
+        gelu_theta = F.gelu(theta)
+        theta_m, w_m = theta.gather(-1, index), w.gather(-1, index)
+        gelu_theta_m = F.gelu(theta_m)
+        grad_rotation = None
+        if rotation is not None:
+            same, cross = _pair_factors(rotation, grad.dtype)
+            if ctx.needs_input_grad[3]:
+                feat = torch.addcmul(gelu_theta_m * w_m, gelu_theta, w)
+                d_same = (grad * feat).flatten(0, -2).sum(0).view(-1, 2).sum(1)  # per pair: d re
+                d_cross = (grad * _swap_pairs(feat)).flatten(0, -2).sum(0).view(-1, 2)  # d (-im), d im
+                grad_rotation = torch.stack((d_same, d_cross[:, 1] - d_cross[:, 0]), dim=1).to(rotation.dtype)
+            grad = torch.addcmul(grad * same, _swap_pairs(grad), _swap_pairs(cross))
         g_theta = torch.ops.aten.gelu_backward(grad * w, theta)
-        g_w = grad * F.gelu(theta)
+        g_w = grad * gelu_theta
         # the peak term, equal on all channels, adds to channel m of theta and w
         total = grad.sum(-1, keepdim=True)
-        theta_m, w_m = theta.gather(-1, index), w.gather(-1, index)
         g_theta.scatter_add_(-1, index, torch.ops.aten.gelu_backward(total * w_m, theta_m))
-        g_w.scatter_add_(-1, index, total * F.gelu(theta_m))
+        g_w.scatter_add_(-1, index, total * gelu_theta_m)
         grad_t = grad_weight = grad_bias = None
         w_theta, w_w = weight.to(both.dtype).split(e)
         if ctx.needs_input_grad[0]:
@@ -136,18 +163,22 @@ class _PeakMix(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = torch.cat((g_theta.flatten(0, -2).sum(0), g_w.flatten(0, -2).sum(0))).to(weight.dtype)
-        return grad_t, grad_weight, grad_bias
+        return grad_t, grad_weight, grad_bias, grad_rotation
 
 
-def peak_mix(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def peak_mix(
+    t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rotation: torch.Tensor | None = None
+) -> torch.Tensor:
     """The CMixer's per-pixel part: w * gelu(theta) + w[m] * gelu(theta[m]), where
-    (theta, w) = linear(t, weight, bias) and m = argmax of t over channels.
+    (theta, w) = linear(t, weight, bias) and m = argmax of t over channels; then, if given,
+    ``rotate_pairs`` by ``rotation``.
 
-    t: [B, H, W, C]; weight: [2E, C] (theta rows, then w rows); bias: [2E] -> [B, H, W, E].
-    Its backward (``_PeakMix``) recomputes the GELUs and writes the gradients of theta and w
-    without the zero-filled slice and gather gradients that autograd would build and add.
+    t: [B, H, W, C]; weight: [2E, C] (theta rows, then w rows); bias: [2E]; rotation: [E/2, 2]
+    -> [B, H, W, E]. Its backward (``_PeakMix``) recomputes the GELUs and the unrotated product,
+    and writes the gradients of theta and w without the zero-filled slice and gather gradients
+    that autograd would build and add: less time and memory in training.
     """
-    return _PeakMix.apply(t, weight, bias)
+    return _PeakMix.apply(t, weight, bias, rotation)
 
 
 class ConvNormAct(nn.Module):
@@ -255,15 +286,39 @@ class CMixer(nn.Module):
     def forward(self, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> out_scale [1, C, 1, 1] * CMixer(x): [B, C, H, W]."""
         weight = torch.cat((self.theta.weight, self.proj.weight)).flatten(1)  # theta and w: one linear layer
-        feat = peak_mix(tokens(x), weight, torch.cat((conv_bias(self.theta), conv_bias(self.proj))))
+        bias = torch.cat((conv_bias(self.theta), conv_bias(self.proj)))
         rotation = self.complex.view(-1, 2)
         conv = self.conv.conv
         if (conv.in_channels // conv.groups) % 2 == 0:  # groups hold whole pairs: rotate the taps
+            feat = peak_mix(tokens(x), weight, bias)
             feat = self.conv(maps(feat), fold_rotation(conv.weight, rotation))
-        else:
-            feat = self.conv(maps(rotate_pairs(feat, rotation)))
+        else:  # pairs straddle groups (depthwise conv): rotate the activations
+            feat = self.conv(maps(peak_mix(tokens(x), weight, bias, rotation)))
         t = tokens(feat)
         return project(t, self.proj_out, self.attn.gate(t.mean((1, 2))), out_scale)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample ("row" mode of torchvision's StochasticDepth): in training,
+    zero a sample's branch with probability ``rate`` and scale the kept ones by 1 / (1 - rate).
+
+    The rate is a (non-persistent) buffer, not a Python float: compiled code then serves every
+    block of a shape, where a float attribute would make torch.compile recompile per block.
+    """
+
+    rate: torch.Tensor
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, ...] -> the same, with dropped samples zeroed (training only)."""
+        if not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device) < keep
+        return x * (mask / keep).to(x.dtype)
 
 
 class Block(nn.Module):
@@ -278,8 +333,8 @@ class Block(nn.Module):
         self.scale_2 = nn.Parameter(torch.full((1, dim, 1, 1), 1e-5))
         self.smixer = SMixer(dim, grouped)
         self.cmixer = CMixer(dim, expand_ratio, grouped)
-        self.drop_path_1 = StochasticDepth(drop_path, "row")
-        self.drop_path_2 = StochasticDepth(drop_path, "row")
+        self.drop_path_1 = DropPath(drop_path)
+        self.drop_path_2 = DropPath(drop_path)
         self.norm_1 = nn.GroupNorm(1, dim, eps=NORM_EPS)
         self.norm_2 = nn.GroupNorm(1, dim, eps=NORM_EPS)
 
