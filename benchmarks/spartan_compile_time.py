@@ -3,7 +3,7 @@ instance of a shape reusing the code; ``rtdetr_spartan.nn.compile.compile_region
 whole-model ``torch.compile``. Time = first forward (tracing + codegen; wall and process CPU
 time), then steady-state latency of compiled and eager forwards.
 
-    python benchmarks/spartan_compile_time.py --threads 2 --size 320 [--skip-whole]
+    python benchmarks/spartan_compile_time.py --threads 2 --size 320 [--modes regional whole] [--train]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--train", action="store_true", help="time forward + backward in train mode")
-    parser.add_argument("--skip-whole", action="store_true", help="regional compilation only")
+    parser.add_argument("--modes", nargs="+", choices=("regional", "whole"), default=["regional", "whole"])
     return parser
 
 
@@ -71,11 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = SpaRTAN().train(args.train)
     x = torch.rand(args.batch, 3, args.size, args.size)
     results = {"eager": measure(copy.deepcopy(base), x, args.runs, args.train)}
-    torch._dynamo.reset()
-    results["regional"] = measure(compile_regional(copy.deepcopy(base), dynamic=False), x, args.runs, args.train)
-    if not args.skip_whole:
+    # a cold compile: no inductor code cached on disk by an earlier run
+    torch._inductor.config.fx_graph_cache = False
+    for mode in args.modes:
         torch._dynamo.reset()
-        results["whole"] = measure(torch.compile(copy.deepcopy(base), dynamic=False), x, args.runs, args.train)
+        model = copy.deepcopy(base)
+        compiled = compile_regional(model, dynamic=False) if mode == "regional" else torch.compile(model, dynamic=False)
+        results[mode] = measure(compiled, x, args.runs, args.train)
     logger.info(json.dumps({"threads": args.threads, "size": args.size, "train": args.train, **results}, indent=1))
     return 0
 
