@@ -91,6 +91,16 @@ def test_conversions_return_new_modules_and_leave_the_model() -> None:
                 assert (a - b).abs().max() < 1e-4
 
 
+def test_frozen_norms_fold_like_eval_mode_norms() -> None:
+    model = randomize(SpaRTAN(return_idx=(1, 2, 3)), seed=5).eval()
+    frozen = SpaRTAN(return_idx=(1, 2, 3), freeze_norm=True)
+    frozen.load_state_dict(model.state_dict(), strict=False)  # FrozenBatchNorm2d: no num_batches_tracked
+    x = synthetic_scenes(1, 64, 64, seed=6)
+    with torch.no_grad():
+        for a, b in zip(convert_for_inference(frozen)(x), model(x), strict=True):
+            assert (a - b).abs().max() < 1e-4
+
+
 def test_inference_form_reproduces_the_reference_classifier() -> None:
     entries, _ = load_spec("spartan_t_cls")
     model = SpaRTANClassifier()
