@@ -21,15 +21,14 @@ import json
 import logging
 import os
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
+from rtdetr_spartan.deploy.benchmark import benchmark, cpu_name
+
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rtdetr_spartan.deploy.benchmark import BACKENDS, benchmark, cpu_name  # noqa: E402
+BACKENDS = ("torch", "onnxruntime")  # eager PyTorch (SpaRTAN's inference form), onnxruntime
 
 MODELS = {
     "RT-DETR-R18": ROOT / "configs/rtdetr/rtdetr_r18vd_6x_coco.yml",
@@ -98,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cpu_name()}, {os.cpu_count()} cores, load average {load:.2f} before the run")
     print(format_table(latencies, args.threads))
     for count in args.threads:
-        r18, spartan = (summary(latencies, (m, "onnxruntime", count)) for m in MODELS)
-        print(
-            f"onnxruntime, {count} thread(s): SpaRTAN-T / R18 latency = "
-            f"{spartan[0] / r18[0]:.3f} (median), {spartan[1] / r18[1]:.3f} (min)"
-        )
+        for backend in BACKENDS:
+            r18, spartan = (summary(latencies, (m, backend, count)) for m in MODELS)
+            print(
+                f"{backend}, {count} thread(s): SpaRTAN-T / R18 latency = "
+                f"{spartan[0] / r18[0]:.3f} (median), {spartan[1] / r18[1]:.3f} (min)"
+            )
     print(
         json.dumps(
             {

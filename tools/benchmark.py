@@ -38,7 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--amp", choices=("float16", "bfloat16"), default=None, help="torch backend: autocast dtype (default float32)"
     )
-    parser.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch backend: compile the repeated blocks (regional compilation)"
+    )
     parser.add_argument(
         "--cuda-graph", action="store_true", help="torch backend on cuda: time replays of a captured CUDA graph"
     )

@@ -30,6 +30,7 @@ from rtdetr_spartan.deploy.from_config import load_config, model_info_from_confi
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.runtime import session_options
 from rtdetr_spartan.misc.checkpoint import load_model_weights
+from rtdetr_spartan.nn.compile import compile_regional
 
 __all__ = ["BACKENDS", "BenchmarkResult", "benchmark", "count_flops", "cpu_name", "time_calls"]
 
@@ -116,14 +117,15 @@ def _torch_call(
 ) -> Callable[[], object]:
     """One inference call on ``images.device``; a CUDA call waits for the GPU before returning.
 
-    ``compile_model``: ``torch.compile`` the module first (the warm-up calls compile it).
+    ``compile_model``: compile the module's repeated blocks first (regional compilation,
+    ``rtdetr_spartan.nn.compile.compile_regional``; the warm-up calls compile them).
     ``cuda_graph``: capture one call in a CUDA graph and time its replays, which removes the
     per-op launch cost of eager PyTorch (what a deployment with fixed input shapes would do).
     """
     device = images.device
     module = module.to(device)
     sizes = sizes.to(device)
-    forward = torch.compile(module, dynamic=False) if compile_model else module
+    forward = compile_regional(module, dynamic=False) if compile_model else module
 
     def run() -> object:
         with (

@@ -18,10 +18,9 @@ with torch 2.14 / onnxscript 0.7, it is the one that gives a clean, portable gra
   - anchors and position embeddings stay symbolic in H and W: the model computes them from
     tensor shapes while tracing, so one ``--dynamic-size`` graph serves any input size;
   - it is ~4x faster (about 20 s vs 80 s for RT-DETR-R18 on a 2-core CPU).
-Models may trace an export-specific form: SpaRTAN's blocks switch to plain NCHW ops while
-``torch.onnx.is_in_onnx_export()`` (see ``nn/backbones/spartan_layers.py``), and a graph without
-dynamic axes is traced inside ``nn.common.fixed_shape_export()``, where they may also rely on
-fixed shapes; onnxruntime runs that form in about 0.6x the time of a trace of the eager code.
+``DeployModel`` holds SpaRTAN's eager inference form (``convert_for_inference``); the export
+traces its ONNX form (``convert_for_export``, plain NCHW ops; with fixed shapes when the graph
+has no dynamic axes), which onnxruntime runs in about 0.6x the time of a trace of the eager code.
 Its raw graph has more Constant/Identity/Shape nodes than the dynamo one; onnxruntime folds them
 at session start, and ``simplify`` removes them from the file. The TorchScript exporter is
 deprecated upstream; when it goes, switch to ``dynamo=True`` with opset >= 18 and a batch-2
@@ -30,7 +29,6 @@ example (the wrapper and the checks here do not change).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -42,7 +40,8 @@ from torch import nn
 
 from rtdetr_spartan.deploy.compare import DetectionAgreement, compare_detections
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.nn.common import fixed_shape_export
+from rtdetr_spartan.nn.backbones.spartan_export import convert_for_export
+from rtdetr_spartan.nn.backbones.spartan_inference import convert_for_inference
 
 __all__ = [
     "DeployModel",
@@ -72,12 +71,13 @@ class ExportVerificationError(RuntimeError):
 class DeployModel(nn.Module):
     """``model.deploy()`` followed by ``postprocessor.deploy()``: the exported computation.
 
-    Both parts are switched to deploy form in place (RepVGG branches fused, eval mode).
+    Both parts are switched to deploy form in place (RepVGG branches fused, eval mode); the
+    model held is a copy with SpaRTAN layers in their inference form (``convert_for_inference``).
     """
 
     def __init__(self, model: nn.Module, postprocessor: nn.Module) -> None:
         super().__init__()
-        self.model: nn.Module = getattr(model, "deploy")()  # noqa: B009 (deploy() is not on nn.Module)
+        self.model: nn.Module = convert_for_inference(getattr(model, "deploy")())  # noqa: B009 (deploy() is not on nn.Module)
         self.postprocessor: nn.Module = getattr(postprocessor, "deploy")()  # noqa: B009
 
     def forward(
@@ -127,21 +127,22 @@ def _dynamic_axes(dynamic_batch: bool, dynamic_size: bool) -> dict[str, dict[int
 
 
 def _trace(
-    module: DeployModel,
+    module: nn.Module,
     sample: tuple[torch.Tensor, torch.Tensor],
     path: Path,
     opset: int,
     dynamic_axes: dict[str, dict[int, str]] | None,
 ) -> list[tuple[int, ...]]:
-    """TorchScript-based export; returns the traced output shapes. Tracer warnings go to the
-    debug log (they flag Python-side shape arithmetic, intended here: shapes stay symbolic)."""
+    """TorchScript-based export of ``module``'s ONNX form (``convert_for_export``); returns the
+    traced output shapes. Tracer warnings go to the debug log (they flag Python-side shape
+    arithmetic, intended here: shapes stay symbolic)."""
     shapes: list[tuple[int, ...]] = []
+    module = convert_for_export(module, fixed_shapes=dynamic_axes is None)
     hook = module.register_forward_hook(lambda _m, _i, out: shapes.extend(tuple(t.shape) for t in out))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fixed = fixed_shape_export() if dynamic_axes is None else contextlib.nullcontext()
-            with torch.no_grad(), fixed:
+            with torch.no_grad():
                 torch.onnx.export(
                     module,
                     sample,

@@ -1,12 +1,8 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
-"""Layers shared by the backbones and the encoder: activations, conv + norm + act, frozen BN,
-and the fixed-shape ONNX export switch."""
+"""Layers shared by the backbones and the encoder: activations, conv + norm + act, frozen BN."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -16,8 +12,6 @@ from torchvision.ops import FrozenBatchNorm2d
 __all__ = [
     "ConvNormLayer",
     "FrozenBatchNorm2d",
-    "exporting_fixed_shapes",
-    "fixed_shape_export",
     "freeze_batch_norm",
     "get_activation",
 ]
@@ -115,22 +109,3 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
         if replacement is not child:
             setattr(module, name, replacement)
     return module
-
-
-_FIXED_SHAPES: ContextVar[bool] = ContextVar("fixed_shape_export", default=False)
-
-
-@contextmanager
-def fixed_shape_export() -> Iterator[None]:
-    """Declare that the ONNX exports inside have fixed input shapes (no dynamic axes), so that
-    layers may trace forms that only run fastest with known shapes (``exporting_fixed_shapes``)."""
-    token = _FIXED_SHAPES.set(True)
-    try:
-        yield
-    finally:
-        _FIXED_SHAPES.reset(token)
-
-
-def exporting_fixed_shapes() -> bool:
-    """True while a ``fixed_shape_export`` ONNX export traces the model."""
-    return _FIXED_SHAPES.get() and torch.onnx.is_in_onnx_export()

@@ -30,8 +30,13 @@ def compile_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
-def compile_regional(model: nn.Module, *, dynamic: bool | None = None, fullgraph: bool = False) -> nn.Module:
+def compile_regional(model: nn.Module, *, dynamic: bool | None = False, fullgraph: bool = False) -> nn.Module:
     """Compile every compile unit of ``model`` in place and return ``model``.
+
+    ``dynamic=False`` (the default) specialises each block to its input shape: with torch's
+    automatic dynamic shapes (``None``) inductor failed on SpaRTAN's second block shape
+    (``cannot determine truth value of Relational``). Multi-scale training therefore compiles a
+    block once per input size, up to dynamo's recompile limit, past which that size runs eager.
 
     Parameters and the state dict are untouched (``nn.Module.compile`` wraps only the call),
     so checkpoints written from a compiled model load into an eager one and back.

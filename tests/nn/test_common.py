@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 import torch
 from torch import nn
@@ -9,8 +7,6 @@ from torch import nn
 from rtdetr_spartan.nn.common import (
     ConvNormLayer,
     FrozenBatchNorm2d,
-    exporting_fixed_shapes,
-    fixed_shape_export,
     freeze_batch_norm,
     get_activation,
 )
@@ -97,13 +93,3 @@ def test_frozen_batch_norm_matches_reference_conventions() -> None:
     state = nn.BatchNorm2d(3).state_dict()  # includes num_batches_tracked
     assert list(frozen.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
     frozen.load_state_dict(state, strict=True)
-
-
-def test_fixed_shape_export_holds_only_inside_an_export_and_the_context() -> None:
-    with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
-        assert not exporting_fixed_shapes()
-        with fixed_shape_export():
-            assert exporting_fixed_shapes()
-        assert not exporting_fixed_shapes()
-    with fixed_shape_export():
-        assert not exporting_fixed_shapes()  # eager code inside the context is unaffected

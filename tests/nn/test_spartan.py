@@ -1,19 +1,15 @@
-"""SpaRTAN classifier / backbone: reference state dict and outputs, the real-arithmetic rotation,
-every computation path of the mixers against a direct (complex dtype, NCHW, module-by-module)
-formulation of the reference, training, autocast, FLOPs, checkpoints, deploy and freezing."""
+"""SpaRTAN classifier / backbone (the canonical form): reference state dict and outputs, the
+real-arithmetic rotation, the mixers against a direct (complex dtype, NCHW, module-by-module)
+formulation of the reference, training, autocast, FLOPs, checkpoints and freezing. The
+inference and export forms: test_spartan_conversions.py; variants: test_spartan_variants.py."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import io
 import logging
-import warnings
 from pathlib import Path
-from unittest import mock
 
-import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,19 +17,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from rtdetr_spartan.core import lookup
-from rtdetr_spartan.nn.backbones import spartan_layers
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_layers import (
-    Block,
-    CMixer,
-    SMixer,
-    fold_rotation,
-    planar_order,
-    rotate_pairs,
-    rotate_planar,
-)
+from rtdetr_spartan.nn.backbones.spartan_layers import CMixer, DropPath, SMixer, fold_rotation, peak_mix, rotate_pairs
 from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
-from rtdetr_spartan.nn.common import FrozenBatchNorm2d, fixed_shape_export
+from rtdetr_spartan.nn.common import FrozenBatchNorm2d
+from tests.nn.spartan_helpers import randomize
 from tests.parity_utils import (
     load_expected,
     load_spec,
@@ -42,28 +30,6 @@ from tests.parity_utils import (
     synthetic_scenes,
     synthetic_state_dict,
 )
-
-
-def _randomize(module: nn.Module, seed: int) -> nn.Module:
-    """Weights and BN statistics far from their init (layer scales near 1, not 1e-5)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            if tensor.is_floating_point():
-                fresh = torch.rand(tensor.shape, generator=gen)
-                if name.endswith("running_var"):
-                    tensor.copy_(0.5 + fresh)
-                else:
-                    tensor.copy_((fresh - 0.5) * (2.0 if tensor.dim() <= 1 else 0.6))
-    return module
-
-
-@pytest.fixture
-def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tile even small maps, in uneven pieces (rows do not divide the height)."""
-    monkeypatch.setattr(spartan_layers, "TILE_ELEMENTS", 1 << 11)
-    monkeypatch.setattr(spartan_layers, "TILE_MIN_ROWS", 3)
-
 
 # ---- the rotation ---------------------------------------------------------------------------
 
@@ -74,8 +40,6 @@ def test_real_rotations_equal_complex_multiplication() -> None:
     rotation = torch.randn(12, 2, generator=gen, dtype=torch.float64)
     expected = complex_rotate(x, rotation)
     torch.testing.assert_close(rotate_pairs(x, rotation), expected, rtol=1e-12, atol=1e-12)
-    order = planar_order(24)
-    torch.testing.assert_close(rotate_planar(x[..., order], rotation), expected[..., order], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("per_group", [2, 4])
@@ -90,45 +54,49 @@ def test_rotation_folds_into_grouped_conv(per_group: int) -> None:
     torch.testing.assert_close(folded, F.conv2d(rotated, weight, padding=1, groups=groups))
 
 
+def test_peak_mix_gradients() -> None:
+    """The hand-written backward of the CMixer's per-pixel part against finite differences."""
+    gen = torch.Generator().manual_seed(2)
+    t = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(16, generator=gen, dtype=torch.float64, requires_grad=True)
+    rotation = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(peak_mix, (t, weight, bias))
+    assert torch.autograd.gradcheck(peak_mix, (t, weight, bias, rotation))
+    with torch.no_grad():
+        rotated = rotate_pairs(peak_mix(t, weight, bias), rotation)
+        torch.testing.assert_close(peak_mix(t, weight, bias, rotation), rotated)
+
+
 # ---- every path of the mixers against the reference formulation -----------------------------
 
-MODES = ["train", "eval", "eval_tiled"]
+MODES = ["train", "eval"]
 
 
 @pytest.mark.parametrize(
-    ("grouped", "ratio"), [(False, 4), (True, 2), (True, 3)], ids=["depthwise", "pair_per_group", "odd_groups"]
+    ("grouped", "ratio"),
+    [(False, 4), (True, 2), (True, 3), (True, 4)],
+    ids=["depthwise", "pair_per_group", "odd_groups", "even_groups"],
 )
 @pytest.mark.parametrize("mode", MODES)
-def test_cmixer_matches_reference(mode: str, grouped: bool, ratio: int, small_tiles: None) -> None:
-    mixer = _randomize(CMixer(16, ratio, grouped), seed=2)
+def test_cmixer_matches_reference(mode: str, grouped: bool, ratio: int) -> None:
+    mixer = randomize(CMixer(16, ratio, grouped), seed=2)
     reference = copy.deepcopy(mixer)
     mixer.train(mode == "train")
     reference.train(mode == "train")
     x = torch.randn(2, 16, 13, 11, generator=torch.Generator().manual_seed(3))
     x = x.contiguous(memory_format=torch.channels_last)
     scale = torch.rand(1, 16, 1, 1) + 0.5
-    with torch.set_grad_enabled(mode != "eval_tiled"):
-        got = mixer(x, scale)
-    if mode == "eval_tiled":
-        with torch.no_grad():
-            assert mixer._tile_rows(x) < x.shape[2]  # the forward above ran in several tiles
+    got = mixer(x, scale)
     torch.testing.assert_close(got, scale * cmixer_forward(reference, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())  # BN statistics
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 3)], ids=["planar", "pairs"])
-def test_rotation_factors_default_to_the_rotation(grouped: bool, ratio: int) -> None:
-    plan = _randomize(CMixer(16, ratio, grouped), seed=2).eval()._conv_plan()
-    assert plan.rotation is not None and plan.factors is not None
-    feat = torch.randn(2, 5, 4, 16 * ratio)
-    torch.testing.assert_close(plan._replace(factors=None).rotate(feat), plan.rotate(feat), rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("grouped", [False, True], ids=["dense", "depthwise"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
-    mixer = _randomize(SMixer(16, grouped), seed=4)
+    mixer = randomize(SMixer(16, grouped), seed=4)
     reference = copy.deepcopy(mixer)
     mixer.train(mode == "train")
     reference.train(mode == "train")
@@ -137,48 +105,6 @@ def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
     got = mixer(x.contiguous(memory_format=torch.channels_last), scale)
     torch.testing.assert_close(got, scale * smixer_forward(reference, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())
-
-
-@pytest.mark.parametrize(
-    ("grouped", "ratio"), [(False, 4), (True, 2), (True, 4)], ids=["depthwise", "pair_per_group", "natural_order"]
-)
-def test_nchw_forms_match_reference(grouped: bool, ratio: int) -> None:
-    """The export formulation (plain NCHW ops) of both mixers, in eval mode and on an NCHW
-    input, equals the reference (CMixer: the half-map form for depthwise and one-pair-per-group
-    convs, the natural-order form for larger groups); CMixer's refuses batch statistics."""
-    cmixer = _randomize(CMixer(16, ratio, grouped), seed=2).eval()
-    smixer = _randomize(SMixer(16, grouped), seed=4).eval()
-    x = torch.randn(2, 16, 13, 11, generator=torch.Generator().manual_seed(3))
-    scale = torch.rand(1, 16, 1, 1) + 0.5
-    with torch.no_grad():
-        torch.testing.assert_close(
-            cmixer.forward_nchw(x, scale), scale * cmixer_forward(cmixer, x), rtol=1e-4, atol=1e-5
-        )
-        torch.testing.assert_close(
-            smixer.forward_nchw(x, scale), scale * smixer_forward(smixer, x), rtol=1e-4, atol=1e-5
-        )
-        torch.testing.assert_close(cmixer.forward_nchw(x), cmixer_forward(cmixer, x), rtol=1e-4, atol=1e-5)
-    with pytest.raises(RuntimeError, match="eval mode"):
-        cmixer.train().forward_nchw(x)
-
-
-@pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed_shapes"])
-@pytest.mark.parametrize(("grouped", "ratio"), [(False, 4), (True, 2)], ids=["dense", "depthwise"])
-def test_block_export_form_matches_eager(grouped: bool, ratio: int, fixed: bool) -> None:
-    """What the ONNX export traces for a whole block (norm_1's affine folded into the SMixer's
-    input projection; with fixed shapes, gates resized to full maps) equals the eager block;
-    width 10 gives the CMixer's spans odd sizes."""
-    for dim in (16, 10):
-        block = _randomize(Block(dim, ratio, grouped, drop_path=0.0), seed=11).eval()
-        x = torch.randn(2, dim, 9, 7, generator=torch.Generator().manual_seed(12))
-        with torch.no_grad():
-            expected = block(x.contiguous(memory_format=torch.channels_last))
-            with (
-                mock.patch("torch.onnx.is_in_onnx_export", return_value=True),
-                fixed_shape_export() if fixed else contextlib.nullcontext(),
-            ):
-                got = block(x)
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 # ---- reference state dicts and outputs --------------------------------------------------------
@@ -207,7 +133,7 @@ def _reference_classifier() -> SpaRTANClassifier:
     return model.eval()
 
 
-@pytest.mark.parametrize("grad", [False, True], ids=["tiled_inference", "autograd_path"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "autograd"])
 def test_classifier_reproduces_reference_outputs(grad: bool) -> None:
     model = _reference_classifier()
     expected = load_expected("spartan_t_cls_seed0")
@@ -273,7 +199,7 @@ def test_memory_format_does_not_change_outputs() -> None:
 
 
 def test_rejects_bad_input_and_config() -> None:
-    with pytest.raises(ValueError, match="variant 'Z'"):
+    with pytest.raises(ValueError, match="variant='Z' is unknown"):
         SpaRTAN(variant="Z")
     with pytest.raises(ValueError, match="return_idx"):
         SpaRTAN(return_idx=(1, 4))
@@ -345,70 +271,7 @@ def test_pretrained_missing_tensors_and_paths(tmp_path: Path) -> None:
         SpaRTAN(pretrained=True)
 
 
-# ---- deploy, freezing, registry -----------------------------------------------------------------
-
-
-def test_convert_to_deploy_keeps_outputs() -> None:
-    entries, _ = load_spec("spartan_t_cls")
-    backbone = SpaRTAN()
-    backbone.load_state_dict({k: v for k, v in synthetic_state_dict(entries, 0).items() if not k.startswith("linear.")})
-    backbone.eval()
-    x = synthetic_scenes(2, 96, 64, seed=3)
-    with torch.no_grad():
-        before = backbone(x)
-        after = copy.deepcopy(backbone).convert_to_deploy()(x)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.convert_to_deploy().modules())
-    for a, b in zip(before, after, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
-
-
-def _deployed_block(grouped: bool, seed: int) -> tuple[Block, Block]:
-    block = _randomize(Block(24, 2, grouped, drop_path=0.1), seed).eval()
-    return block, copy.deepcopy(block).convert_to_deploy()
-
-
-@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
-def test_deployed_block_caches_weights_per_device_and_dtype(grouped: bool) -> None:
-    block, deployed = _deployed_block(grouped, seed=11)
-    x = torch.randn(2, 24, 12, 10).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        want = block(x)
-        torch.testing.assert_close(deployed(x), want, rtol=0, atol=1e-5)
-        cached = deployed._weights
-        assert cached is not None and not any(t.requires_grad for t in cached[1] if isinstance(t, torch.Tensor))
-        deployed(x)
-        assert deployed._weights is cached  # reused, not rebuilt
-        deployed.double()
-        torch.testing.assert_close(deployed(x.double()), want.double(), rtol=0, atol=1e-5)
-        assert deployed._weights is not cached and deployed._weights[0][1] == torch.float64
-    with torch.inference_mode():
-        torch.testing.assert_close(deployed(x.double()), want.double(), rtol=0, atol=1e-5)
-
-
-def test_deployed_block_follows_new_weights_and_autograd() -> None:
-    block, deployed = _deployed_block(False, seed=12)
-    x = torch.randn(1, 24, 8, 8)
-    with torch.no_grad():
-        deployed(x)
-    other = _randomize(Block(24, 2, False, drop_path=0.0), seed=13).eval()
-    deployed.load_state_dict(other.state_dict())  # drops the cache
-    assert deployed._weights is None
-    with torch.no_grad():
-        torch.testing.assert_close(deployed(x), other(x), rtol=0, atol=1e-5)
-    x.requires_grad_(True)
-    deployed(x).sum().backward()  # autograd: no cached tensors
-    assert x.grad is not None and deployed.scale_1.grad is not None
-    deployed.train()
-    assert not deployed._deployed and deployed._weights is None
-
-
-def test_deployed_detector_counts_flops() -> None:
-    """FlopCounterMode tracks module inputs for autograd: the cache must hold detached tensors."""
-    backbone = SpaRTAN().convert_to_deploy()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        backbone(torch.rand(1, 3, 64, 64))
-        backbone(torch.rand(1, 3, 64, 64))
-    assert counter.get_total_flops() > 0
+# ---- freezing, registry -----------------------------------------------------------------------
 
 
 def test_freeze_at_freezes_stem_and_leading_stages() -> None:
@@ -424,42 +287,15 @@ def test_registered_under_reference_names() -> None:
     assert SpaRTANClassifier.__share__ == ["num_classes"]
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["depthwise", "grouped"])
-def test_block_exports_to_onnx(grouped: bool) -> None:
-    """The traced graph (no complex dtype to trace) runs in onnxruntime with any batch size."""
-    ort = pytest.importorskip("onnxruntime")
-    block = _randomize(Block(16, 2 if grouped else 4, grouped, drop_path=0.0), seed=6).eval()
-    x = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(7))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            block, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
-        )
-    graph = onnx.load_from_string(buffer.getvalue()).graph
-    ops = {node.op_type for node in graph.node}
-    assert "Transpose" not in ops, "the export form should run on NCHW maps throughout"
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    x = torch.randn(3, 16, 12, 10, generator=torch.Generator().manual_seed(8))
-    with torch.no_grad():
-        expected = block(x)
-    (got,) = session.run(None, {"x": x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_block_fixed_shape_export_runs_in_onnxruntime() -> None:
-    """A fixed-shape export expands the squeeze-excite gates with Resize and still matches."""
-    ort = pytest.importorskip("onnxruntime")
-    block = _randomize(Block(32, 4, False, drop_path=0.0), seed=9).eval()
-    x = torch.randn(1, 32, 12, 10, generator=torch.Generator().manual_seed(10))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), fixed_shape_export():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(block, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
-    ops = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
-    assert "Resize" in ops and "Transpose" not in ops
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = block(x)
-    (got,) = session.run(None, {"x": x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+def test_drop_path_drops_whole_samples_and_rescales() -> None:
+    drop = DropPath(0.25)
+    x = torch.ones(4000, 3, 2, 2)
+    torch.manual_seed(0)
+    out = drop.train()(x)
+    per_sample = out.flatten(1)
+    kept = per_sample[:, 0] > 0
+    assert ((per_sample == 0) | (per_sample == 1 / 0.75)).all()
+    assert (per_sample == per_sample[:, :1]).all()  # a sample is kept or dropped as a whole
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
+    assert torch.equal(drop.eval()(x), x)
+    assert "rate" not in drop.state_dict()  # not a reference tensor

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rtdetr_spartan.core.yaml_config import YAMLConfig
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
+from rtdetr_spartan.nn.backbones.spartan_inference import convert_for_inference
 from rtdetr_spartan.zoo.rtdetr.rtdetr import RTDETR
 from tests.parity_utils import detector_parity, load_expected, load_spec, state_dict_spec, synthetic_state_dict
 
@@ -28,6 +29,9 @@ def test_spartan_detector_reproduces_reference() -> None:
     model.load_state_dict(synthetic_state_dict(entries, 0), strict=True)
     model.eval()
 
-    problems, fraction = detector_parity(model, load_expected("rtdetr_spartan_t_seed0"))
-    assert problems == []
-    assert fraction >= 0.98, f"only {fraction:.3f} of the reference queries reproduced"
+    expected = load_expected("rtdetr_spartan_t_seed0")
+    # the canonical model, then the deployed one (RepVGG fused, SpaRTAN in inference form)
+    for form in (model, convert_for_inference(model.deploy())):
+        problems, fraction = detector_parity(form, expected)
+        assert problems == []
+        assert fraction >= 0.98, f"only {fraction:.3f} of the reference queries reproduced"

@@ -4,7 +4,9 @@
 One module serves both uses with the reference classifier's state-dict names: the stem is
 ``conv.0`` / ``conv.1``, the blocks and the downsample layers of all stages form one flat
 ``layers`` sequence, and the classifier adds ``linear``; reference checkpoints load unchanged.
-The blocks live in ``spartan_layers.py``.
+Any variant the reference's constructor accepts builds from ``variant`` (``SpaRTANVariant``).
+The blocks live in ``spartan_layers.py``; ``spartan_inference.convert_for_inference`` and
+``spartan_export.convert_for_export`` make the inference and ONNX forms.
 
 Block (stage width C): x += DropPath(scale_1 * SMixer(GN(x))); x += DropPath(scale_2 *
 CMixer(GN(x))), GN = GroupNorm with one group. The network computes in channels_last memory
@@ -17,12 +19,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdetr_spartan.core import register
+from rtdetr_spartan.core import ConfigError, register
+from rtdetr_spartan.misc.checkpoint import extract_state_dict, load_checkpoint
 from rtdetr_spartan.nn.backbones.spartan_layers import Block, ConvNormAct
 from rtdetr_spartan.nn.common import freeze_batch_norm
 
@@ -33,12 +37,69 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpaRTANVariant:
-    """Network shape: per stage the number of blocks, the width and the CMixer expansion."""
+    """Network shape: per stage the number of blocks, the width and the CMixer expansion.
+
+    ``widths[0]`` is also the stem's width (the reference's ``init_dim``; ``widths[1:]`` are its
+    ``dims``). Stages from the middle one on (index >= stages // 2) use grouped convs. The
+    reference's constraints hold: equal lengths, depths >= 1, widths divisible by 8 (the SMixer
+    halves a width and its squeeze-excite quarters that), integer expand ratios >= 2.
+    """
 
     depths: tuple[int, ...]
     widths: tuple[int, ...]
     expand_ratios: tuple[int, ...]
-    drop_path_rate: float
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        where = "SpaRTAN.variant"
+        lengths = {name: len(getattr(self, name)) for name in ("depths", "widths", "expand_ratios")}
+        if len(set(lengths.values())) != 1 or not self.depths:
+            raise ConfigError(
+                f"{where}: depths, widths and expand_ratios need one entry per stage, got lengths {lengths}"
+            )
+        checks = (
+            ("depths", lambda v: v >= 1, "an integer >= 1"),
+            ("widths", lambda v: v > 0 and v % 8 == 0, "a positive integer divisible by 8"),
+            ("expand_ratios", lambda v: v >= 2, "an integer > 1"),
+        )
+        for name, ok, expected in checks:
+            for index, value in enumerate(getattr(self, name)):
+                if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+                    raise ConfigError(f"{where}.{name}[{index}]={value!r}: expected {expected}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"{where}.drop_path_rate={self.drop_path_rate!r}: expected a rate in [0, 1)")
+
+    @classmethod
+    def from_config(cls, variant: str | Mapping[str, Any] | SpaRTANVariant) -> SpaRTANVariant:
+        """A name from ``VARIANTS``, a mapping {depths, widths, expand_ratios[, drop_path_rate]}
+        (YAML or Python), or a variant."""
+        if isinstance(variant, SpaRTANVariant):
+            return variant
+        if isinstance(variant, str):
+            if variant not in VARIANTS:
+                raise ConfigError(
+                    f"SpaRTAN.variant={variant!r} is unknown; expected one of {sorted(VARIANTS)} "
+                    "or a mapping {depths, widths, expand_ratios}"
+                )
+            return VARIANTS[variant]
+        if not isinstance(variant, Mapping):
+            raise ConfigError(
+                f"SpaRTAN.variant={variant!r}: expected a name or a mapping {{depths, widths, expand_ratios}}"
+            )
+        fields = {"depths", "widths", "expand_ratios", "drop_path_rate"}
+        unknown, missing = set(variant) - fields, {"depths", "widths", "expand_ratios"} - set(variant)
+        if unknown or missing:
+            raise ConfigError(
+                f"SpaRTAN.variant: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
+                f"expected {sorted(fields)} (drop_path_rate optional)"
+            )
+        lists = {}
+        for name in ("depths", "widths", "expand_ratios"):
+            value = variant[name]
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise ConfigError(f"SpaRTAN.variant.{name}={value!r}: expected a list with one entry per stage")
+            lists[name] = tuple(value)
+        return cls(**lists, drop_path_rate=float(variant.get("drop_path_rate", 0.0)))
 
 
 VARIANTS: dict[str, SpaRTANVariant] = {
@@ -47,12 +108,6 @@ VARIANTS: dict[str, SpaRTANVariant] = {
         depths=(3, 3, 12, 2), widths=(32, 64, 128, 256), expand_ratios=(4, 4, 2, 2), drop_path_rate=0.1
     ),
 }
-
-
-def _variant(name: str) -> SpaRTANVariant:
-    if name not in VARIANTS:
-        raise ValueError(f"SpaRTAN variant {name!r} is unknown; expected one of {sorted(VARIANTS)}")
-    return VARIANTS[name]
 
 
 def _build_layers(spec: SpaRTANVariant, drop_path_rate: float) -> tuple[list[nn.Module], list[int]]:
@@ -75,24 +130,6 @@ def _build_layers(spec: SpaRTANVariant, drop_path_rate: float) -> tuple[list[nn.
     return layers, stage_ends
 
 
-def _checkpoint_state_dict(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
-    """The model weights in a checkpoint: EMA weights first, then ``model``, then a bare dict."""
-    if isinstance(checkpoint, Mapping):
-        ema = checkpoint.get("ema")
-        if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
-            return dict(ema["module"])
-        for key in ("model", "state_dict"):
-            if isinstance(checkpoint.get(key), Mapping):
-                return dict(checkpoint[key])
-        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            return dict(checkpoint)
-    raise ValueError(
-        f"{path}: expected a state dict, {{'model': state_dict}} or "
-        f"{{'ema': {{'module': state_dict}}}}, got {type(checkpoint).__name__}"
-        + (f" with keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, Mapping) else "")
-    )
-
-
 def load_pretrained(model: nn.Module, path: str | Path) -> int:
     """Load a SpaRTAN classifier checkpoint into ``model`` (a backbone); returns tensors loaded.
 
@@ -103,9 +140,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SpaRTAN.pretrained: checkpoint {str(path)!r} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = _checkpoint_state_dict(checkpoint, path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = extract_state_dict(load_checkpoint(path))
     state = {k: v for k, v in state.items() if not k.startswith("linear.")}
     own = model.state_dict()
     shapes = [
@@ -145,7 +180,8 @@ class SpaRTAN(nn.Module):
     """SpaRTAN trunk; as a detection backbone returns the stage outputs in ``return_idx``.
 
     Args:
-        variant: key of ``VARIANTS`` ('T': the paper's SpaRTAN-T).
+        variant: a key of ``VARIANTS`` ('T': the paper's SpaRTAN-T), or a mapping
+            {depths, widths, expand_ratios[, drop_path_rate]} (see ``SpaRTANVariant``).
         return_idx: stages whose outputs ``forward`` returns (0: stride 4 ... 3: stride 32).
         freeze_at: -1 trains everything; k >= 0 freezes the stem and the first k stages
             (a stage includes the downsample layer in front of it).
@@ -156,7 +192,7 @@ class SpaRTAN(nn.Module):
 
     def __init__(
         self,
-        variant: str = "T",
+        variant: str | Mapping[str, Any] | SpaRTANVariant = "T",
         return_idx: Sequence[int] = (1, 2, 3),
         freeze_at: int = -1,
         freeze_norm: bool = False,
@@ -164,7 +200,7 @@ class SpaRTAN(nn.Module):
         drop_path_rate: float | None = None,
     ) -> None:
         super().__init__()
-        spec = _variant(variant)
+        spec = SpaRTANVariant.from_config(variant)
         num_stages = len(spec.depths)
         if not return_idx or any(not 0 <= i < num_stages for i in return_idx):
             raise ValueError(f"SpaRTAN.return_idx={list(return_idx)}; expected indices in 0..{num_stages - 1}")
@@ -178,7 +214,7 @@ class SpaRTAN(nn.Module):
         layers, self._stage_ends = _build_layers(spec, rate)
         self.layers = nn.Sequential(*layers)
 
-        self.variant = variant
+        self.variant = spec
         self.return_idx = sorted(return_idx)
         self.out_channels = [spec.widths[i] for i in self.return_idx]
         self.out_strides = [2 ** (i + 2) for i in self.return_idx]
@@ -214,18 +250,6 @@ class SpaRTAN(nn.Module):
         """x: [B, 3, H, W] -> one map per ``return_idx``: [B, out_channels[i], H/s_i, W/s_i]."""
         return self.forward_stages(x, self.return_idx)
 
-    @torch.no_grad()
-    def convert_to_deploy(self) -> SpaRTAN:
-        """Inference only from here on: eval mode, every BatchNorm folded into the conv before it,
-        and the blocks' mixer weights cached (``Block.convert_to_deploy``)."""
-        self.eval()
-        for module in self.modules():
-            if isinstance(module, ConvNormAct):
-                module.fuse_norm()
-            elif isinstance(module, Block):
-                module.convert_to_deploy()
-        return self
-
 
 @register()
 class SpaRTANClassifier(SpaRTAN):
@@ -233,12 +257,17 @@ class SpaRTANClassifier(SpaRTAN):
 
     __share__ = ["num_classes"]
 
-    def __init__(self, variant: str = "T", num_classes: int = 1000, drop_path_rate: float | None = None) -> None:
-        spec = _variant(variant)
-        super().__init__(variant, return_idx=(len(spec.depths) - 1,), drop_path_rate=drop_path_rate)
+    def __init__(
+        self,
+        variant: str | Mapping[str, Any] | SpaRTANVariant = "T",
+        num_classes: int = 1000,
+        drop_path_rate: float | None = None,
+    ) -> None:
+        spec = SpaRTANVariant.from_config(variant)
+        super().__init__(spec, return_idx=(len(spec.depths) - 1,), drop_path_rate=drop_path_rate)
         self.linear = nn.Linear(spec.widths[-1], num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """x: [B, 3, H, W] -> logits [B, num_classes]."""
         feat = self.forward_stages(x, self.return_idx)[-1]
         return self.linear(feat.mean((2, 3)))

@@ -3,8 +3,8 @@
 and weights: NCHW maps, separate BatchNorm and squeeze-excite passes, argmax + gather, the channel
 rotation through torch's complex dtype between permute/contiguous copies.
 
-Not used by the model. It is the oracle the optimised paths of ``spartan_layers`` are tested
-against, and the "reference-style" speed baseline of ``benchmarks/spartan_latency.py``.
+Not used by the model. It is the oracle the canonical layers (``spartan_layers``) and their
+conversions are tested against, and the "reference-style" speed baseline of ``benchmarks/spartan_latency.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
-from rtdetr_spartan.nn.backbones.spartan_layers import Block, CMixer, SMixer
+from rtdetr_spartan.nn.backbones.spartan_layers import Block, CMixer, ConvNormAct, SMixer, SqueezeExcite
 
 __all__ = [
     "ReferenceStyleSpaRTAN",
@@ -28,11 +28,12 @@ __all__ = [
 
 def conv_norm_act(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A ``ConvNormAct`` as three separate passes: conv, norm, activation."""
+    assert isinstance(layer, ConvNormAct)
     x = layer.norm(layer.conv(x))
     return x if layer.act is None else layer.act(x)
 
 
-def squeeze_excite(se: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def squeeze_excite(se: SqueezeExcite, x: torch.Tensor) -> torch.Tensor:
     """x: [B, C, H, W] -> x * sigmoid(expand(relu(squeeze(mean_hw x))))."""
     return x * torch.sigmoid(se.expand(F.relu(se.squeeze(F.adaptive_avg_pool2d(x, 1)))))
 
