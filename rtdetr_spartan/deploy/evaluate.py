@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def validation_dataset(
     ann_file: str | Path, img_folder: str | Path, input_size: tuple[int, int], remap_mscoco_category: bool = False
 ) -> CocoDetection:
     """The dataset with the configs' validation transforms at ``input_size`` (H, W)."""
-    ops = [
+    ops: list[Mapping[str, Any]] = [
         {"type": "Resize", "size": [int(input_size[0]), int(input_size[1])]},
         {"type": "ToImage"},
         {"type": "ToDtype", "scale": True},
@@ -118,7 +119,7 @@ def evaluate_predictor(
             f"{ann_file} has {len(dataset.label_to_category)} categories but the model "
             f"predicts {predictor.info.num_classes} classes"
         )
-    loader = DataLoader(
+    loader: DataLoader[Any] = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=default_collate_fn
     )
     evaluator = CocoEvaluator(dataset.coco, iou_types=("bbox",), backend=backend)

@@ -90,7 +90,7 @@ class Predictor(ABC):
                 category_id=self.info.category_id(int(labels[k])),
                 name=self.info.class_name(int(labels[k])),
                 score=float(scores[k]),
-                box=tuple(float(v) for v in boxes[k]),
+                box=(float(boxes[k, 0]), float(boxes[k, 1]), float(boxes[k, 2]), float(boxes[k, 3])),
             )
             for k in keep
         ]
@@ -200,7 +200,8 @@ class TorchPredictor(Predictor):
             outputs = self.module(
                 torch.from_numpy(images).to(self.device), torch.from_numpy(np.asarray(orig_sizes)).to(self.device)
             )
-        return tuple(t.cpu().numpy() for t in outputs)  # type: ignore[return-value]
+        labels, boxes, scores = (t.cpu().numpy() for t in outputs)
+        return labels, boxes, scores
 
 
 RUNTIMES = ("onnxruntime", "openvino")

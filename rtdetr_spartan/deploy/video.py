@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator
+from typing import Iterator, cast
 
 import av
+from av.video.stream import VideoStream
 from PIL import Image
 
 __all__ = ["VideoError", "VideoInfo", "VideoReader", "VideoWriter"]
@@ -102,7 +103,7 @@ class VideoWriter:
         try:
             self._container = av.open(str(self.path), mode="w")
             rate = Fraction(fps).limit_denominator(1001 * 1000)
-            self._stream = self._container.add_stream(codec, rate=rate)
+            self._stream = cast(VideoStream, self._container.add_stream(codec, rate=rate))
         except (av.FFmpegError, OSError, ValueError) as err:
             raise VideoError(f"cannot write video {self.path}: {err}") from err
         self._time_base = 1 / rate

@@ -181,7 +181,7 @@ def visualize(
             if class_index is not None:
                 raise ValueError("--class is for classifiers; a detector's CAM follows its top detections")
             detector = DetectionScores(model, cfg.build("postprocessor").deploy()).eval()
-            size = input_size_from_config(cfg)
+            size = input_size_from_config(cfg.yaml_cfg)
             stages = stage_layers(detector, "model.backbone", torch.zeros(1, 3, *size))
             resolve_layers(model, layers)  # errors name layers as the user gives them
             layers = tuple(f"model.{n}" for n in layers) or tuple(stages)
