@@ -35,15 +35,16 @@ CONFIG_KEY = "cam_logging"
 
 
 class CamLogger:
-    """CAM figures of ``images`` (preprocessed by ``transform``) written to a TensorBoard writer
+    """CAM figures of ``images`` (preprocessed by ``transform``, default the ImageNet evaluation
+    transform; pass the config's, ``visualize.run.classifier_transform(cfg)``) written to a TensorBoard writer
     as ``cam/<folder>/<image name>`` every ``every_n_epochs`` epochs (0: never)."""
 
     def __init__(
         self,
         images: Sequence[str | Path],
         every_n_epochs: int,
-        transform: Callable[[Image.Image], torch.Tensor],
         layers: Sequence[str] = (),
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
         method: str = "gradcam",
         class_names: Sequence[str] = (),
     ) -> None:
@@ -56,6 +57,10 @@ class CamLogger:
         if missing:
             raise FileNotFoundError(f"{CONFIG_KEY}.images: {missing} do not exist")
         self.every_n_epochs = every_n_epochs
+        if transform is None:
+            from rtdetr_spartan.data.classification import ClassificationEvalTransforms
+
+            transform = ClassificationEvalTransforms()
         self.transform = transform
         self.layers = tuple(layers)
         self.method = method
@@ -105,8 +110,8 @@ class CamLogger:
         return cls(
             images,
             int(settings["every_n_epochs"]),
-            transform,
             tuple(settings.get("layers") or ()),
+            transform,
             str(settings.get("method", "gradcam")),
             tuple(settings.get("class_names") or ()),
         )

@@ -136,5 +136,8 @@ def test_cam_logger_every_n_epochs(tmp_path: Path) -> None:
     assert CamLogger.from_config(None, classifier_transform(cfg)) is None
     with pytest.raises(ValueError, match=r"cam_logging: unknown keys \['every'\]"):
         CamLogger.from_config({"every_n_epochs": 1, "every": 2}, classifier_transform(cfg))
+    direct = CamLogger([folder / "circle" / "1.png"], every_n_epochs=1, layers=["layers.22"])  # ImageNet transform
+    figures = direct(model, writer, epoch=0)
+    assert list(figures) == ["cam/circle/1"] and figures["cam/circle/1"].ndim == 3
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        CamLogger([tmp_path / "missing.png"], 1, classifier_transform(cfg))
+        CamLogger([tmp_path / "missing.png"], 1)
