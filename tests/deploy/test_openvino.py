@@ -10,6 +10,8 @@ from rtdetr_spartan.deploy.runtime import OnnxPredictor
 from tests.deploy.deploy_utils import R18_CONFIG, export_config
 from tests.deploy.matching import matched_costs, matched_fraction
 
+pytestmark = pytest.mark.slow  # every test here exports a full detector to ONNX
+
 SIZE = 128
 # Share of detections that must have a partner within 1e-3: a few may differ through near-tied
 # query selection of the random-weight model; a wrong graph matches almost none.

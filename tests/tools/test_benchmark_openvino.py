@@ -9,6 +9,8 @@ from rtdetr_spartan.deploy.openvino_runtime import openvino_bf16_supported
 from tests.deploy.deploy_utils import R18_CONFIG
 from tools.benchmark import main
 
+pytestmark = pytest.mark.slow  # every test here exports a full detector to ONNX
+
 SIZE = 128
 
 

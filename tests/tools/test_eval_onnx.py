@@ -153,6 +153,7 @@ def _eval_argv(setup: dict, onnx_path: Path, ann: Path, summary: Path, *extra: s
     ]
 
 
+@pytest.mark.slow
 def test_openvino_map_equals_onnxruntime_map(setup: dict) -> None:
     stats = {}
     for runtime in ("onnxruntime", "openvino"):
@@ -179,6 +180,7 @@ def _file_names(ann: Path) -> dict[int, str]:
     return {label: c["name"] for label, c in enumerate(categories)}
 
 
+@pytest.mark.slow
 def test_differing_class_names_warn(setup: dict, caplog: pytest.LogCaptureFixture) -> None:
     names = _file_names(setup["ann"])
     assert eval_onnx_main(_eval_argv(setup, setup["onnx"], setup["ann"], setup["root"] / "s0.json")) == 0
@@ -191,6 +193,7 @@ def test_differing_class_names_warn(setup: dict, caplog: pytest.LogCaptureFixtur
     assert "1 of 4 class names of the model differ" in caplog.text and "'hexagon'" in caplog.text
 
 
+@pytest.mark.slow
 def test_no_matching_class_fails(setup: dict, caplog: pytest.LogCaptureFixture) -> None:
     coco_names = {0: "person", 1: "bicycle", 2: "car", 3: "motorcycle"}
     other = _with_class_names(setup["onnx"], coco_names, setup["root"] / "coco_names.onnx")

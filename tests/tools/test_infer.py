@@ -118,6 +118,7 @@ def test_missing_input_is_reported(exported: dict[str, Path], tmp_path: Path) ->
         infer_main(["--onnx", str(exported["onnx"]), "-i", str(tmp_path / "nowhere"), "-o", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_boxes_are_clipped_to_the_image(exported: dict[str, Path], tmp_path: Path) -> None:
     predictor = OnnxPredictor(exported["onnx"])
     labels = np.array([1, 2])
@@ -137,6 +138,7 @@ def test_boxes_are_clipped_to_the_image(exported: dict[str, Path], tmp_path: Pat
     assert all_boxes.min() >= 0 and all_boxes[:, [0, 2]].max() <= 160 and all_boxes[:, [1, 3]].max() <= 160
 
 
+@pytest.mark.slow
 def test_infer_with_openvino_matches_onnxruntime(exported: dict[str, Path], tmp_path: Path) -> None:
     image_path = exported["images"] / "000001.jpg"
     records = {}
@@ -151,6 +153,7 @@ def test_infer_with_openvino_matches_onnxruntime(exported: dict[str, Path], tmp_
     assert matched_fraction(_arrays(records["onnxruntime"]), _arrays(records["openvino"]), sizes, 1e-3) >= 0.9
 
 
+@pytest.mark.slow
 def test_openvino_only_options_are_rejected_for_onnxruntime(exported: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         infer_main(["--onnx", str(exported["onnx"]), "--precision", "bfloat16", "-i", "x.jpg", "-o", str(tmp_path)])
@@ -165,6 +168,7 @@ def _make_video(path: Path, frames: int, size: tuple[int, int], fps: int) -> Non
             writer.write(Image.fromarray(pixels))
 
 
+@pytest.mark.slow
 def test_video_in_annotated_video_out(exported: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "inputs"
     folder.mkdir()
