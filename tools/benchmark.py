@@ -1,6 +1,7 @@
-"""Parameters, GFLOPs, latency and throughput of a config's detector (PyTorch or onnxruntime).
+"""Parameters, GFLOPs, latency and throughput of a config's detector (PyTorch, onnxruntime or OpenVINO).
 
     python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml --backend onnxruntime
+    python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml --backend openvino --threads 2
     python tools/benchmark.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml --device cuda --amp float16 --cuda-graph
 
 GFLOPs per image with FLOPs = 2 x MACs (torch.utils.flop_counter; matrix products and
@@ -53,6 +54,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="all",
         help="onnxruntime graph optimization level",
     )
+    parser.add_argument(
+        "--ov-precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="openvino inference precision (bfloat16 on CPUs that support it)",
+    )
     return parser
 
 
@@ -74,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         amp=args.amp,
         compile_model=args.compile,
         cuda_graph=args.cuda_graph,
+        openvino_precision=args.ov_precision,
     )
     logging.getLogger(__name__).info(
         "%s %s (%s): %.2f M params, %.2f GFLOPs (2xMACs) per image, median %.1f ms per batch of %d, %.2f img/s",

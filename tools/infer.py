@@ -1,12 +1,13 @@
-"""Detect objects in an image, a folder of images or a video; write annotated pictures and JSON.
+"""Detect objects in an image, a video or a folder of them; write annotated pictures, videos and JSON.
 
     python tools/infer.py --onnx model.onnx -i street.jpg -o out/
+    python tools/infer.py --onnx model.onnx --runtime openvino -i traffic.mp4 -o out/
     python tools/infer.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml -r model.pth -i images/ -o out/
 
-Writes one annotated picture per image (``<name>_frames/`` per video) and ``detections.json``
-(per image: label, category id, class name, score, XYXY box and COCO XYWH bbox in pixels).
-Video needs imageio with ffmpeg (or a torchvision with video support); without one, videos are
-reported as errors and the rest is processed.
+Writes one annotated picture per image, one annotated MP4 per video (same frame rate and size,
+decoded and encoded frame by frame) and ``detections.json``: per image, and per video frame, the
+label, category id, class name, score, XYXY box (clipped to the image) and COCO XYWH bbox in
+pixels. An input that cannot be read is listed under ``errors`` and the others go on (exit code 1).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import argparse
 import logging
 
 from rtdetr_spartan.deploy.infer import run_inference
-from rtdetr_spartan.deploy.runtime import OnnxPredictor, Predictor, TorchPredictor
+from rtdetr_spartan.deploy.openvino_runtime import PRECISIONS
+from rtdetr_spartan.deploy.runtime import RUNTIMES, Predictor, TorchPredictor, load_predictor
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,21 +38,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--input", required=True, help="image, folder of images, or video")
     parser.add_argument("-o", "--output", required=True, help="folder for pictures and detections.json")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score to keep a detection")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime", help="runtime for --onnx")
+    parser.add_argument("--threads", type=int, default=None, help="--onnx: inference threads (default: all cores)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32", help="openvino: bfloat16 on CPUs that support it"
+    )
+    parser.add_argument("--save-ir", default=None, metavar="DIR", help="openvino: also save the model as IR here")
     parser.add_argument("--device", default="cpu", help="PyTorch device for --config")
     return parser
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
     if args.onnx:
-        return OnnxPredictor(args.onnx, threads=args.threads)
+        return load_predictor(
+            args.onnx, args.runtime, threads=args.threads, precision=args.precision, save_ir=args.save_ir
+        )
     if args.resume is None:
         logging.getLogger(__name__).warning("no -r checkpoint: detections come from untrained weights")
     return TorchPredictor.from_config(args.config, args.resume, args.update, device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.runtime != "openvino" and (args.precision != "float32" or args.save_ir):
+        parser.error("--precision and --save-ir need --onnx with --runtime openvino")
+    if args.config and args.runtime != "onnxruntime":
+        parser.error("--runtime applies to --onnx models; --config runs in PyTorch")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     results = run_inference(_predictor(args), args.input, args.output, threshold=args.threshold)
     done = len(results["images"]) + len(results["videos"])

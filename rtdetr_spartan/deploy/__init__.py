@@ -1,5 +1,5 @@
-"""Deployment: ONNX export with checks, onnxruntime/PyTorch predictors, drawing, COCO evaluation
-of exported models and benchmarking."""
+"""Deployment: ONNX export with checks, onnxruntime/OpenVINO/PyTorch predictors, drawing, video
+in and out, COCO evaluation of exported models and benchmarking."""
 
 from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.export import (
@@ -19,11 +19,13 @@ from rtdetr_spartan.deploy.from_config import (
     model_info_from_config,
 )
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.runtime import OnnxPredictor, Predictor, TorchPredictor, preprocess
+from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
+from rtdetr_spartan.deploy.runtime import RUNTIMES, OnnxPredictor, Predictor, TorchPredictor, load_predictor, preprocess
 from rtdetr_spartan.deploy.types import Detection
 
 __all__ = [
     "INPUT_NAMES",
+    "RUNTIMES",
     "OUTPUT_NAMES",
     "DeployModel",
     "Detection",
@@ -31,6 +33,7 @@ __all__ = [
     "ExportVerificationError",
     "ModelInfo",
     "OnnxPredictor",
+    "OpenVinoPredictor",
     "Predictor",
     "TorchPredictor",
     "build_deploy_model",
@@ -38,6 +41,7 @@ __all__ = [
     "draw_detections",
     "export_from_config",
     "export_onnx",
+    "load_predictor",
     "load_config",
     "model_info_from_config",
     "preprocess",

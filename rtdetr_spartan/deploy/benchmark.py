@@ -1,4 +1,5 @@
 """Size, compute and speed of a config's detector: parameters, GFLOPs, latency, throughput.
+Backends: eager PyTorch (CPU or CUDA), onnxruntime and OpenVINO (CPU) on the exported graph.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as 2
 FLOPs (FLOPs = 2 x MACs) and only counts matrix products and convolutions (not elementwise ops,
@@ -36,7 +37,7 @@ __all__ = ["BACKENDS", "BenchmarkResult", "benchmark", "count_flops", "cpu_name"
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 
 
 @dataclass
@@ -65,6 +66,8 @@ class BenchmarkResult:
     gpu: str | None
     torch_version: str
     onnxruntime_version: str | None
+    openvino_version: str | None = None
+    openvino_precision: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -172,7 +175,7 @@ def _resolve_device(
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but torch.cuda.is_available() is False")
     if backend != "torch" and (resolved.type != "cpu" or amp is not None):
-        raise ValueError("the onnxruntime backend runs on the CPU in float32: use --device cpu without --amp")
+        raise ValueError(f"the {backend} backend runs on the CPU: use --device cpu without --amp")
     if backend != "torch" and (compile_model or cuda_graph):
         raise ValueError("compile_model and cuda_graph are options of the torch backend")
     if cuda_graph and resolved.type != "cuda":
@@ -206,6 +209,24 @@ def _onnxruntime_call(
     return lambda: session.run(None, feed)
 
 
+def _openvino_call(
+    module: DeployModel,
+    info: ModelInfo,
+    images: torch.Tensor,
+    sizes: torch.Tensor,
+    threads: int,
+    precision: str,
+    work_dir: Path,
+) -> Callable[[], object]:
+    """Export ``module`` as ``info`` says and return a call of it compiled by OpenVINO for the CPU."""
+    from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
+
+    path = export_onnx(module, work_dir / "model.onnx", info, check=False, verify=False).path
+    predictor = OpenVinoPredictor(path, threads=threads, precision=precision)
+    batch, orig_sizes = images.numpy(), sizes.numpy()
+    return lambda: predictor.run(batch, orig_sizes)
+
+
 def benchmark(
     config: str | Path,
     size: int = 640,
@@ -221,13 +242,15 @@ def benchmark(
     amp: str | None = None,
     compile_model: bool = False,
     cuda_graph: bool = False,
+    openvino_precision: str = "float32",
 ) -> BenchmarkResult:
     """Build the config's detector and measure it on ``batch`` random ``size`` x ``size`` images.
 
     ``threads``: PyTorch intra-op threads (``torch.set_num_threads``, process-wide) or the
     onnxruntime session's; default: the number of cores. ``device``: ``cpu`` or ``cuda`` (torch
     backend); ``amp``: ``float16`` / ``bfloat16`` autocast for the torch backend, else float32;
-    ``compile_model`` / ``cuda_graph``: see ``_torch_call`` (torch backend).
+    ``compile_model`` / ``cuda_graph``: see ``_torch_call`` (torch backend);
+    ``openvino_precision``: ``float32`` or ``bfloat16`` inference precision (openvino backend).
     """
     torch_device, amp_dtype = _resolve_device(device, backend, amp, compile_model, cuda_graph)
     threads = threads or torch.get_num_threads()
@@ -243,11 +266,12 @@ def benchmark(
     # Fixed shapes, except the batch axis when the batch is not the traced one (1).
     info = model_info_from_config(cfg, (size, size), dynamic_batch=batch > 1, dynamic_size=False)
     with tempfile.TemporaryDirectory() as tmp:
-        call = (
-            _torch_call(module, images.to(torch_device), sizes, amp_dtype, compile_model, cuda_graph)
-            if backend == "torch"
-            else _onnxruntime_call(module, info, images, sizes, threads, optimization, Path(tmp))
-        )
+        if backend == "torch":
+            call = _torch_call(module, images.to(torch_device), sizes, amp_dtype, compile_model, cuda_graph)
+        elif backend == "openvino":
+            call = _openvino_call(module, info, images, sizes, threads, openvino_precision, Path(tmp))
+        else:
+            call = _onnxruntime_call(module, info, images, sizes, threads, optimization, Path(tmp))
         times = time_calls(call, runs, warmup)
     median = statistics.median(times)
     ort_version = None
@@ -255,6 +279,11 @@ def benchmark(
         import onnxruntime
 
         ort_version = onnxruntime.__version__
+    ov_version = None
+    if backend == "openvino":
+        import openvino
+
+        ov_version = openvino.__version__
     return BenchmarkResult(
         config=Path(config).name,
         backend=backend,
@@ -278,4 +307,6 @@ def benchmark(
         gpu=torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None,
         torch_version=torch.__version__,
         onnxruntime_version=ort_version,
+        openvino_version=ov_version,
+        openvino_precision=openvino_precision if backend == "openvino" else None,
     )

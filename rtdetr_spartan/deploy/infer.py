@@ -1,28 +1,26 @@
-"""Detect objects in images, folders of images and videos; write annotated pictures and JSON."""
+"""Detect objects in images, folders of images and videos; write annotated pictures, videos and JSON."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.runtime import Predictor
+from rtdetr_spartan.deploy.video import VideoError, VideoReader, VideoWriter
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "VideoBackendError", "collect_inputs", "run_inference"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "collect_inputs", "run_inference", "video_output_name"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 RESULTS_NAME = "detections.json"
-
-
-class VideoBackendError(RuntimeError):
-    """No installed library can decode the video."""
 
 
 def collect_inputs(source: str | Path) -> list[Path]:
@@ -37,37 +35,6 @@ def collect_inputs(source: str | Path) -> list[Path]:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         raise FileNotFoundError(f"no images or videos ({suffixes}) in {source}")
     return found
-
-
-def _video_frames(path: Path) -> Iterator[Image.Image]:
-    """RGB frames of a video via imageio, else torchvision.io; VideoBackendError if neither works."""
-    try:
-        import imageio.v3 as iio
-    except ImportError:
-        iio = None
-    if iio is not None:
-        try:
-            for frame in iio.imiter(path):
-                yield Image.fromarray(frame).convert("RGB")
-        except (OSError, ValueError, RuntimeError) as err:  # e.g. imageio without its ffmpeg plugin
-            raise VideoBackendError(f"cannot decode video {path} with imageio: {err}") from err
-        return
-    import torchvision.io
-
-    read_video = getattr(torchvision.io, "read_video", None)
-    if read_video is not None:
-        try:
-            frames, _, _ = read_video(str(path), pts_unit="sec", output_format="THWC")
-        except (ImportError, RuntimeError) as err:
-            raise VideoBackendError(f"cannot decode video {path}: {err}") from err
-        for frame in frames:
-            yield Image.fromarray(frame.numpy())
-        return
-    raise VideoBackendError(
-        f"cannot decode video {path}: no video backend is installed; install imageio "
-        "with its ffmpeg plugin (pip install 'imageio[ffmpeg]') or a torchvision build "
-        "with video support"
-    )
 
 
 def _annotate(predictor: Predictor, image: Image.Image, out_path: Path, threshold: float) -> dict[str, Any]:
@@ -93,15 +60,40 @@ def _image_record(predictor: Predictor, path: Path, out_dir: Path, threshold: fl
     return {"file": path.name, **record}
 
 
+def video_output_name(path: Path) -> str:
+    """``clip.mp4`` -> ``clip.mp4``; ``clip.avi`` -> ``clip_avi.mp4`` (annotated videos are MP4)."""
+    suffix = path.suffix.lower()
+    return f"{path.stem}.mp4" if suffix == ".mp4" else f"{path.stem}_{suffix.lstrip('.')}.mp4"
+
+
 def _video_record(predictor: Predictor, path: Path, out_dir: Path, threshold: float) -> dict[str, Any]:
-    frame_dir = out_dir / f"{path.stem}_frames"
-    frames = []
-    for index, frame in enumerate(_video_frames(path)):
-        frame_dir.mkdir(parents=True, exist_ok=True)
-        record = _annotate(predictor, frame, frame_dir / f"frame_{index:06d}.jpg", threshold)
-        frames.append({"frame": index, **record})
-    logger.info("%s: %d frames annotated in %s", path.name, len(frames), frame_dir)
-    return {"file": path.name, "frames": frames}
+    """Detect on every frame, streaming: decode a frame, draw it, encode it; one record per frame."""
+    frames: list[dict[str, Any]] = []
+    with VideoReader(path) as reader:
+        info = reader.info
+        out_path = out_dir / video_output_name(path)
+        with (
+            VideoWriter(out_path, info.width, info.height, info.fps) as writer,
+            tqdm(total=info.frames or None, desc=path.name, unit="frame", dynamic_ncols=True) as progress,
+        ):
+            for index, seconds, frame in reader:
+                detections = predictor.predict([frame], threshold)[0]
+                writer.write(draw_detections(frame, detections))
+                frames.append(
+                    {"frame": index, "time": round(seconds, 6), "detections": [d.to_dict() for d in detections]}
+                )
+                progress.update()
+    if not frames:
+        raise VideoError(f"video {path} has no decodable frames")
+    logger.info("%s: %d frames at %.3g fps annotated into %s", path.name, len(frames), float(info.fps), out_path)
+    return {
+        "file": path.name,
+        "output": out_path.name,
+        "width": info.width,
+        "height": info.height,
+        "fps": float(info.fps),
+        "frames": frames,
+    }
 
 
 def run_inference(
@@ -110,8 +102,9 @@ def run_inference(
     """Annotate every input of ``source`` into ``out_dir`` and write ``out_dir/detections.json``.
 
     Returns the JSON content: ``images`` (per image: file, size, output picture, detections with
-    label, category_id, name, score, box XYXY and bbox XYWH pixels), ``videos`` (per frame the
-    same) and ``errors`` (inputs that could not be processed, with the reason).
+    label, category_id, name, score, box XYXY and bbox XYWH pixels), ``videos`` (per video: file,
+    annotated MP4 ``output``, size, fps and per frame its index, time in seconds and detections)
+    and ``errors`` (inputs that could not be processed, with the reason; the others go on).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +121,7 @@ def run_inference(
                 results["videos"].append(_video_record(predictor, path, out_dir, threshold))
             else:
                 results["images"].append(_image_record(predictor, path, out_dir, threshold))
-        except (OSError, VideoBackendError) as err:
+        except OSError as err:  # unreadable image or video (VideoError is an OSError)
             logger.error("%s", err)
             results["errors"].append({"file": path.name, "error": str(err)})
     (out_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2))

@@ -1,4 +1,5 @@
-"""Run an exported detector with onnxruntime (or the PyTorch model) on PIL images.
+"""Run an exported detector with onnxruntime (or the PyTorch model) on PIL images; OpenVINO
+in ``openvino_runtime``, behind the same :class:`Predictor` interface.
 
 Preprocessing is the validation pipeline of the configs (``Resize`` to the model's input size,
 ``ToImage``, ``ToDtype(float32, scale=True)``; no mean/std), done with the same torchvision
@@ -20,7 +21,15 @@ from torchvision.transforms.v2 import functional as TF
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.types import Detection
 
-__all__ = ["OnnxPredictor", "Predictor", "TorchPredictor", "preprocess", "session_options"]
+__all__ = [
+    "RUNTIMES",
+    "OnnxPredictor",
+    "Predictor",
+    "TorchPredictor",
+    "load_predictor",
+    "preprocess",
+    "session_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,27 +59,38 @@ class Predictor(ABC):
         (labels [N, K] int64, boxes [N, K, 4] XYXY pixels, scores [N, K])."""
 
     def predict(self, images: Sequence[Image.Image], threshold: float = 0.5) -> list[list[Detection]]:
-        """Detections scoring >= ``threshold``, per image, best first; boxes in the image's pixels."""
+        """Detections scoring >= ``threshold``, per image, best first; boxes in the image's pixels,
+        clipped to the image (as RT-DETR's postprocessor users expect; COCO evaluation with
+        :meth:`run` keeps the model's raw boxes, as in training)."""
         if not images:
             return []
         batch = np.stack([preprocess(image, self.input_size).numpy() for image in images])
         sizes = np.array([image.size for image in images], dtype=np.int64)
         labels, boxes, scores = self.run(batch, sizes)
-        return [self.detections(labels[i], boxes[i], scores[i], threshold) for i in range(len(images))]
+        return [self.detections(labels[i], boxes[i], scores[i], threshold, images[i].size) for i in range(len(images))]
 
     def detections(
-        self, labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float
+        self,
+        labels: np.ndarray,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        threshold: float,
+        image_size: tuple[int, int] | None = None,
     ) -> list[Detection]:
-        """One image's outputs (labels [K], boxes [K, 4], scores [K]) as :class:`Detection` s."""
+        """One image's outputs (labels [K], boxes [K, 4] XYXY, scores [K]) as :class:`Detection` s;
+        with ``image_size`` (width, height) boxes are clipped to the image."""
         keep = np.nonzero(scores >= threshold)[0]
         keep = keep[np.argsort(-scores[keep], kind="stable")]
+        if image_size is not None:
+            width, height = image_size
+            boxes = np.clip(boxes, 0.0, np.array([width, height, width, height], dtype=boxes.dtype))
         return [
             Detection(
                 label=int(labels[k]),
                 category_id=self.info.category_id(int(labels[k])),
                 name=self.info.class_name(int(labels[k])),
                 score=float(scores[k]),
-                box=(float(boxes[k][0]), float(boxes[k][1]), float(boxes[k][2]), float(boxes[k][3])),
+                box=(float(boxes[k, 0]), float(boxes[k, 1]), float(boxes[k, 2]), float(boxes[k, 3])),
             )
             for k in keep
         ]
@@ -180,4 +200,29 @@ class TorchPredictor(Predictor):
             outputs = self.module(
                 torch.from_numpy(images).to(self.device), torch.from_numpy(np.asarray(orig_sizes)).to(self.device)
             )
-        return tuple(t.cpu().numpy() for t in outputs)
+        labels, boxes, scores = (t.cpu().numpy() for t in outputs)
+        return labels, boxes, scores
+
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def load_predictor(
+    path: str | Path,
+    runtime: str = "onnxruntime",
+    threads: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    precision: str = "float32",
+    save_ir: str | Path | None = None,
+) -> Predictor:
+    """An exported model in ``runtime`` (``onnxruntime`` or ``openvino``). ``precision`` and
+    ``save_ir`` are OpenVINO's (onnxruntime runs float32 and has no IR)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "openvino":
+        from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
+
+        return OpenVinoPredictor(path, threads=threads, precision=precision, input_size=input_size, save_ir=save_ir)
+    if precision != "float32" or save_ir is not None:
+        raise ValueError("precision and save_ir are options of the openvino runtime; onnxruntime runs float32")
+    return OnnxPredictor(path, threads=threads, input_size=input_size)

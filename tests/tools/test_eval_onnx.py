@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
+from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY
 from rtdetr_spartan.data.coco_eval import CocoEvaluator
 from rtdetr_spartan.data.dataloader import default_collate_fn
 from rtdetr_spartan.data.shapes import make_detection_dataset
@@ -137,3 +139,83 @@ def test_onnx_map_equals_torch_map(setup: dict, backend: str) -> None:
     torch_stats = _torch_stats(setup, backend)
     assert torch_stats[0] > 0.3 and torch_stats[1] > 0.5  # AP, AP50: the comparison is not 0 == 0
     assert onnx_stats == pytest.approx(torch_stats, abs=1e-3)
+
+
+def _eval_argv(setup: dict, onnx_path: Path, ann: Path, summary: Path, *extra: str) -> list[str]:
+    return [
+        "--onnx",
+        str(onnx_path),
+        "--ann",
+        str(ann),
+        "--images",
+        str(setup["images"]),
+        "--summary",
+        str(summary),
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_openvino_map_equals_onnxruntime_map(setup: dict) -> None:
+    stats = {}
+    for runtime in ("onnxruntime", "openvino"):
+        summary = setup["root"] / f"summary_runtime_{runtime}.json"
+        argv = _eval_argv(setup, setup["onnx"], setup["ann"], summary, "--runtime", runtime, "--threads", "1")
+        assert eval_onnx_main(argv) == 0
+        stats[runtime] = json.loads(summary.read_text())["stats_list"]
+    assert stats["onnxruntime"][0] > 0.3  # AP: the comparison is not 0 == 0
+    assert stats["openvino"] == pytest.approx(stats["onnxruntime"], abs=1e-3)
+
+
+def _with_class_names(onnx_path: Path, names: dict[int, str], out: Path) -> Path:
+    """A copy of the exported model whose metadata stores ``names`` as its class names."""
+    model = onnx.load(str(onnx_path))
+    for prop in model.metadata_props:
+        if prop.key == "class_names":
+            prop.value = json.dumps({str(k): v for k, v in names.items()})
+    onnx.save(model, str(out))
+    return out
+
+
+def _file_names(ann: Path) -> dict[int, str]:
+    categories = sorted(json.loads(ann.read_text())["categories"], key=lambda c: c["id"])
+    return {label: c["name"] for label, c in enumerate(categories)}
+
+
+@pytest.mark.slow
+def test_differing_class_names_warn(setup: dict, caplog: pytest.LogCaptureFixture) -> None:
+    names = _file_names(setup["ann"])
+    assert eval_onnx_main(_eval_argv(setup, setup["onnx"], setup["ann"], setup["root"] / "s0.json")) == 0
+    assert "class names" not in caplog.text  # placeholder names (class_<i>) are not compared
+    same = _with_class_names(setup["onnx"], names, setup["root"] / "same.onnx")
+    assert eval_onnx_main(_eval_argv(setup, same, setup["ann"], setup["root"] / "s1.json")) == 0
+    assert "differ" not in caplog.text
+    one_off = _with_class_names(setup["onnx"], {**names, 1: "hexagon"}, setup["root"] / "one_off.onnx")
+    assert eval_onnx_main(_eval_argv(setup, one_off, setup["ann"], setup["root"] / "s2.json")) == 0
+    assert "1 of 4 class names of the model differ" in caplog.text and "'hexagon'" in caplog.text
+
+
+@pytest.mark.slow
+def test_no_matching_class_fails(setup: dict, caplog: pytest.LogCaptureFixture) -> None:
+    coco_names = {0: "person", 1: "bicycle", 2: "car", 3: "motorcycle"}
+    other = _with_class_names(setup["onnx"], coco_names, setup["root"] / "coco_names.onnx")
+    assert eval_onnx_main(_eval_argv(setup, other, setup["ann"], setup["root"] / "s3.json")) == 1
+    assert "none of the model's 4 class names matches" in caplog.text and "'person'" in caplog.text
+    assert not (setup["root"] / "s3.json").exists()
+    # a COCO model (remapped category ids, COCO names) on the shapes file, whose ids 3, 7, 11, 20
+    # are COCO ids too (car, train, fire hydrant, horse): the ids match, the names do not
+    remapped = setup["root"] / "remapped.onnx"
+    model = onnx.load(str(setup["onnx"]))
+    values = {
+        "remap_mscoco_category": "true",
+        "num_classes": "80",
+        "class_names": json.dumps(
+            {str(label): MSCOCO_CATEGORY_TO_NAME[cid] for label, cid in MSCOCO_LABEL_TO_CATEGORY.items()}
+        ),
+    }
+    for prop in model.metadata_props:
+        prop.value = values.get(prop.key, prop.value)
+    onnx.save(model, str(remapped))
+    caplog.clear()
+    assert eval_onnx_main(_eval_argv(setup, remapped, setup["ann"], setup["root"] / "s4.json")) == 1
+    assert "none of the model's 80 class names matches" in caplog.text and "'car', file 'square'" in caplog.text

@@ -11,7 +11,9 @@ from PIL import Image
 from rtdetr_spartan.data.shapes import make_detection_dataset
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.deploy.runtime import OnnxPredictor
+from rtdetr_spartan.deploy.video import VideoReader, VideoWriter
 from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree
+from tests.deploy.matching import matched_fraction
 from tools.export_onnx import main as export_main
 from tools.infer import main as infer_main
 
@@ -115,3 +117,89 @@ def test_static_size_model_rejects_other_input_size(exported: dict[str, Path]) -
 def test_missing_input_is_reported(exported: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         infer_main(["--onnx", str(exported["onnx"]), "-i", str(tmp_path / "nowhere"), "-o", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_boxes_are_clipped_to_the_image(exported: dict[str, Path], tmp_path: Path) -> None:
+    predictor = OnnxPredictor(exported["onnx"])
+    labels = np.array([1, 2])
+    boxes = np.array([[-7.6, 3.0, 50.0, 4008.0], [10.0, -1.0, 120.0, 90.0]], dtype=np.float32)
+    scores = np.array([0.9, 0.8], dtype=np.float32)
+    clipped = predictor.detections(labels, boxes, scores, 0.5, image_size=(100, 4000))
+    assert [d.box for d in clipped] == [(0.0, 3.0, 50.0, 4000.0), (10.0, 0.0, 100.0, 90.0)]
+    raw = predictor.detections(labels, boxes, scores, 0.5)
+    assert raw[0].box[0] == pytest.approx(-7.6)  # run()/evaluation keep the model's raw boxes
+    image_path = exported["images"] / "000000.jpg"
+    assert (
+        infer_main(["--onnx", str(exported["onnx"]), "-i", str(image_path), "-o", str(tmp_path), "--threshold", "0"])
+        == 0
+    )
+    (record,) = json.loads((tmp_path / "detections.json").read_text())["images"]
+    all_boxes = np.array([d["box"] for d in record["detections"]])
+    assert all_boxes.min() >= 0 and all_boxes[:, [0, 2]].max() <= 160 and all_boxes[:, [1, 3]].max() <= 160
+
+
+@pytest.mark.slow
+def test_infer_with_openvino_matches_onnxruntime(exported: dict[str, Path], tmp_path: Path) -> None:
+    image_path = exported["images"] / "000001.jpg"
+    records = {}
+    for runtime in ("onnxruntime", "openvino"):
+        argv = ["--onnx", str(exported["onnx"]), "--runtime", runtime, "-i", str(image_path), "--threshold", "0"]
+        if runtime == "openvino":
+            argv += ["--save-ir", str(tmp_path / "ir")]
+        assert infer_main([*argv, "-o", str(tmp_path / runtime)]) == 0
+        records[runtime] = json.loads((tmp_path / runtime / "detections.json").read_text())["images"][0]
+    assert (tmp_path / "ir" / "model.xml").is_file()
+    sizes = np.array([[160, 160]])
+    assert matched_fraction(_arrays(records["onnxruntime"]), _arrays(records["openvino"]), sizes, 1e-3) >= 0.9
+
+
+@pytest.mark.slow
+def test_openvino_only_options_are_rejected_for_onnxruntime(exported: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        infer_main(["--onnx", str(exported["onnx"]), "--precision", "bfloat16", "-i", "x.jpg", "-o", str(tmp_path)])
+
+
+def _make_video(path: Path, frames: int, size: tuple[int, int], fps: int) -> None:
+    """A moving white square on grey, written with the same library the tool reads with."""
+    with VideoWriter(path, size[0], size[1], fps) as writer:
+        for i in range(frames):
+            pixels = np.full((size[1], size[0], 3), 90, dtype=np.uint8)
+            pixels[20:60, 10 + 8 * i : 50 + 8 * i] = 255
+            writer.write(Image.fromarray(pixels))
+
+
+@pytest.mark.slow
+def test_video_in_annotated_video_out(exported: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    _make_video(folder / "clip.avi", frames=7, size=(176, 144), fps=12)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    Image.open(exported["images"] / "000000.jpg").save(folder / "still.jpg")
+    out = tmp_path / "out"
+    argv = ["--onnx", str(exported["onnx"]), "--runtime", "openvino", "-i", str(folder), "-o", str(out)]
+    assert infer_main([*argv, "--threshold", "0.01"]) == 1  # the broken video is an error entry
+    results = json.loads((out / "detections.json").read_text())
+    assert [e["file"] for e in results["errors"]] == ["broken.mp4"] and "broken.mp4" in results["errors"][0]["error"]
+    assert [r["file"] for r in results["images"]] == ["still.jpg"]
+    (video,) = results["videos"]
+    assert (video["file"], video["output"], video["width"], video["height"]) == ("clip.avi", "clip_avi.mp4", 176, 144)
+    assert video["fps"] == pytest.approx(12.0)
+    assert [f["frame"] for f in video["frames"]] == list(range(7))
+    assert [f["time"] for f in video["frames"]] == pytest.approx([i / 12 for i in range(7)], abs=1e-3)
+    assert all(f["detections"] and f["detections"][0]["score"] >= 0.01 for f in video["frames"])
+    with VideoReader(out / "clip_avi.mp4") as reader:
+        assert (reader.info.width, reader.info.height, reader.info.fps) == (176, 144, 12)
+        written = list(reader)
+    assert len(written) == 7
+    # each written frame is the input frame with the first detection's box drawn on it
+    first = video["frames"][3]["detections"][0]["box"]
+    with VideoReader(folder / "clip.avi") as reader:
+        original = [image for _, _, image in reader][3]
+    drawn = np.asarray(written[3][2], dtype=np.int16)
+    assert np.abs(drawn - np.asarray(original, dtype=np.int16)).max() > 100
+    x0, y0 = int(round(first[0])), int(round(first[1]))
+    edge = drawn[min(max(y0, 0), 143), min(max(x0 + 2, 0), 175)]
+    assert (
+        np.abs(edge - np.asarray(original, dtype=np.int16)[min(max(y0, 0), 143), min(max(x0 + 2, 0), 175)]).max() > 30
+    )

@@ -1,0 +1,159 @@
+"""Run an exported detector with OpenVINO on the CPU, behind the same interface as onnxruntime.
+
+OpenVINO reads the ``.onnx`` file that ``tools/export_onnx.py`` writes (no conversion step) and
+compiles it for the CPU; ``save_ir`` also writes it as OpenVINO IR (``model.xml`` + ``.bin``),
+with the export's metadata, which :class:`OpenVinoPredictor` reads back the same way.
+Preprocessing is :func:`rtdetr_spartan.deploy.runtime.preprocess`, as for every predictor.
+
+Precision: float32 unless asked otherwise. OpenVINO's own CPU default is bfloat16 on CPUs with
+bfloat16 instructions (AVX512_BF16, AMX), which changes the numbers; here bfloat16 is opt-in.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtdetr_spartan.deploy.metadata import ModelInfo
+from rtdetr_spartan.deploy.runtime import Outputs, Predictor
+
+__all__ = ["PRECISIONS", "OpenVinoPredictor", "openvino_bf16_supported", "openvino_config"]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "bfloat16")
+IR_NAME = "model.xml"
+_RT_INFO_SECTION = "rtdetr_spartan"  # where the ONNX metadata lives in a saved IR
+
+
+def openvino_bf16_supported() -> bool:
+    """Whether OpenVINO's CPU plugin can compute in bfloat16 on this machine."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def openvino_config(threads: int | None = None, precision: str = "float32") -> dict[str, Any]:
+    """CPU compile settings: latency mode, ``threads`` inference threads (None: OpenVINO's
+    default, one per core) and the inference ``precision``; ValueError for bfloat16 on a CPU
+    without it (naming the CPU and what it supports)."""
+    import openvino as ov
+    import openvino.properties.hint as hints
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if precision == "bfloat16" and not openvino_bf16_supported():
+        core = ov.Core()
+        raise ValueError(
+            f"this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}) has no bfloat16 support in OpenVINO "
+            f"(capabilities {core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}); use precision float32"
+        )
+    config: dict[str, Any] = {
+        hints.performance_mode: hints.PerformanceMode.LATENCY,
+        hints.inference_precision: ov.Type.bf16 if precision == "bfloat16" else ov.Type.f32,
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def _ir_metadata(model: Any, path: Path) -> dict[str, str]:
+    rt_info = model.get_rt_info()
+    if _RT_INFO_SECTION not in rt_info:
+        raise ValueError(f"{path}: OpenVINO IR without rtdetr_spartan metadata; save it with --save-ir")
+    return {str(key): value.astype(str) for key, value in rt_info[_RT_INFO_SECTION].items()}
+
+
+class OpenVinoPredictor(Predictor):
+    """An exported model (``.onnx``, or IR ``.xml`` saved by this class) compiled for the CPU.
+
+    Args:
+        path: the exported ``.onnx`` file or a saved ``model.xml``.
+        threads: inference threads (None: one per core).
+        precision: ``float32`` (default) or ``bfloat16`` (CPUs with bfloat16 instructions).
+        input_size: (H, W) to run at; only for models exported with ``--dynamic-size``.
+        save_ir: a folder to write the model as OpenVINO IR into (``model.xml`` / ``model.bin``,
+            float32 weights), with the export's metadata.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        precision: str = "float32",
+        input_size: tuple[int, int] | None = None,
+        save_ir: str | Path | None = None,
+    ) -> None:
+        import openvino as ov
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model {self.path} does not exist")
+        config = openvino_config(threads, precision)
+        core = ov.Core()
+        model = core.read_model(str(self.path))
+        meta = _ir_metadata(model, self.path) if self.path.suffix == ".xml" else _onnx_metadata(self.path)
+        self.info = ModelInfo.from_metadata(meta, str(self.path))
+        self.precision = precision
+        inputs = {port.get_any_name(): port for port in model.inputs}
+        missing = {"images", "orig_target_sizes"} - set(inputs)
+        if missing:
+            raise ValueError(f"{self.path}: inputs {sorted(missing)} missing (has {sorted(inputs)})")
+        self._size_dtype = np.float32 if inputs["orig_target_sizes"].get_element_type() == ov.Type.f32 else np.int64
+        batch = inputs["images"].get_partial_shape()[0]
+        self._fixed_batch = batch.get_length() if batch.is_static else None
+        if input_size is not None:
+            if not self.info.dynamic_size and tuple(input_size) != self.info.input_size:
+                raise ValueError(
+                    f"{self.path} was exported for input size {self.info.input_size}, "
+                    f"not {tuple(input_size)}; export with --dynamic-size to change it"
+                )
+            self.info.input_size = (int(input_size[0]), int(input_size[1]))
+        if save_ir is not None:
+            self.save_ir(model, save_ir)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._request = self.compiled.create_infer_request()
+
+    def save_ir(self, model: Any, folder: str | Path) -> Path:
+        """Write ``model`` (an ``openvino.Model``) as IR ``folder/model.xml`` with this model's metadata."""
+        import openvino as ov
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, value in self.info.to_metadata().items():
+            model.set_rt_info(value, [_RT_INFO_SECTION, key])
+        target = folder / IR_NAME
+        ov.save_model(model, str(target), compress_to_fp16=False)
+        logger.info("OpenVINO IR written to %s", target)
+        return target
+
+    @property
+    def threads(self) -> int:
+        """Inference threads of the compiled model."""
+        return int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+
+    def run(self, images: np.ndarray, orig_sizes: np.ndarray) -> Outputs:
+        step = self._fixed_batch or len(images)
+        parts = []
+        for i in range(0, len(images), step):
+            self._request.infer(
+                {
+                    "images": np.ascontiguousarray(images[i : i + step], dtype=np.float32),
+                    "orig_target_sizes": np.ascontiguousarray(orig_sizes[i : i + step], dtype=self._size_dtype),
+                }
+            )
+            parts.append([np.array(self._request.get_tensor(name).data) for name in ("labels", "boxes", "scores")])
+        labels, boxes, scores = (np.concatenate([p[j] for p in parts]) for j in range(3))
+        return labels.astype(np.int64, copy=False), boxes.astype(np.float32, copy=False), scores.astype(np.float32)

@@ -1,0 +1,214 @@
+"""What ``tools/visualize.py`` does: CAM figures (and detector feature-map grids) as PNG files
+and, optionally, TensorBoard images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from rtdetr_spartan.core import YAMLConfig, create
+from rtdetr_spartan.deploy.draw import draw_detections
+from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES
+from rtdetr_spartan.deploy.metadata import categories_from_config, input_size_from_config
+from rtdetr_spartan.deploy.runtime import preprocess
+from rtdetr_spartan.deploy.types import Detection
+from rtdetr_spartan.misc.checkpoint import load_model_weights
+from rtdetr_spartan.visualize.cam import DetectionScores, classifier_cam, detector_cam
+from rtdetr_spartan.visualize.figures import cam_overlay, feature_grid, panels_figure, save_png
+from rtdetr_spartan.visualize.layers import classifier_layers, resolve_layers, stage_layers
+
+__all__ = ["classifier_figure", "classifier_transform", "collect_images", "detector_figures", "visualize"]
+
+logger = logging.getLogger(__name__)
+
+
+def collect_images(source: str | Path) -> list[Path]:
+    """``source`` if it is an image file, else the images directly inside it, sorted."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"input {source} is neither a file nor a directory")
+    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
+    return found
+
+
+def classifier_transform(cfg: YAMLConfig) -> Any:
+    """The config's validation transform of classification (resize, crop, normalize)."""
+    spec = ((cfg.get("val_dataloader") or {}).get("dataset") or {}).get("transforms")
+    if not spec:
+        raise ValueError(f"{cfg.path}: no val_dataloader.dataset.transforms to preprocess images with")
+    return create(spec, cfg.yaml_cfg, path="val_dataloader.dataset.transforms")
+
+
+def _shown(tensor: torch.Tensor, transform: Any) -> Image.Image:
+    """The preprocessed image as the model sees it, de-normalized for display."""
+    mean = torch.tensor(getattr(transform.transforms[-1], "mean", [0.0] * 3)).view(3, 1, 1)
+    std = torch.tensor(getattr(transform.transforms[-1], "std", [1.0] * 3)).view(3, 1, 1)
+    pixels = (tensor * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(pixels)
+
+
+def classifier_figure(
+    model: torch.nn.Module,
+    image: Image.Image,
+    transform: Any,
+    layers: Sequence[str],
+    method: str = "gradcam",
+    class_index: int | None = None,
+    class_names: Sequence[str] = (),
+) -> np.ndarray:
+    """The preprocessed image beside the CAM overlay of each layer, as an RGB array."""
+    tensor = transform(image.convert("RGB"))
+    result = classifier_cam(model, tensor[None], layers, method, class_index)
+
+    def name(index: int) -> str:
+        return class_names[index] if index < len(class_names) else f"class {index}"
+
+    shown = _shown(tensor, transform)
+    panels: list[tuple[str, Image.Image | np.ndarray]] = [
+        (f"predicted {name(result.predicted)} ({result.probability:.2f})", shown)
+    ]
+    panels += [(layer, cam_overlay(shown, cam)) for layer, cam in result.cams.items()]
+    return panels_figure(panels, title=f"{method} of class {name(result.target)}")
+
+
+def detector_figures(
+    detector: DetectionScores,
+    image: Image.Image,
+    input_size: tuple[int, int],
+    layers: Sequence[str],
+    stages: Sequence[str],
+    class_names: dict[int, str],
+    method: str = "gradcam",
+    top_k: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(CAM figure, feature-map figure) of one image: the image with the top detections beside
+    the CAM of their scores per layer; per backbone stage its most active channels."""
+    image = image.convert("RGB")
+    tensor = preprocess(image, input_size)[None]
+    result = detector_cam(detector, tensor, layers, method, top_k)
+    sx, sy = image.width / input_size[1], image.height / input_size[0]
+    detections = [
+        Detection(label, label, class_names.get(label, f"class_{label}"), score, (x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+        for label, score, (x0, y0, x1, y1) in zip(result.labels, result.scores, result.boxes)
+    ]
+    panels: list[tuple[str, Image.Image | np.ndarray]] = [
+        (f"top {len(detections)} detections", draw_detections(image, detections))
+    ]
+    panels += [(_short(layer), cam_overlay(image, cam, detections)) for layer, cam in result.cams.items()]
+    cam_fig = panels_figure(panels, title=f"{method} of the top detections' scores")
+    maps: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: maps.__setitem__(name, out))
+        for name, module in zip(stages, resolve_layers(detector, stages))
+    ]
+    try:
+        with torch.no_grad():
+            detector(tensor)
+    finally:
+        for handle in handles:
+            handle.remove()
+    grid: list[tuple[str, Image.Image | np.ndarray]] = []
+    for name in stages:
+        feature = maps[name][0]
+        stride = input_size[0] // feature.shape[1]
+        grid.append((f"{_short(name)}\nstride {stride}, {feature.shape[0]} channels", image))
+        grid += feature_grid(feature)
+    features_fig = panels_figure(grid, title="backbone stages: most active channels", columns=9)
+    return cam_fig, features_fig
+
+
+def _short(name: str) -> str:
+    """A layer name as the user gives it (relative to the detector, without the wrapper's prefix)."""
+    return name.removeprefix("model.")
+
+
+def _load(cfg: YAMLConfig, checkpoint: str | Path | None) -> torch.nn.Module:
+    model = cfg.build("model")
+    if checkpoint is None:
+        logger.warning("no -r checkpoint: the maps show untrained weights")
+    else:
+        load_model_weights(model, checkpoint, strict=True)
+    return model.eval()
+
+
+def visualize(
+    cfg: YAMLConfig,
+    checkpoint: str | Path | None,
+    source: str | Path,
+    out_dir: str | Path,
+    layers: Sequence[str] = (),
+    method: str = "gradcam",
+    class_index: int | None = None,
+    top_k: int = 5,
+    tensorboard: str | Path | None = None,
+) -> list[Path]:
+    """Write the figures of every image of ``source`` into ``out_dir`` (and TensorBoard); returns
+    the PNG paths. Classifiers (``task: classification``) get CAMs of ``class_index`` or the
+    predicted class; detectors get the CAM of their top detections and the backbone stages' maps."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = collect_images(source)
+    writer = None
+    if tensorboard is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tensorboard))
+    model = _load(cfg, checkpoint)
+    written: list[Path] = []
+    try:
+        if cfg.task == "classification":
+            transform = classifier_transform(cfg)
+            layers = tuple(layers) or classifier_layers(model)
+            resolve_layers(model, layers)
+            names = _class_names(cfg)
+            for path in tqdm(images, desc="visualize", unit="image"):
+                with Image.open(path) as opened:
+                    figure = classifier_figure(
+                        model, opened.convert("RGB"), transform, layers, method, class_index, names
+                    )
+                written.append(_emit(figure, out_dir / f"{path.stem}_cam.png", writer, f"cam/{path.stem}"))
+        else:
+            if class_index is not None:
+                raise ValueError("--class is for classifiers; a detector's CAM follows its top detections")
+            detector = DetectionScores(model, cfg.build("postprocessor").deploy()).eval()
+            size = input_size_from_config(cfg.yaml_cfg)
+            stages = stage_layers(detector, "model.backbone", torch.zeros(1, 3, *size))
+            resolve_layers(model, layers)  # errors name layers as the user gives them
+            layers = tuple(f"model.{n}" for n in layers) or tuple(stages)
+            _, class_names = categories_from_config(cfg.yaml_cfg)
+            for path in tqdm(images, desc="visualize", unit="image"):
+                with Image.open(path) as opened:
+                    cam_fig, feat_fig = detector_figures(
+                        detector, opened.convert("RGB"), size, layers, stages, class_names, method, top_k
+                    )
+                written.append(_emit(cam_fig, out_dir / f"{path.stem}_cam.png", writer, f"cam/{path.stem}"))
+                written.append(_emit(feat_fig, out_dir / f"{path.stem}_features.png", writer, f"features/{path.stem}"))
+    finally:
+        if writer is not None:
+            writer.close()
+    logger.info("%d figures written to %s", len(written), out_dir)
+    return written
+
+
+def _class_names(cfg: YAMLConfig) -> list[str]:
+    root = ((cfg.get("val_dataloader") or {}).get("dataset") or {}).get("root")
+    if root and Path(root).is_dir():
+        return sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+    return []
+
+
+def _emit(figure: np.ndarray, path: Path, writer: Any, tag: str) -> Path:
+    save_png(figure, str(path))
+    if writer is not None:
+        writer.add_image(tag, figure, global_step=0, dataformats="HWC")
+    return path

@@ -1,0 +1,61 @@
+"""Grad-CAM and feature maps of a classifier or detector on images: PNG figures (and TensorBoard).
+
+    python tools/visualize.py -c configs/spartan/spartan_t_shapes_cls.yml -r best.pth -i images/ -o vis/
+    python tools/visualize.py -c configs/rtdetr/rtdetr_spartan_t_shapes.yml -r best.pth -i val/ -o vis/ \\
+        --method gradcam++ --layers backbone.layers.19 encoder.encoder.0 --tensorboard runs/vis
+
+Classifier (``task: classification``): per image, the preprocessed image beside the CAM of the
+predicted class (or ``--class``) at each layer; default layers those of the SpaRTAN authors'
+visualization (``conv``, ``layers.2``, ``layers.2.smixer``, ``layers.2.cmixer``) and the last.
+Detector: per image, the top ``--top-k`` detections beside the CAM of their scores at each layer
+(default: the backbone's output stages), and a grid of each stage's most active channels.
+Layer names are ``model.named_modules()`` names; a wrong one is an error listing close names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from rtdetr_spartan.deploy.from_config import load_config
+from rtdetr_spartan.visualize.cam import METHODS
+from rtdetr_spartan.visualize.run import visualize
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="YAML config of the model")
+    parser.add_argument("-r", "--resume", default=None, help="checkpoint (without: untrained weights, a warning)")
+    parser.add_argument(
+        "-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides"
+    )
+    parser.add_argument("-i", "--input", required=True, help="image or folder of images")
+    parser.add_argument("-o", "--output", required=True, help="folder for the PNG figures")
+    parser.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="layers to draw CAMs of")
+    parser.add_argument("--method", choices=sorted(METHODS), default="gradcam")
+    parser.add_argument("--class", dest="class_index", type=int, default=None, help="classifier: class to explain")
+    parser.add_argument("--top-k", type=int, default=5, help="detector: detections whose scores the CAM explains")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write the figures to TensorBoard")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.update)
+    written = visualize(
+        cfg,
+        args.resume,
+        args.input,
+        args.output,
+        layers=args.layers,
+        method=args.method,
+        class_index=args.class_index,
+        top_k=args.top_k,
+        tensorboard=args.tensorboard,
+    )
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
