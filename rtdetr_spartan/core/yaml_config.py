@@ -74,6 +74,7 @@ RUNTIME_KEYS = frozenset(
         "compile",
         "overwrite",
         "hooks",
+        "cam_logging",
     }
 )
 

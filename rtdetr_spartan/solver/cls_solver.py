@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.solver.base import BaseSolver
 from rtdetr_spartan.solver.cls_engine import all_reduce_batchnorm_stats, evaluate, train_one_epoch
 from rtdetr_spartan.solver.state import EvalState, TrainState
@@ -29,6 +30,16 @@ class ClsSolver(BaseSolver):
     """Trains a classifier for ``epochs`` epochs, evaluating top-1/top-5 after each one."""
 
     metric_name = "top1"
+
+    def __init__(self, cfg: YAMLConfig) -> None:
+        super().__init__(cfg)
+        if cfg.get("cam_logging"):
+            # imported here: visualization needs grad-cam and matplotlib, which training without it does not
+            from rtdetr_spartan.visualize.cam_logger import CamLoggingHook
+
+            hook = CamLoggingHook.from_config(cfg)
+            if hook is not None:
+                self.register_hook(hook)
 
     def evaluate(self, state: EvalState) -> dict[str, Any]:
         """Top-k accuracy (%) and loss of the EMA (or plain) model on the validation set, on every rank."""

@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rtdetr_spartan.solver.base import BaseSolver
+
+from rtdetr_spartan.core import YAMLConfig
+from rtdetr_spartan.solver.state import EpochResult, SolverHook, TrainState
 from rtdetr_spartan.visualize.cam import METHODS
 from rtdetr_spartan.visualize.layers import classifier_layers
 
@@ -127,3 +134,29 @@ def _spread(folder: Path, count: int) -> list[Path]:
         raise FileNotFoundError(f"{CONFIG_KEY}.images: no images in {folder}")
     picks = np.linspace(0, len(found) - 1, num=min(count, len(found))).round().astype(int)
     return [found[i] for i in sorted(set(picks.tolist()))]
+
+
+class CamLoggingHook(SolverHook):
+    """The loop's hook for the ``cam_logging`` config section: after every ``every_n_epochs``-th
+    epoch, rank 0 writes the CAM figures of the evaluated weights (EMA when on) to TensorBoard."""
+
+    def __init__(self, cam_logger: CamLogger) -> None:
+        self.cam_logger = cam_logger
+
+    @classmethod
+    def from_config(cls, cfg: YAMLConfig) -> CamLoggingHook | None:
+        """The hook the config's ``cam_logging`` section asks for (None when absent or off);
+        images are preprocessed with the config's validation transform."""
+        settings = cfg.get(CONFIG_KEY)
+        if not settings or not int(settings.get("every_n_epochs", 0)):
+            return None
+        from rtdetr_spartan.visualize.run import classifier_transform
+
+        cam_logger = CamLogger.from_config(settings, classifier_transform(cfg))
+        return cls(cam_logger) if cam_logger is not None else None
+
+    def after_epoch(
+        self, solver: BaseSolver, state: TrainState, result: EpochResult, writer: SummaryWriter | None
+    ) -> None:
+        if writer is not None:  # rank 0 only; the figures need no collective
+            self.cam_logger(state.eval_module, writer, result.epoch)
