@@ -88,7 +88,16 @@ def init_distributed(device: str | None = None, timeout: datetime.timedelta = DE
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    tdist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:
+        tdist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    else:
+        # Under torchrun every attempt of an elastic restart rendezvouses through the agent's store,
+        # which keeps the keys of the failed attempt: without a per-attempt prefix a restarted rank
+        # can read a dead peer's address and gloo's connect fails ("Connection refused") or hangs.
+        store, rank, world_size = next(tdist.rendezvous("env://", timeout=timeout))
+        store = tdist.PrefixStore(f"rtdetr_spartan/attempt_{restart}", store)
+        tdist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     logger.info("distributed: rank %d of %d, backend %s", get_rank(), get_world_size(), backend)
     return True
 
