@@ -115,12 +115,7 @@ class OpenVinoPredictor(Predictor):
         batch = inputs["images"].get_partial_shape()[0]
         self._fixed_batch = batch.get_length() if batch.is_static else None
         if input_size is not None:
-            if not self.info.dynamic_size and tuple(input_size) != self.info.input_size:
-                raise ValueError(
-                    f"{self.path} was exported for input size {self.info.input_size}, "
-                    f"not {tuple(input_size)}; export with --dynamic-size to change it"
-                )
-            self.info.input_size = (int(input_size[0]), int(input_size[1]))
+            self.set_input_size(input_size)
         if save_ir is not None:
             self.save_ir(model, save_ir)
         self.compiled = core.compile_model(model, "CPU", config)

@@ -53,6 +53,16 @@ class Predictor(ABC):
         """(height, width) images are resized to."""
         return self.info.input_size
 
+    def set_input_size(self, input_size: tuple[int, int]) -> None:
+        """Resize inputs to (height, width): any size for a ``--dynamic-size`` export, else only
+        the size the graph was exported for."""
+        if not self.info.dynamic_size and tuple(input_size) != self.info.input_size:
+            raise ValueError(
+                f"{getattr(self, 'path', 'the model')} was exported for input size {self.info.input_size}, "
+                f"not {tuple(input_size)}; export with --dynamic-size to change it"
+            )
+        self.info.input_size = (int(input_size[0]), int(input_size[1]))
+
     @abstractmethod
     def run(self, images: np.ndarray, orig_sizes: np.ndarray) -> Outputs:
         """images float32 [N, 3, H, W]; orig_sizes [N, 2] (w, h) ->
@@ -152,12 +162,7 @@ class OnnxPredictor(Predictor):
         shape = inputs["images"].shape
         self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
         if input_size is not None:
-            if not self.info.dynamic_size and tuple(input_size) != self.info.input_size:
-                raise ValueError(
-                    f"{self.path} was exported for input size {self.info.input_size}, "
-                    f"not {tuple(input_size)}; export with --dynamic-size to change it"
-                )
-            self.info.input_size = (int(input_size[0]), int(input_size[1]))
+            self.set_input_size(input_size)
 
     def run(self, images: np.ndarray, orig_sizes: np.ndarray) -> Outputs:
         step = self._fixed_batch or len(images)

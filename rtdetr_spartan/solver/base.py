@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
 from rtdetr_spartan.solver.loaders import prepare_eval_loader, prepare_train_loader
 from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler
 from rtdetr_spartan.solver.rng import preserved_rng, rng_state, set_rng_state
-from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainState
+from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainEpochFn, TrainState
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -100,10 +100,27 @@ class BaseSolver:
         self._pending_rng: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------- task interface
+    # The task's epoch function (``solver.det_engine.train_one_epoch``, ``solver.cls_engine.train_one_epoch``).
+    train_epoch: ClassVar[TrainEpochFn]
+
     def train_one_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> dict[str, float]:
-        """Train one epoch (the scheduler is stepped by the loop unless it steps per iteration:
-        pass ``state.iteration_scheduler`` to the engine); returns rank-averaged statistics."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement train_one_epoch()")
+        """Train one epoch with the task's ``train_epoch`` (the scheduler is stepped by the loop
+        unless it steps per iteration); returns rank-averaged statistics."""
+        return type(self).train_epoch(
+            state.model,
+            state.criterion,
+            state.train_loader,
+            state.optimizer,
+            self.device,
+            epoch,
+            lr_scheduler=state.iteration_scheduler,
+            clip_max_norm=self.cfg.clip_max_norm,
+            ema=state.ema,
+            scaler=state.scaler,
+            amp_dtype=self.amp_dtype,
+            print_freq=self.print_freq,
+            writer=writer,
+        )
 
     def evaluate(self, state: EvalState) -> dict[str, Any]:
         """Evaluate ``state.eval_module`` on the validation set; the same result on every rank."""

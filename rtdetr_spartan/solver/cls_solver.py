@@ -19,7 +19,7 @@ from rtdetr_spartan.solver.cls_engine import all_reduce_batchnorm_stats, evaluat
 from rtdetr_spartan.solver.state import EvalState, TrainState
 
 if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
+    pass
 
 __all__ = ["ClsSolver"]
 
@@ -30,6 +30,7 @@ class ClsSolver(BaseSolver):
     """Trains a classifier for ``epochs`` epochs, evaluating top-1/top-5 after each one."""
 
     metric_name = "top1"
+    train_epoch = staticmethod(train_one_epoch)
 
     def __init__(self, cfg: YAMLConfig) -> None:
         super().__init__(cfg)
@@ -62,23 +63,6 @@ class ClsSolver(BaseSolver):
         stats = super().val()
         self.append_log(self.epoch_record(stats))
         return stats
-
-    def train_one_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> dict[str, float]:
-        return train_one_epoch(
-            state.model,
-            state.criterion,
-            state.train_loader,
-            state.optimizer,
-            self.device,
-            epoch,
-            lr_scheduler=state.iteration_scheduler,
-            clip_max_norm=self.cfg.clip_max_norm,
-            ema=state.ema,
-            scaler=state.scaler,
-            amp_dtype=self.amp_dtype,
-            print_freq=self.print_freq,
-            writer=writer,
-        )
 
     def after_train_epoch(self, state: TrainState) -> None:
         """Average BatchNorm statistics over ranks, so every rank evaluates and saves one model."""

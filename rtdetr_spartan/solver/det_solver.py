@@ -12,10 +12,10 @@ from rtdetr_spartan.core import ConfigError
 from rtdetr_spartan.data.coco_eval import STAT_NAMES, CocoEvaluator
 from rtdetr_spartan.solver.base import BaseSolver
 from rtdetr_spartan.solver.det_engine import evaluate, train_one_epoch
-from rtdetr_spartan.solver.state import EvalState, TrainState
+from rtdetr_spartan.solver.state import EvalState
 
 if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
+    pass
 
 __all__ = ["DetSolver"]
 
@@ -44,6 +44,7 @@ class DetSolver(BaseSolver):
     """
 
     metric_name = "AP"
+    train_epoch = staticmethod(train_one_epoch)
 
     def _make_evaluator(self, state: EvalState) -> CocoEvaluator:
         spec = dict(self.cfg.get("evaluator") or {})
@@ -83,20 +84,3 @@ class DetSolver(BaseSolver):
 
     def epoch_scalars(self, eval_stats: Mapping[str, Any]) -> dict[str, float]:
         return {key: float(value) for key, value in zip(STAT_NAMES, eval_stats["stats"])}
-
-    def train_one_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> dict[str, float]:
-        return train_one_epoch(
-            state.model,
-            state.criterion,
-            state.train_loader,
-            state.optimizer,
-            self.device,
-            epoch,
-            lr_scheduler=state.iteration_scheduler,
-            clip_max_norm=self.cfg.clip_max_norm,
-            ema=state.ema,
-            scaler=state.scaler,
-            amp_dtype=self.amp_dtype,
-            print_freq=self.print_freq,
-            writer=writer,
-        )
