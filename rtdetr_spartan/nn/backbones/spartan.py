@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.core import ConfigError, register
-from rtdetr_spartan.misc.checkpoint import extract_state_dict, load_checkpoint
+from rtdetr_spartan.misc.checkpoint import load_model_weights
 from rtdetr_spartan.nn.backbones.spartan_layers import Block, ConvNormAct
 from rtdetr_spartan.nn.common import freeze_batch_norm
 
@@ -134,32 +134,15 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     """Load a SpaRTAN classifier checkpoint into ``model`` (a backbone); returns tensors loaded.
 
     Accepts a bare state dict, ``{'model': sd}`` or ``{'ema': {'module': sd}}`` (EMA preferred),
-    strips a ``module.`` (DDP) prefix and drops the classifier head ``linear.*``. Missing,
-    unexpected or differently shaped tensors raise a ValueError that names them.
+    strips a ``module.`` (DDP) prefix and drops the classifier head ``linear.*``
+    (``misc.checkpoint.load_model_weights``, strict). Missing, unexpected or differently shaped
+    tensors raise a ValueError that names them.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SpaRTAN.pretrained: checkpoint {str(path)!r} does not exist")
-    state = extract_state_dict(load_checkpoint(path))
-    state = {k: v for k, v in state.items() if not k.startswith("linear.")}
-    own = model.state_dict()
-    shapes = [
-        f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if shapes:
-        raise ValueError(f"{path}: {len(shapes)} tensors differ in shape from the model: " + "; ".join(shapes[:10]))
-    # FrozenBatchNorm2d (freeze_norm) has no num_batches_tracked; it drops those on load
-    result = model.load_state_dict(state, strict=False)
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    if result.missing_keys or unexpected:
-        raise ValueError(
-            f"{path}: missing {len(result.missing_keys)} tensors "
-            f"{result.missing_keys[:10]}, unexpected {len(unexpected)} "
-            f"{unexpected[:10]}"
-        )
-    loaded = len(state) - len(result.unexpected_keys)
+    # the one loader's strict policy: every difference is an error naming the tensors
+    loaded = len(load_model_weights(model, path, strict=True, ignore=("linear.",)).loaded)
     logger.info("SpaRTAN: loaded %d tensors from %s", loaded, path)
     return loaded
 
