@@ -49,6 +49,7 @@ from rtdetr_spartan.testing.parity import (
     summary_problems,
     synthetic_scenes,
     synthetic_state_dict,
+    synthetic_targets,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,19 +112,6 @@ def parity(device: torch.device) -> dict[str, object]:
     return results
 
 
-def _targets(batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    targets = []
-    for _ in range(batch):
-        count = int(torch.randint(1, 8, (1,), generator=generator))
-        centres = 0.2 + 0.6 * torch.rand(count, 2, generator=generator)
-        sizes = 0.05 + 0.3 * torch.rand(count, 2, generator=generator)
-        targets.append(
-            {"labels": torch.randint(0, 80, (count,), generator=generator), "boxes": torch.cat([centres, sizes], dim=1)}
-        )
-    return targets
-
-
 def _step(
     model: torch.nn.Module,
     criterion: torch.nn.Module,
@@ -164,7 +152,7 @@ def train_step(device: torch.device) -> dict[str, object]:
         model = _detector(config, fixture, overrides).train()
         criterion = load_config(config, overrides).build("criterion")
         images = synthetic_scenes(2, 320, 320, seed=1)
-        targets = _targets(2, seed=1)
+        targets = synthetic_targets(2, 80, seed=1)
         cpu_losses, cpu_grads = _step(model, criterion, images, targets, None)
         model, criterion = model.to(device), criterion.to(device)
         gpu_targets = [{k: v.to(device) for k, v in t.items()} for t in targets]

@@ -32,6 +32,7 @@ from torch import nn
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
 from rtdetr_spartan.nn.backbones.spartan_reference import ReferenceStyleSpaRTAN
+from rtdetr_spartan.testing.parity import synthetic_targets
 
 logger = logging.getLogger("train_speed")
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,19 +41,6 @@ DETECTORS = {
     "RT-DETR-SpaRTAN-T": ROOT / "configs/rtdetr/rtdetr_spartan_t_6x_coco.yml",
 }
 Step = Callable[[], None]
-
-
-def synthetic_targets(batch: int, classes: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """1-7 boxes per image, cxcywh normalized."""
-    generator = torch.Generator().manual_seed(seed)
-    targets = []
-    for _ in range(batch):
-        count = int(torch.randint(1, 8, (1,), generator=generator))
-        centres = 0.2 + 0.6 * torch.rand(count, 2, generator=generator)
-        sizes = 0.05 + 0.3 * torch.rand(count, 2, generator=generator)
-        labels = torch.randint(0, classes, (count,), generator=generator)
-        targets.append({"labels": labels, "boxes": torch.cat([centres, sizes], dim=1)})
-    return targets
 
 
 def detector_step(config: Path, size: int, batch: int, compile_blocks: bool) -> tuple[Step, nn.Module]:

@@ -23,17 +23,18 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".m
 RESULTS_NAME = "detections.json"
 
 
-def collect_inputs(source: str | Path) -> list[Path]:
-    """``source`` itself if it is a file, else the images and videos directly inside it, sorted."""
+def collect_inputs(source: str | Path, suffixes: frozenset[str] = IMAGE_SUFFIXES | VIDEO_SUFFIXES) -> list[Path]:
+    """``source`` itself if it is a file, else the files with ``suffixes`` (default: images and
+    videos) directly inside it, sorted."""
     source = Path(source)
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise FileNotFoundError(f"input {source} is neither a file nor a directory")
-    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not found:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-        raise FileNotFoundError(f"no images or videos ({suffixes}) in {source}")
+        kinds = "images or videos" if suffixes & VIDEO_SUFFIXES else "images"
+        raise FileNotFoundError(f"no {kinds} ({', '.join(sorted(suffixes))}) in {source}")
     return found
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "summary_problems",
     "synthetic_scenes",
     "synthetic_state_dict",
+    "synthetic_targets",
 ]
 
 Spec = list[tuple[str, tuple[int, ...], str]]
@@ -89,6 +90,20 @@ def synthetic_scenes(batch: int, height: int, width: int, seed: int = 0) -> torc
             h = stream.integers(8, height // 3)
             images[b, :, y0 : y0 + h, x0 : x0 + w] = stream.random(3)[:, None, None]
     return torch.from_numpy(images).float()
+
+
+def synthetic_targets(batch: int, classes: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Detection targets for ``batch`` images: 1-7 boxes each, ``boxes`` [n, 4] cxcywh
+    normalized, ``labels`` [n] in [0, classes)."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = []
+    for _ in range(batch):
+        count = int(torch.randint(1, 8, (1,), generator=generator))
+        centres = 0.2 + 0.6 * torch.rand(count, 2, generator=generator)
+        sizes = 0.05 + 0.3 * torch.rand(count, 2, generator=generator)
+        labels = torch.randint(0, classes, (count,), generator=generator)
+        targets.append({"labels": labels, "boxes": torch.cat([centres, sizes], dim=1)})
+    return targets
 
 
 def state_dict_spec(module: torch.nn.Module) -> Spec:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from rtdetr_spartan.core import YAMLConfig, create
 from rtdetr_spartan.deploy.draw import draw_detections
-from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES
+from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES, collect_inputs
 from rtdetr_spartan.deploy.metadata import categories_from_config, input_size_from_config
 from rtdetr_spartan.deploy.runtime import preprocess
 from rtdetr_spartan.deploy.types import Detection
@@ -30,15 +30,7 @@ logger = logging.getLogger(__name__)
 
 def collect_images(source: str | Path) -> list[Path]:
     """``source`` if it is an image file, else the images directly inside it, sorted."""
-    source = Path(source)
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"input {source} is neither a file nor a directory")
-    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
-    return found
+    return collect_inputs(source, IMAGE_SUFFIXES)
 
 
 def classifier_transform(cfg: YAMLConfig) -> Any:
