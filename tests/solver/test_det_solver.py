@@ -261,6 +261,7 @@ def test_overwrite_replaces_the_earlier_run(shapes: Path, tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # a training run
 def test_auto_resume_starts_fresh_then_continues(shapes: Path, tmp_path: Path) -> None:
     first = DetSolver(tiny_cfg(shapes, tmp_path, resume="auto", epochs=1))
     assert first.fit()["epoch"] == 0 and first.last_epoch == 0

@@ -96,6 +96,7 @@ def test_detection_config_is_refused() -> None:
         main(["-c", str(TINY_SPARTAN_CONFIG)])
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_and_logs(pretrained: Path) -> None:
     names = sorted(p.name for p in pretrained.iterdir())
     assert names == ["best.pth", "last.pth", "log.txt", "summary", "train.log"]

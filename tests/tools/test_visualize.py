@@ -47,6 +47,7 @@ def test_classifier_cams_to_png_and_tensorboard(classifier: dict[str, Path], tmp
     assert sorted(events.Tags()["images"]) == ["cam/im0", "cam/im1"]
 
 
+@pytest.mark.slow
 def test_default_layers_and_methods(classifier: dict[str, Path], tmp_path: Path) -> None:
     image = classifier["images"] / "im1.png"
     for method in ("gradcam++", "eigencam"):
@@ -65,6 +66,7 @@ def test_bad_names_and_classes_are_errors(classifier: dict[str, Path], tmp_path:
         main(["-c", str(CLS_CONFIG), "-i", str(tmp_path), "-o", str(tmp_path / "o")])
 
 
+@pytest.mark.slow
 def test_detector_cam_and_feature_grids(tmp_path: Path) -> None:
     make_detection_dataset(tmp_path / "shapes", train=0, val=1, size=160)
     image = tmp_path / "shapes" / "val" / "000000.jpg"

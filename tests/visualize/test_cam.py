@@ -110,6 +110,7 @@ class Recorder(SummaryWriter):
         super().add_image(tag, img_tensor, global_step, walltime, dataformats)
 
 
+@pytest.mark.slow
 def test_cam_logger_every_n_epochs(tmp_path: Path) -> None:
     from rtdetr_spartan.visualize.run import classifier_transform
 
