@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtdetr_spartan.deploy.compare import DetectionAgreement, compare_detections
+from rtdetr_spartan.deploy.compare import DetectionAgreement, compare_detections, paired_differences
 from rtdetr_spartan.deploy.export import DeployModel, ExportResult, export_onnx
 from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config, model_info_from_config
 
@@ -57,3 +57,14 @@ def assert_detections_agree(
     agreement = compare_detections(ref, got, sizes, tolerance, top_fraction=0.0, score_threshold=2.0)
     assert agreement.matched_fraction >= min_fraction, agreement.describe()
     return agreement
+
+
+def min_matched_fraction(
+    ref: tuple[np.ndarray, np.ndarray, np.ndarray],
+    got: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sizes: np.ndarray,
+    tolerance: float = 1e-3,
+) -> float:
+    """Smallest per-image share of ``ref``'s detections whose one-to-one partner in ``got`` lies
+    within ``tolerance`` (``deploy.compare.paired_differences``)."""
+    return float((paired_differences(ref, got, sizes) <= tolerance).mean(axis=1).min())

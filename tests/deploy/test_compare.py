@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtdetr_spartan.deploy.compare import compare_detections, detection_difference
+from rtdetr_spartan.deploy.compare import compare_detections, detection_difference, paired_differences
 
 
 def _detections(seed: int, batch: int = 2, k: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,6 +28,16 @@ def test_reordered_near_ties_are_matched() -> None:
     order = [1, 0, 2, 3, 5, 4]
     got = tuple(a[:, order] for a in ref)
     assert detection_difference(ref, got, SIZES) == 0.0
+
+
+def test_paired_differences_per_detection_in_score_order() -> None:
+    ref = _detections(1)
+    got = tuple(a[:, [1, 0, 2, 3, 5, 4]].copy() for a in ref)
+    got[2][0, 5] += 0.004  # image 0: its 5th detection (score rank 4) moves by 0.004
+    diffs = paired_differences(ref, got, SIZES)
+    assert diffs.shape == (2, 6)
+    np.testing.assert_allclose(diffs[0], [0, 0, 0, 0, 0.004, 0], atol=1e-6)
+    assert np.all(diffs[1] == 0.0)
 
 
 def test_box_error_is_relative_to_image_size() -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtdetr_spartan.deploy.compare import paired_differences
 from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor, openvino_bf16_supported, openvino_config
 from rtdetr_spartan.deploy.runtime import OnnxPredictor
-from tests.deploy.deploy_utils import R18_CONFIG, export_config
-from tests.deploy.matching import matched_costs, matched_fraction
+from tests.deploy.deploy_utils import R18_CONFIG, export_config, min_matched_fraction
 
 pytestmark = pytest.mark.slow  # every test here exports a full detector to ONNX
 
@@ -42,8 +42,8 @@ def test_openvino_matches_onnxruntime_with_batch_chunks(exported: Path, threads:
     got = predictor.run(images, sizes)
     ref = OnnxPredictor(exported, threads=threads).run(images, sizes)
     assert got[0].dtype == np.int64 and got[1].shape == (3, 300, 4) and got[2].shape == (3, 300)
-    assert matched_fraction(ref, got, sizes, 1e-3) >= MIN_MATCHED
-    assert np.median(matched_costs(ref, got, sizes)) <= 1e-5
+    assert min_matched_fraction(ref, got, sizes, 1e-3) >= MIN_MATCHED
+    assert np.median(paired_differences(ref, got, sizes)) <= 1e-5
 
 
 def test_openvino_runs_a_dynamic_size_model_at_another_size(exported: Path) -> None:
@@ -52,7 +52,7 @@ def test_openvino_runs_a_dynamic_size_model_at_another_size(exported: Path) -> N
     assert predictor.input_size == size
     images, sizes = _inputs(size, 2, seed=1)
     ref = OnnxPredictor(exported, input_size=size).run(images, sizes)
-    assert matched_fraction(ref, predictor.run(images, sizes), sizes, 1e-3) >= MIN_MATCHED
+    assert min_matched_fraction(ref, predictor.run(images, sizes), sizes, 1e-3) >= MIN_MATCHED
 
 
 def test_another_graph_is_not_matched(exported: Path, tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_another_graph_is_not_matched(exported: Path, tmp_path: Path) -> None:
     export_config(R18_CONFIG, (), other, SIZE, dynamic_batch=False, dynamic_size=True, seed=1)
     images, sizes = _inputs((SIZE, SIZE), 1)
     ref = OnnxPredictor(exported).run(images, sizes)
-    assert matched_fraction(ref, OpenVinoPredictor(other).run(images, sizes), sizes, 1e-3) < 0.5
+    assert min_matched_fraction(ref, OpenVinoPredictor(other).run(images, sizes), sizes, 1e-3) < 0.5
 
 
 def test_saved_ir_keeps_metadata_and_outputs(exported: Path, tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_saved_ir_keeps_metadata_and_outputs(exported: Path, tmp_path: Path) -> 
     assert from_ir.info.to_metadata() == from_onnx.info.to_metadata()
     assert from_ir.info.dynamic_size and from_ir._fixed_batch == 1
     images, sizes = _inputs((SIZE, SIZE), 2, seed=2)
-    assert matched_fraction(from_onnx.run(images, sizes), from_ir.run(images, sizes), sizes, 1e-6) == 1.0
+    assert min_matched_fraction(from_onnx.run(images, sizes), from_ir.run(images, sizes), sizes, 1e-6) == 1.0
 
 
 def test_ir_without_metadata_is_rejected(exported: Path, tmp_path: Path) -> None:
@@ -116,4 +116,4 @@ def test_static_size_model_rejects_another_size(tmp_path: Path) -> None:
     assert predictor._fixed_batch is None
     images, sizes = _inputs((SIZE, SIZE), 3, seed=3)
     ref = OnnxPredictor(path).run(images, sizes)
-    assert matched_fraction(ref, predictor.run(images, sizes), sizes, 1e-3) >= MIN_MATCHED
+    assert min_matched_fraction(ref, predictor.run(images, sizes), sizes, 1e-3) >= MIN_MATCHED
