@@ -4,12 +4,21 @@ classifier against the reference formulation of the same weights, in one interle
     python benchmarks/train_speed.py --threads 2 --rounds 15
 
 A step is forward + criterion (detectors: the config's SetCriterion on synthetic targets;
-classifier: cross-entropy) + backward + AdamW. Detectors: 320 x 320, batch 4; classifier:
-224 x 224, batch 16. The models alternate step by step, so slow phases of a shared machine hit
-each alike; the summary gives the median and the fastest step of each, the median process CPU
-time, and their ratios. On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE`` (set before
-Python starts; spinning OpenMP threads otherwise wait for descheduled siblings) and compare CPU
-times, the steadier measure there.
+classifier: cross-entropy) + backward + AdamW. Detectors: 320 x 320, batch 4, with the config's
+optimizer as training builds it (parameter groups, fused AdamW); classifier: 224 x 224, batch
+16, fused AdamW for both. As in training on the CPU, freed tensor memory is kept for reuse
+(``misc.allocator``; ``--no-malloc-tuning`` measures glibc's defaults). Each pair (the two
+detectors, then the two classifiers) alternates step by step, so slow phases of a shared machine
+hit both alike; the summary gives the median and the fastest step of each, the median process
+CPU time, and their ratios. (Interleaving all four models made the detectors' steps share the
+allocator and caches with the classifiers' 16-image batches, which shifted the detector ratio
+by up to 0.04 from run to run.)
+
+Run it on an idle machine with OpenMP's default wait policy. ``OMP_WAIT_POLICY=PASSIVE`` (which
+keeps a loaded machine's descheduled threads from spinning) puts the worker threads to sleep
+after every parallel region; waking them costs tens of microseconds per op, which penalises
+SpaRTAN's many small ops far more than ResNet's large convs (forward and backward of a SpaRTAN-T
+third-stage block, 128 channels at 20 x 20, batch 4: 29.5 ms passive, 22.5 ms default).
 Memory: the bytes autograd saves for backward in one step (distinct storages), the part of
 peak training memory that depends on the model's formulation. The last stdout line is JSON.
 """
@@ -28,10 +37,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from rtdetr_spartan.deploy.from_config import load_config
+from rtdetr_spartan.misc.allocator import retain_freed_memory
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
 from rtdetr_spartan.nn.backbones.spartan_reference import ReferenceStyleSpaRTAN
+from rtdetr_spartan.solver.optimization import build_optimizer
 from rtdetr_spartan.testing.parity import synthetic_targets
 
 logger = logging.getLogger("train_speed")
@@ -50,7 +62,7 @@ def detector_step(config: Path, size: int, batch: int, compile_blocks: bool) -> 
         from rtdetr_spartan.nn.compile import compile_regional
 
         compile_regional(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    optimizer = build_optimizer(cfg, model, DataLoader([], batch_size=batch))
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     targets = synthetic_targets(batch, 80, seed=1)
 
@@ -81,7 +93,7 @@ def classifier_step(reference: bool, size: int, batch: int) -> tuple[Step, nn.Mo
     model: nn.Module = SpaRTANClassifier().train()
     if reference:
         model = ReferenceFormulationClassifier(model)  # type: ignore[arg-type]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1))
 
@@ -108,6 +120,25 @@ def saved_bytes(step: Step) -> int:
     return sum(storages.values())
 
 
+def interleaved(
+    steps: dict[str, Step], rounds: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process CPU seconds of each step, the steps alternating round after round."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds):
+        for name, step in steps.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step()
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+        logger.info("round %d/%d: %s", round_index + 1, rounds, {n: round(t[-1], 3) for n, t in times.items()})
+    return times, cpu
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -115,6 +146,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="regional compilation of the detectors' blocks")
     parser.add_argument("--skip-classifier", action="store_true")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's allocator defaults")
     parser.add_argument("--skip-detector", action="store_true")
     return parser
 
@@ -124,28 +156,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("rtdetr_spartan").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    steps: dict[str, Step] = {}
+    malloc_tuning = not args.no_malloc_tuning and retain_freed_memory()
+    phases: list[dict[str, Step]] = []
     if not args.skip_detector:
-        for name, config in DETECTORS.items():
-            steps[name] = detector_step(config, 320, 4, args.compile)[0]
+        phases.append({name: detector_step(config, 320, 4, args.compile)[0] for name, config in DETECTORS.items()})
     if not args.skip_classifier:
-        steps["SpaRTAN-T classifier"] = classifier_step(False, 224, 16)[0]
-        steps["SpaRTAN-T classifier, reference formulation"] = classifier_step(True, 224, 16)[0]
-    memory = {name: saved_bytes(step) / 2**20 for name, step in steps.items()}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
+        phases.append(
+            {
+                "SpaRTAN-T classifier": classifier_step(False, 224, 16)[0],
+                "SpaRTAN-T classifier, reference formulation": classifier_step(True, 224, 16)[0],
+            }
+        )
     load = os.getloadavg()[0]
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(args.rounds):
-        for name, step in steps.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            step()
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-        logger.info("round %d/%d: %s", round_index + 1, args.rounds, {n: round(t[-1], 3) for n, t in times.items()})
-    result: dict[str, object] = {"threads": args.threads, "load_average_before": load, "compile": args.compile}
+    memory: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for steps in phases:
+        memory.update({name: saved_bytes(step) / 2**20 for name, step in steps.items()})
+        phase_times, phase_cpu = interleaved(steps, args.rounds, args.warmup)
+        times.update(phase_times)
+        cpu.update(phase_cpu)
+    result: dict[str, object] = {
+        "threads": args.threads,
+        "load_average_before": load,
+        "compile": args.compile,
+        "malloc_tuning": malloc_tuning,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+    }
     for name, values in times.items():
         result[name] = {
             "median_s": round(statistics.median(values), 4),

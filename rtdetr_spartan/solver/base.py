@@ -39,6 +39,7 @@ import rtdetr_spartan
 from rtdetr_spartan.core import ConfigError, YAMLConfig, create
 from rtdetr_spartan.data.dataloader import set_epoch
 from rtdetr_spartan.misc import dist
+from rtdetr_spartan.misc.allocator import retain_freed_memory
 from rtdetr_spartan.misc.checkpoint import (
     extract_state_dict,
     load_checkpoint,
@@ -321,6 +322,8 @@ class BaseSolver:
         resume = self._resume_source(training=True)
         if self.is_main:
             remove_stale_temp_files(self.output_dir)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # no zero-filled pages for each step's activations
         base = self._build_eval_state()
         train_loader = prepare_train_loader(self.cfg.train_dataloader, self.seed)
         optimizer = build_optimizer(self.cfg, base.module, train_loader)

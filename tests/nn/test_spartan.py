@@ -18,7 +18,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rtdetr_spartan.core import lookup
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_layers import CMixer, DropPath, SMixer, fold_rotation, peak_mix, rotate_pairs
+from rtdetr_spartan.nn.backbones.spartan_layers import (
+    Block,
+    CMixer,
+    DropPath,
+    SMixer,
+    fold_rotation,
+    gated_projection,
+    peak_mix,
+    project,
+    rotate_pairs,
+)
 from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
 from tests.nn.spartan_helpers import randomize
@@ -79,12 +89,13 @@ MODES = ["train", "eval"]
     ids=["depthwise", "pair_per_group", "odd_groups", "even_groups"],
 )
 @pytest.mark.parametrize("mode", MODES)
-def test_cmixer_matches_reference(mode: str, grouped: bool, ratio: int) -> None:
+@pytest.mark.parametrize("size", [(13, 11), (3, 2)], ids=["gated_weights", "gated_activations"])
+def test_cmixer_matches_reference(mode: str, grouped: bool, ratio: int, size: tuple[int, int]) -> None:
     mixer = randomize(CMixer(16, ratio, grouped), seed=2)
     reference = copy.deepcopy(mixer)
     mixer.train(mode == "train")
     reference.train(mode == "train")
-    x = torch.randn(2, 16, 13, 11, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, 16, *size, generator=torch.Generator().manual_seed(3))
     x = x.contiguous(memory_format=torch.channels_last)
     scale = torch.rand(1, 16, 1, 1) + 0.5
     got = mixer(x, scale)
@@ -95,16 +106,57 @@ def test_cmixer_matches_reference(mode: str, grouped: bool, ratio: int) -> None:
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["dense", "depthwise"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_smixer_matches_reference(mode: str, grouped: bool) -> None:
+@pytest.mark.parametrize("size", [(10, 12), (4, 3)], ids=["gated_weights", "gated_activations"])
+def test_smixer_matches_reference(mode: str, grouped: bool, size: tuple[int, int]) -> None:
     mixer = randomize(SMixer(16, grouped), seed=4)
     reference = copy.deepcopy(mixer)
     mixer.train(mode == "train")
     reference.train(mode == "train")
-    x = torch.randn(2, 16, 10, 12, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(2, 16, *size, generator=torch.Generator().manual_seed(5))
     scale = torch.rand(1, 16, 1, 1) + 0.5
     got = mixer(x.contiguous(memory_format=torch.channels_last), scale)
     torch.testing.assert_close(got, scale * smixer_forward(reference, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mixer.state_dict(), reference.state_dict())
+
+
+@pytest.mark.parametrize("size", [(5, 4), (2, 3)], ids=["gated_weights", "gated_activations"])
+def test_projection_folds_gate_layer_scale_and_drop_path(size: tuple[int, int]) -> None:
+    """``project`` against the plain composition, values and gradients (float64)."""
+    gen = torch.Generator().manual_seed(6)
+    proj = nn.Conv2d(6, 5, 1).double()
+    t = torch.randn(3, *size, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    gate = torch.rand(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    layer_scale = torch.rand(1, 5, 1, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    sample_scale = torch.tensor([0.0, 1.25, 1.25], dtype=torch.float64)
+    got = project(t, proj, gate, layer_scale, sample_scale)
+    plain = proj((t * gate[:, None, None]).permute(0, 3, 1, 2)) * layer_scale * sample_scale[:, None, None, None]
+    torch.testing.assert_close(got, plain)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    weight, bias = proj.weight.detach().flatten(1), proj.bias.detach()
+    assert torch.autograd.gradcheck(gated_projection, (t, weight.requires_grad_(True), bias, gate))
+    assert torch.autograd.gradcheck(
+        lambda t, gate, layer_scale: project(t, proj, gate, layer_scale, sample_scale), (t, gate, layer_scale)
+    )
+
+
+def test_block_drop_path_is_a_per_sample_factor_on_each_branch() -> None:
+    """In training a block's output equals x + f1 * scale_1 * SMixer(GN(x)), then the same with
+    f2 and the CMixer, for the per-sample factors its two DropPaths draw (0 or 1 / keep)."""
+    block = randomize(Block(16, 2, True, drop_path=0.5), seed=7).train()
+    x = torch.randn(8, 16, 6, 5, generator=torch.Generator().manual_seed(8)).contiguous(
+        memory_format=torch.channels_last
+    )
+    torch.manual_seed(9)
+    got = block(x)
+    torch.manual_seed(9)
+    f1 = block.drop_path_1.factors(8, x)
+    assert f1 is not None and set(f1.tolist()) == {0.0, 2.0}  # both outcomes occur for this seed
+    y = x + f1[:, None, None, None] * block.smixer(block.norm_1(x), block.scale_1)
+    f2 = block.drop_path_2.factors(8, x)
+    assert f2 is not None
+    expected = y + f2[:, None, None, None] * block.cmixer(block.norm_2(y), block.scale_2)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert block.eval().drop_path_1.factors(8, x) is None
 
 
 # ---- reference state dicts and outputs --------------------------------------------------------

@@ -37,6 +37,7 @@ from rtdetr_spartan.nn.backbones.spartan_layers import (
     SqueezeExcite,
     conv_bias,
     fold_rotation,
+    gated_projection,
     maps,
     tokens,
 )
@@ -113,13 +114,6 @@ def _buffers(module: nn.Module, **tensors: torch.Tensor | None) -> None:
         module.register_buffer(name, None if tensor is None else tensor.detach().clone())
 
 
-def _gated_projection(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """t: [B, H, W, E]; weight [C, E] (scale folded in); bias [C]; gate [B, E] -> [B, C, H, W]."""
-    h, w = t.shape[1:3]
-    out = torch.baddbmm(bias, t.flatten(1, 2), (weight[None] * gate[:, None, :]).transpose(1, 2))
-    return maps(out.unflatten(1, (h, w)))
-
-
 class SqueezeGate(nn.Module):
     """Squeeze-excite as two linear layers on pooled means: sigmoid(w2 relu(w1 p + b1) + b2)."""
 
@@ -181,7 +175,7 @@ class InferenceSMixer(nn.Module):
         shift = torch.addcmul(self.proj_in_bias, y.mean((1, 2), keepdim=True), -self.gamma)
         y = maps(torch.addcmul(shift, y, 1.0 + self.gamma))
         both = torch.cat((tokens(self.h_conv(y)), tokens(self.l_conv(y))), dim=-1)
-        return _gated_projection(both, self.proj_out, self.proj_out_bias, self.gate(both.mean((1, 2))))
+        return gated_projection(both, self.proj_out, self.proj_out_bias, self.gate(both.mean((1, 2))))
 
 
 def planar_order(channels: int) -> torch.Tensor:
@@ -322,7 +316,7 @@ class InferenceCMixer(nn.Module):
         else:
             pooled = torch.stack([tile.sum((1, 2)) for tile in tiles]).sum(0) / (h * t.shape[2])
         gate = self.gate(pooled)
-        out = [_gated_projection(tile, self.proj_out, self.proj_out_bias, gate) for tile in tiles]
+        out = [gated_projection(tile, self.proj_out, self.proj_out_bias, gate) for tile in tiles]
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 

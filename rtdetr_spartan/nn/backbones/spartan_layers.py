@@ -8,12 +8,19 @@ explicit conversions that return new modules: ``spartan_inference.convert_for_in
 graph). Nothing here looks at global state.
 
 Two choices keep the reference's math but not its ops (both exact up to float rounding):
-  * the CMixer's complex channel rotation is real arithmetic on (re, im) channel pairs
-    (``rotate_pairs``), or folded into the grouped 3x3 conv where its groups hold whole pairs
-    (``fold_rotation``): no complex dtype, so autocast and export need no special case;
+  * the CMixer's complex channel rotation is a product of complex views of real (re, im)
+    channel pairs (``rotate_pairs``), or folded into the grouped 3x3 conv where its groups hold
+    whole pairs (``fold_rotation``): parameters and module outputs stay real, so autocast needs
+    no special case (the ONNX form, ``spartan_export``, rotates in real arithmetic);
   * the mixers compute in channels_last memory on "token" views [B, H, W, C] (free permutes),
-    so the 1x1 convs are matrix products, and each mixer's squeeze-excite gate and the block's
-    layer scale are folded into its output projection (one pass over the activations fewer).
+    so the 1x1 convs are matrix products, and each mixer's squeeze-excite gate, the block's
+    layer scale and its drop path are folded into its output projection (``project``): passes
+    over the activations fewer.
+
+Training cost drove the rest (``benchmarks/train_speed.py``; README, "SpaRTAN: conversions,
+training speed, compilation"): the CMixer's per-pixel part is one autograd function
+(``peak_mix``) with a hand-written backward, spatial means are sums whose backward broadcasts
+a view, and the projection gates whichever of weights and activations is smaller.
 """
 
 from __future__ import annotations
@@ -35,10 +42,13 @@ __all__ = [
     "SMixer",
     "SqueezeExcite",
     "fold_rotation",
+    "gated_projection",
     "rotate_pairs",
+    "spatial_mean",
     "tokens",
     "maps",
     "peak_mix",
+    "project",
 ]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
@@ -57,13 +67,26 @@ def maps(t: torch.Tensor) -> torch.Tensor:
 
 def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Multiply the channel pairs (2k, 2k+1) of the last dim, read as complex numbers re + i im,
-    by ``rotation[k]`` = (re_k, im_k), in real arithmetic.
+    by ``rotation[k]`` = (re_k, im_k): one complex product per pair.
 
     x: [..., E]; rotation: [E/2, 2] -> [..., E] with
     out[2k] = re_k x[2k] - im_k x[2k+1] and out[2k+1] = im_k x[2k] + re_k x[2k+1].
+    The arithmetic runs in float32 (float64 for float64 input) and returns x's dtype.
     """
-    same, cross = _pair_factors(rotation, x.dtype)
-    return torch.addcmul(x * same, _swap_pairs(x), cross)
+    return _real_pairs(_complex_pairs(x) * _complex_pairs(rotation.flatten()), x.dtype)
+
+
+def _complex_pairs(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., E] real -> [..., E/2] complex view of its channel pairs (a copy only when x is
+    not contiguous or is a half type, which has no complex CPU arithmetic)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))
+
+
+def _real_pairs(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """z: [..., E/2] complex -> [..., E] real channel pairs (re, im) in ``dtype``."""
+    return torch.view_as_real(z).flatten(-2).to(dtype)
 
 
 def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -85,84 +108,113 @@ def conv_bias(conv: nn.Conv2d) -> torch.Tensor:
     return conv.bias
 
 
-def project(t: torch.Tensor, proj: nn.Conv2d, gate: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
-    """out_scale * proj(t * gate): a 1x1 conv after a squeeze-excite gate, both folded into one
-    batched matrix product.
+def spatial_mean(t: torch.Tensor) -> torch.Tensor:
+    """t: [B, H, W, C] tokens -> [B, C], the mean over H and W.
 
-    t: [B, H, W, E] tokens; gate: [B, E]; out_scale: [1, C, 1, 1] -> [B, C, H, W] channels_last.
+    A sum and a scale: its backward broadcasts the gradient as a view, where ``mean``'s divides
+    and so writes a full-size map (one pass over the activations fewer per squeeze-excite).
     """
-    scale = out_scale.view(-1)
-    weight = (proj.weight.flatten(1) * scale[:, None])[None] * gate[:, None, :]  # [B, C, E]
-    h, w = t.shape[1:3]
-    out = torch.baddbmm(conv_bias(proj) * scale, t.flatten(1, 2), weight.transpose(1, 2))
+    return t.sum((1, 2)) * (1.0 / (t.shape[1] * t.shape[2]))
+
+
+def gated_projection(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv after a squeeze-excite gate, proj(t * gate), as one (batched) matrix product.
+
+    t: [B, H, W, E] tokens; weight: [C, E]; bias: [C] or [B, C]; gate: [B, E] -> [B, C, H, W]
+    channels_last. The gate scales the smaller operand: the weights per sample ([B, C, E]) on
+    large maps, saving a pass over the activations, and the activations on maps of fewer than
+    2C pixels. (Forward and backward of the last-stage CMixer projection of the SpaRTAN-T
+    classifier, 16 x 7 x 7 pixels, 512 -> 256 channels: 16 ms with per-sample weights, 4 ms
+    with gated activations; of the first-stage one, 4 x 80 x 80 pixels, 128 -> 32: 7 vs 13 ms.)
+    """
+    b, h, w, _ = t.shape
+    flat, bias = t.flatten(1, 2), bias.expand(b, -1)[:, None]  # [B, HW, E], [B, 1, C]
+    if h * w < 2 * weight.shape[0]:
+        out = F.linear(flat * gate[:, None], weight) + bias
+    else:
+        out = torch.baddbmm(bias, flat, (weight[None] * gate[:, None, :]).transpose(1, 2))
     return maps(out.unflatten(1, (h, w)))
 
 
-def _swap_pairs(x: torch.Tensor) -> torch.Tensor:
-    """x: [..., E] -> the same with the channels of each pair (2k, 2k+1) exchanged."""
-    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+def project(
+    t: torch.Tensor,
+    proj: nn.Conv2d,
+    gate: torch.Tensor,
+    layer_scale: torch.Tensor,
+    sample_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """sample_scale * layer_scale * proj(t * gate), folded into one ``gated_projection``: the
+    layer scale into the weights, the per-sample drop-path factors into the gate.
 
-
-def _pair_factors(rotation: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rotate_pairs``' per-channel factors: (re_0, re_0, re_1, ...), (-im_0, im_0, -im_1, ...)."""
-    same = rotation[:, 0].repeat_interleave(2)
-    cross = torch.stack((-rotation[:, 1], rotation[:, 1]), dim=1).flatten()
-    return same.to(dtype), cross.to(dtype)
+    t: [B, H, W, E] tokens; gate: [B, E]; layer_scale: [1, C, 1, 1]; sample_scale: [B] or None
+    -> [B, C, H, W] channels_last.
+    """
+    scale = layer_scale.flatten()
+    weight, bias = proj.weight.flatten(1) * scale[:, None], conv_bias(proj) * scale
+    if sample_scale is not None:
+        gate, bias = gate * sample_scale[:, None], bias * sample_scale[:, None]
+    return gated_projection(t, weight, bias, gate)
 
 
 class _PeakMix(torch.autograd.Function):
-    """The CMixer's per-pixel part, optionally with the rotation, whose backward recomputes the
-    GELUs and the unrotated product instead of keeping them (``peak_mix`` gives the math)."""
+    """The CMixer's per-pixel part, optionally with the rotation (``peak_mix`` gives the math).
+
+    theta and w come from two 1x1 convs on the channels_last map (oneDNN's kernel is faster
+    than a matrix product for so few input channels) and stay separate contiguous maps
+    (elementwise kernels on a strided half of one map run up to 2x slower on the CPU). The
+    backward keeps gelu(theta) (and the unrotated product) from the forward, writes the
+    gradients of theta and w directly instead of autograd's zero-filled slice and gather
+    gradients, gets each weight and bias gradient from one matrix product, and rotates by one
+    complex product per pass.
+    """
 
     @staticmethod
     def forward(
         ctx: Any, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rotation: torch.Tensor | None
     ) -> torch.Tensor:
-        both = F.linear(t, weight, bias)  # [..., 2E]: theta, then w
-        e = both.shape[-1] // 2
+        e = weight.shape[0] // 2
+        x = maps(t)
+        theta = tokens(F.conv2d(x, weight[:e, :, None, None], bias[:e]))  # [B, H, W, E]
+        w = tokens(F.conv2d(x, weight[e:, :, None, None], bias[e:]))
         index = t.max(dim=-1, keepdim=True).indices  # argmax's first maximum, faster on CPU
-        peak = both.gather(-1, torch.cat((index, index + e), dim=-1))  # theta[m], w[m]
-        ctx.save_for_backward(t, weight, both, index, rotation)
-        feat = torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
+        theta_m, w_m = theta.gather(-1, index), w.gather(-1, index)  # [B, H, W, 1]
+        gelu_theta, gelu_theta_m = F.gelu(theta), F.gelu(theta_m)
+        feat = torch.addcmul(gelu_theta_m * w_m, gelu_theta, w)
+        peak = (index, theta_m, w_m, gelu_theta_m)
         if rotation is None:
+            ctx.save_for_backward(t, weight, theta, w, gelu_theta, *peak, None, None)
             return feat
-        same, cross = _pair_factors(rotation, feat.dtype)
-        return torch.addcmul(feat * same, _swap_pairs(feat), cross)
+        ctx.save_for_backward(t, weight, theta, w, gelu_theta, *peak, rotation, feat)
+        return rotate_pairs(feat, rotation)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        t, weight, both, index, rotation = ctx.saved_tensors
-        e = both.shape[-1] // 2
-        theta, w = both[..., :e], both[..., e:]
-        grad = grad.to(both.dtype)
-        gelu_theta = F.gelu(theta)
-        theta_m, w_m = theta.gather(-1, index), w.gather(-1, index)
-        gelu_theta_m = F.gelu(theta_m)
+        t, weight, theta, w, gelu_theta, index, theta_m, w_m, gelu_theta_m, rotation, feat = ctx.saved_tensors
         grad_rotation = None
         if rotation is not None:
-            same, cross = _pair_factors(rotation, grad.dtype)
-            if ctx.needs_input_grad[3]:
-                feat = torch.addcmul(gelu_theta_m * w_m, gelu_theta, w)
-                d_same = (grad * feat).flatten(0, -2).sum(0).view(-1, 2).sum(1)  # per pair: d re
-                d_cross = (grad * _swap_pairs(feat)).flatten(0, -2).sum(0).view(-1, 2)  # d (-im), d im
-                grad_rotation = torch.stack((d_same, d_cross[:, 1] - d_cross[:, 0]), dim=1).to(rotation.dtype)
-            grad = torch.addcmul(grad * same, _swap_pairs(grad), _swap_pairs(cross))
+            grad_pairs = _complex_pairs(grad)
+            if ctx.needs_input_grad[3]:  # d rotation[k] = sum over pixels of grad_k * conj(feat_k)
+                pairs = torch.linalg.vecdot(_complex_pairs(feat).flatten(0, -2), grad_pairs.flatten(0, -2), dim=0)
+                grad_rotation = torch.view_as_real(pairs).to(rotation.dtype)
+            grad = _real_pairs(grad_pairs * _complex_pairs(rotation.flatten()).conj(), theta.dtype)
+        else:
+            grad = grad.to(theta.dtype)
         g_theta = torch.ops.aten.gelu_backward(grad * w, theta)
         g_w = grad * gelu_theta
         # the peak term, equal on all channels, adds to channel m of theta and w
         total = grad.sum(-1, keepdim=True)
         g_theta.scatter_add_(-1, index, torch.ops.aten.gelu_backward(total * w_m, theta_m))
         g_w.scatter_add_(-1, index, total * gelu_theta_m)
+        g_theta, g_w = g_theta.flatten(0, -2), g_w.flatten(0, -2)  # [N, E]
         grad_t = grad_weight = grad_bias = None
-        w_theta, w_w = weight.to(both.dtype).split(e)
         if ctx.needs_input_grad[0]:
-            grad_t = (g_theta @ w_theta + g_w @ w_w).to(t.dtype)
-        if ctx.needs_input_grad[1]:
-            rows = t.to(both.dtype).flatten(0, -2)
-            grad_weight = torch.cat((g_theta.flatten(0, -2).t() @ rows, g_w.flatten(0, -2).t() @ rows))
-            grad_weight = grad_weight.to(weight.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_bias = torch.cat((g_theta.flatten(0, -2).sum(0), g_w.flatten(0, -2).sum(0))).to(weight.dtype)
+            w_theta, w_w = weight.to(theta.dtype).chunk(2)
+            grad_t = torch.addmm(g_theta @ w_theta, g_w, w_w).view(t.shape).to(t.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            rows = t.to(theta.dtype).flatten(0, -2)
+            rows = torch.cat((rows, rows.new_ones(rows.shape[0], 1)), dim=1)  # the ones column gives d bias
+            both = torch.cat((g_theta.t() @ rows, g_w.t() @ rows)).to(weight.dtype)  # [2E, C + 1]
+            grad_weight, grad_bias = both[:, :-1], both[:, -1]
         return grad_t, grad_weight, grad_bias, grad_rotation
 
 
@@ -174,9 +226,9 @@ def peak_mix(
     ``rotate_pairs`` by ``rotation``.
 
     t: [B, H, W, C]; weight: [2E, C] (theta rows, then w rows); bias: [2E]; rotation: [E/2, 2]
-    -> [B, H, W, E]. Its backward (``_PeakMix``) recomputes the GELUs and the unrotated product,
-    and writes the gradients of theta and w without the zero-filled slice and gather gradients
-    that autograd would build and add: less time and memory in training.
+    -> [B, H, W, E]. Its backward (``_PeakMix``) keeps gelu(theta) (and the unrotated product)
+    from the forward and writes the gradients of theta and w without the zero-filled slice and
+    gather gradients that autograd would build and add.
     """
     return _PeakMix.apply(t, weight, bias, rotation)
 
@@ -251,15 +303,18 @@ class SMixer(nn.Module):
         self.l_attn = SqueezeExcite(half, half // 4)
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, H, W] channels_last -> out_scale [1, C, 1, 1] * SMixer(x): [B, C, H, W]."""
+    def forward(
+        self, x: torch.Tensor, layer_scale: torch.Tensor, sample_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: [B, C, H, W] channels_last -> sample_scale [B] * layer_scale [1, C, 1, 1] * SMixer(x):
+        [B, C, H, W]."""
         y = F.linear(tokens(x), self.proj_in.weight.flatten(1), self.proj_in.bias)  # [B, H, W, C/2]
         gamma = self.gamma.view(-1)
         # y + gamma (y - mean y) == (1 + gamma) y - gamma mean y: one pass
-        y = maps(torch.addcmul(-gamma * y.mean((1, 2), keepdim=True), y, 1.0 + gamma))
+        y = maps(torch.addcmul(-gamma * spatial_mean(y)[:, None, None], y, 1.0 + gamma))
         short, long = tokens(self.h_conv(y)), tokens(self.l_conv(y))
-        gate = torch.cat((self.h_attn.gate(short.mean((1, 2))), self.l_attn.gate(long.mean((1, 2)))), dim=1)
-        return project(torch.cat((short, long), dim=-1), self.proj_out, gate, out_scale)
+        gate = torch.cat((self.h_attn.gate(spatial_mean(short)), self.l_attn.gate(spatial_mean(long))), dim=1)
+        return project(torch.cat((short, long), dim=-1), self.proj_out, gate, layer_scale, sample_scale)
 
 
 class CMixer(nn.Module):
@@ -283,8 +338,11 @@ class CMixer(nn.Module):
         self.attn = SqueezeExcite(neck, dim // 4)
         self.proj_out = nn.Conv2d(neck, dim, 1)
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, H, W] channels_last -> out_scale [1, C, 1, 1] * CMixer(x): [B, C, H, W]."""
+    def forward(
+        self, x: torch.Tensor, layer_scale: torch.Tensor, sample_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: [B, C, H, W] channels_last -> sample_scale [B] * layer_scale [1, C, 1, 1] * CMixer(x):
+        [B, C, H, W]."""
         weight = torch.cat((self.theta.weight, self.proj.weight)).flatten(1)  # theta and w: one linear layer
         bias = torch.cat((conv_bias(self.theta), conv_bias(self.proj)))
         rotation = self.complex.view(-1, 2)
@@ -295,13 +353,15 @@ class CMixer(nn.Module):
         else:  # pairs straddle groups (depthwise conv): rotate the activations
             feat = self.conv(maps(peak_mix(tokens(x), weight, bias, rotation)))
         t = tokens(feat)
-        return project(t, self.proj_out, self.attn.gate(t.mean((1, 2))), out_scale)
+        return project(t, self.proj_out, self.attn.gate(spatial_mean(t)), layer_scale, sample_scale)
 
 
 class DropPath(nn.Module):
     """Stochastic depth per sample ("row" mode of torchvision's StochasticDepth): in training,
     zero a sample's branch with probability ``rate`` and scale the kept ones by 1 / (1 - rate).
 
+    Blocks pass ``factors`` to their mixers, which fold them into their output projection: the
+    drop costs no pass over the activations.
     The rate is a (non-persistent) buffer, not a Python float: compiled code then serves every
     block of a shape, where a float attribute would make torch.compile recompile per block.
     """
@@ -312,13 +372,18 @@ class DropPath(nn.Module):
         super().__init__()
         self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
 
+    def factors(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+        """In training [batch]: 0 for a dropped sample, 1 / (1 - rate) for a kept one; None in eval."""
+        if not self.training:
+            return None
+        keep = 1.0 - self.rate
+        mask = torch.rand(batch, dtype=like.dtype, device=like.device) < keep
+        return (mask / keep).to(like.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, ...] -> the same, with dropped samples zeroed (training only)."""
-        if not self.training:
-            return x
-        keep = 1.0 - self.rate
-        mask = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device) < keep
-        return x * (mask / keep).to(x.dtype)
+        factors = self.factors(x.shape[0], x)
+        return x if factors is None else x * factors.view((-1,) + (1,) * (x.dim() - 1))
 
 
 class Block(nn.Module):
@@ -340,5 +405,6 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> [B, C, H, W] channels_last."""
-        x = x + self.drop_path_1(self.smixer(self.norm_1(x), self.scale_1))
-        return x + self.drop_path_2(self.cmixer(self.norm_2(x), self.scale_2))
+        batch = x.shape[0]
+        x = x + self.smixer(self.norm_1(x), self.scale_1, self.drop_path_1.factors(batch, x))
+        return x + self.cmixer(self.norm_2(x), self.scale_2, self.drop_path_2.factors(batch, x))

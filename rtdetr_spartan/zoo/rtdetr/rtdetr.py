@@ -10,9 +10,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdetr_spartan.core import register
+from rtdetr_spartan.core import ConfigError, register
 
 __all__ = ["RTDETR"]
+
+
+def _check_levels(backbone: nn.Module, encoder: nn.Module) -> None:
+    """The encoder's ``in_channels`` / ``feat_strides`` must be the backbone's ``out_channels`` /
+    ``out_strides`` (when both declare them): a config that changes the backbone (a SpaRTAN
+    variant's widths, PResNet's depth or ``return_idx``) must change the encoder too.
+
+    Raises:
+        ConfigError: naming both settings and the values the backbone needs.
+    """
+    pairs = (("in_channels", "out_channels"), ("feat_strides", "out_strides"))
+    for encoder_key, backbone_key in pairs:
+        want, have = getattr(backbone, backbone_key, None), getattr(encoder, encoder_key, None)
+        if want is not None and have is not None and list(want) != list(have):
+            raise ConfigError(
+                f"{type(encoder).__name__}.{encoder_key}={list(have)} does not match the backbone: "
+                f"{type(backbone).__name__} returns {backbone_key} {list(want)}; set "
+                f"{type(encoder).__name__}.{encoder_key}: {list(want)}"
+            )
 
 
 @register()
@@ -29,6 +48,7 @@ class RTDETR(nn.Module):
         self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module, multi_scale: Sequence[int] | None = None
     ) -> None:
         super().__init__()
+        _check_levels(backbone, encoder)
         # Attribute order is the reference's state-dict order: backbone, decoder, encoder.
         self.backbone = backbone
         self.decoder = decoder

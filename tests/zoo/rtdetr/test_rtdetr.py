@@ -94,3 +94,23 @@ def test_deploy_fuses_and_keeps_outputs() -> None:
     # fusing changes the floats slightly: near-tied queries may be selected in another order
     fraction = matched_fraction(before["pred_logits"], before["pred_boxes"], after["pred_logits"], after["pred_boxes"])
     assert fraction >= 0.95, f"only {fraction:.3f} of the queries reproduced after fusing"
+
+
+def test_encoder_levels_must_match_the_backbone() -> None:
+    """A SpaRTAN variant with other widths needs HybridEncoder.in_channels to follow: the
+    detector refuses the mismatch at build time, naming the setting and the values."""
+    from pathlib import Path
+
+    import pytest
+
+    from rtdetr_spartan.core import ConfigError, YAMLConfig
+
+    config = Path(__file__).resolve().parents[3] / "configs" / "rtdetr" / "rtdetr_spartan_t_6x_coco.yml"
+    wider = {"depths": [1, 1, 1, 1], "widths": [48, 96, 192, 384], "expand_ratios": [4, 4, 2, 2]}
+    with pytest.raises(
+        ConfigError, match=r"HybridEncoder.in_channels=\[64, 128, 256\] does not match .*\[96, 192, 384\]"
+    ):
+        YAMLConfig(config, SpaRTAN={"variant": wider}).build("model")
+    model = YAMLConfig(config, SpaRTAN={"variant": wider}, HybridEncoder={"in_channels": [96, 192, 384]}).build("model")
+    out = model.eval()(torch.rand(1, 3, 160, 160))
+    assert out["pred_logits"].shape[0] == 1
