@@ -360,8 +360,8 @@ class DropPath(nn.Module):
     """Stochastic depth per sample ("row" mode of torchvision's StochasticDepth): in training,
     zero a sample's branch with probability ``rate`` and scale the kept ones by 1 / (1 - rate).
 
-    Blocks pass ``factors`` to their mixers, which fold them into their output projection: the
-    drop costs no pass over the activations.
+    It has no ``forward``: blocks pass ``factors`` to their mixers, which fold them into their
+    output projection, so the drop costs no pass over the activations.
     The rate is a (non-persistent) buffer, not a Python float: compiled code then serves every
     block of a shape, where a float attribute would make torch.compile recompile per block.
     """
@@ -379,11 +379,6 @@ class DropPath(nn.Module):
         keep = 1.0 - self.rate
         mask = torch.rand(batch, dtype=like.dtype, device=like.device) < keep
         return (mask / keep).to(like.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, ...] -> the same, with dropped samples zeroed (training only)."""
-        factors = self.factors(x.shape[0], x)
-        return x if factors is None else x * factors.view((-1,) + (1,) * (x.dim() - 1))
 
 
 class Block(nn.Module):
