@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.meters import MetricLogger
 from rtdetr_spartan.optim.ema import ModelEMA
-from rtdetr_spartan.solver.steps import autocast, backward_and_step, fault_point, progress
+from rtdetr_spartan.solver.steps import (
+    autocast,
+    backward_and_step,
+    check_finite_loss,
+    fault_point,
+    log_iteration,
+    progress,
+)
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -35,16 +42,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _mean_loss(loss: torch.Tensor, epoch: int, iteration: int) -> float:
-    """The loss averaged over ranks; every rank raises together when it is not finite."""
-    value = float(dist.reduce_dict({"loss": loss})["loss"].item())
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"non-finite loss {value} at epoch {epoch}, iteration {iteration} (rank {dist.get_rank()}: {loss.item()})"
-        )
-    return value
 
 
 def train_one_epoch(
@@ -79,7 +76,7 @@ def train_one_epoch(
         with autocast(device, amp_dtype):
             logits = model(images)
         loss = criterion(logits, targets)
-        loss_value = _mean_loss(loss, epoch, iteration)
+        loss_value = check_finite_loss(dist.reduce_dict({"loss": loss}), {"loss": loss}, epoch, iteration)
         lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
         backward_and_step(loss, model, optimizer, scaler, clip_max_norm)
         if ema is not None:
@@ -90,10 +87,7 @@ def train_one_epoch(
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         if print_freq > 0 and (iteration % print_freq == 0 or iteration == total - 1):
-            logger.info("epoch %d [%d/%d] loss %.4f lr %.3e", epoch, iteration + 1, total, loss_value, lr)
-            if writer is not None:
-                writer.add_scalar("Loss/train", loss_value, epoch * total + iteration)
-                writer.add_scalar("Lr/pg_0", lr, epoch * total + iteration)
+            log_iteration(epoch, iteration, total, loss_value, lr, writer, loss_tag="Loss/train")
     meters.synchronize_between_processes()
     stats = meters.global_averages()
     stats["lr"] = meters.meters["lr"].value if "lr" in meters.meters else math.nan

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +18,19 @@ from rtdetr_spartan.data.coco_eval import STAT_NAMES, CocoEvaluator, to_category
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.meters import MetricLogger, SmoothedValue
 from rtdetr_spartan.optim.ema import ModelEMA
-from rtdetr_spartan.solver.steps import autocast, backward_and_step, fault_point, progress
+from rtdetr_spartan.solver.steps import (
+    autocast,
+    backward_and_step,
+    check_finite_loss,
+    fault_point,
+    log_iteration,
+    progress,
+)
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["check_finite_loss", "check_finite_outputs", "evaluate", "train_one_epoch"]
+__all__ = ["check_finite_outputs", "evaluate", "train_one_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,30 +66,6 @@ def check_finite_outputs(outputs: Mapping[str, Any], epoch: int, iteration: int)
             f"non-finite model outputs at epoch {epoch}, iteration {iteration} "
             f"({where}); the weights have diverged, so no loss can be computed"
         )
-
-
-def check_finite_loss(
-    reduced: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor], epoch: int, iteration: int
-) -> float:
-    """The total of the rank-averaged losses; every rank raises together when it is not finite."""
-    total = float(sum(v.item() for v in reduced.values()))
-    if not math.isfinite(total):
-        shown = {k: float(v.item()) for k, v in local.items()}
-        raise FloatingPointError(
-            f"non-finite loss {total} at epoch {epoch}, iteration {iteration}; "
-            f"losses of rank {dist.get_rank()}: {shown}"
-        )
-    return total
-
-
-def _log_iteration(
-    epoch: int, iteration: int, total: int, loss: float, lr: float, writer: SummaryWriter | None
-) -> None:
-    logger.info("epoch %d [%d/%d] loss %.4f lr %.3e", epoch, iteration + 1, total, loss, lr)
-    if writer is not None:
-        step = epoch * total + iteration
-        writer.add_scalar("Loss/total", loss, step)
-        writer.add_scalar("Lr/pg_0", lr, step)
 
 
 def train_one_epoch(
@@ -135,7 +117,7 @@ def train_one_epoch(
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         if print_freq > 0 and (iteration % print_freq == 0 or iteration == total - 1):
-            _log_iteration(epoch, iteration, total, loss_value, lr, writer)
+            log_iteration(epoch, iteration, total, loss_value, lr, writer, loss_tag="Loss/total")
     meters.synchronize_between_processes()
     logger.info("epoch %d averaged: %s", epoch, meters)
     return meters.global_averages()

@@ -1,13 +1,16 @@
-"""Pieces every training loop shares: the rank-0 progress bar, autocast, the optimizer step, and
-a test-only fault point for the elastic-restart test."""
+"""Pieces every training loop shares: the rank-0 progress bar, autocast, the finite-loss check,
+the per-iteration log line, the optimizer step, and a test-only fault point for the
+elastic-restart test."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import math
 import os
-from collections.abc import Iterable
-from typing import Any, ContextManager
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import torch
 from torch import nn
@@ -15,7 +18,20 @@ from tqdm import tqdm
 
 from rtdetr_spartan.misc import dist
 
-__all__ = ["FAULT_ENV", "autocast", "backward_and_step", "fault_point", "progress"]
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = [
+    "FAULT_ENV",
+    "autocast",
+    "backward_and_step",
+    "check_finite_loss",
+    "fault_point",
+    "log_iteration",
+    "progress",
+]
+
+logger = logging.getLogger(__name__)
 
 # Test-only: "RANK:EPOCH:ITERATION" makes that rank exit abruptly (os._exit(FAULT_EXIT_CODE))
 # before that training iteration, on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT 0),
@@ -34,6 +50,38 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextMana
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def check_finite_loss(
+    reduced: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor], epoch: int, iteration: int
+) -> float:
+    """The total of the rank-averaged losses; every rank raises together when it is not finite."""
+    total = float(sum(v.item() for v in reduced.values()))
+    if not math.isfinite(total):
+        shown = {k: float(v.item()) for k, v in local.items()}
+        raise FloatingPointError(
+            f"non-finite loss {total} at epoch {epoch}, iteration {iteration}; "
+            f"losses of rank {dist.get_rank()}: {shown}"
+        )
+    return total
+
+
+def log_iteration(
+    epoch: int,
+    iteration: int,
+    total: int,
+    loss: float,
+    lr: float,
+    writer: SummaryWriter | None,
+    *,
+    loss_tag: str,
+) -> None:
+    """One progress line in the log and, with a writer, the loss (as ``loss_tag``) and lr."""
+    logger.info("epoch %d [%d/%d] loss %.4f lr %.3e", epoch, iteration + 1, total, loss, lr)
+    if writer is not None:
+        step = epoch * total + iteration
+        writer.add_scalar(loss_tag, loss, step)
+        writer.add_scalar("Lr/pg_0", lr, step)
 
 
 def backward_and_step(

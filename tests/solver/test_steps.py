@@ -1,12 +1,14 @@
-"""backward_and_step (plain, clipped, loss-scaled) and the test-only fault point."""
+"""backward_and_step (plain, clipped, loss-scaled), the finite-loss check and the test-only fault point."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from rtdetr_spartan.solver.steps import FAULT_ENV, _fault_target, backward_and_step
+from rtdetr_spartan.solver.steps import FAULT_ENV, _fault_target, backward_and_step, check_finite_loss
 
 
 def _model() -> nn.Linear:
@@ -79,3 +81,15 @@ def test_fault_point_only_on_the_first_attempt(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
     assert _fault_target() is None
     _fault_target.cache_clear()
+
+
+def test_finite_loss_returns_the_total() -> None:
+    losses = {"loss_vfl": torch.tensor(0.5), "loss_bbox": torch.tensor(1.25)}
+    assert check_finite_loss(losses, losses, epoch=3, iteration=7) == pytest.approx(1.75)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_names_epoch_iteration_and_losses(bad: float) -> None:
+    losses = {"loss_vfl": torch.tensor(0.5), "loss_giou_dn_1": torch.tensor(bad)}
+    with pytest.raises(FloatingPointError, match=r"epoch 3, iteration 7.*'loss_giou_dn_1': (nan|inf)"):
+        check_finite_loss(losses, losses, epoch=3, iteration=7)
