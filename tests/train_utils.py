@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rtdetr_spartan.data.shapes import make_detection_dataset
 
@@ -45,19 +46,29 @@ def as_cli_updates(overrides: dict[str, Any], prefix: str = "") -> list[str]:
     return items
 
 
-def run_torchrun(args: Sequence[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc-per-node=N tools/train.py ARGS`` on the CPU, one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_torchrun(
+    args: Sequence[str],
+    timeout: float,
+    nproc: int = 2,
+    *,
+    tool: Path = TRAIN_TOOL,
+    torchrun_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node=N [TORCHRUN_ARGS] TOOL ARGS`` on the CPU, one
+    thread each; ``env`` adds variables to the environment."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={nproc}",
-        str(TRAIN_TOOL),
+        *torchrun_args,
+        str(tool),
         *args,
     ]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:

@@ -3,9 +3,6 @@ backbone from the checkpoint, evaluate only, and train under torchrun (2 CPU ran
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from rtdetr_spartan.optim.param_groups import param_groups_from_config, scaled_l
 from rtdetr_spartan.solver.cli import config_overrides
 from rtdetr_spartan.solver.steps import FAULT_ENV
 from tests.cls_utils import PRETRAIN_TOOL, REPO_ROOT, SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
-from tests.train_utils import TINY_SPARTAN_CONFIG, as_cli_updates, read_json_lines
+from tests.train_utils import TINY_SPARTAN_CONFIG, as_cli_updates, read_json_lines, run_torchrun
 from tools.pretrain import get_args_parser, main
 
 TORCHRUN_TIMEOUT_S = 240
@@ -159,22 +156,11 @@ def test_test_only_reproduces_best_top1(pretrained: Path, cls_data: Path) -> Non
 def test_torchrun_two_cpu_ranks(cls_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     updates = as_cli_updates(tiny_overrides(cls_data, batch_size=4))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(PRETRAIN_TOOL),
-        "-c",
-        str(SHAPES_CLS_CONFIG),
-        "--output-dir",
-        str(out),
-        "-u",
-        *updates,
-    ]
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S)
+    proc = run_torchrun(
+        ["-c", str(SHAPES_CLS_CONFIG), "--output-dir", str(out), "-u", *updates],
+        timeout=TORCHRUN_TIMEOUT_S,
+        tool=PRETRAIN_TOOL,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = read_json_lines(out / "log.txt")  # rank 0 writes
     assert [r["epoch"] for r in records] == [0, 1]
@@ -195,26 +181,12 @@ def test_torchrun_restart_resumes_with_auto(cls_data: Path, tmp_path: Path) -> N
     restarted workers resume from epoch 0's last.pth and finish all 3 epochs, redoing epoch 1 only."""
     out = tmp_path / "elastic"
     updates = as_cli_updates(tiny_overrides(cls_data, epochs=3, batch_size=4))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", FAULT_ENV: "1:1:1"}  # rank 1, epoch 1, iteration 1
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "--max-restarts=1",
-        str(PRETRAIN_TOOL),
-        "-c",
-        str(SHAPES_CLS_CONFIG),
-        "-r",
-        "auto",
-        "--output-dir",
-        str(out),
-        "-u",
-        *updates,
-    ]
-    proc = subprocess.run(
-        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=2 * TORCHRUN_TIMEOUT_S
+    proc = run_torchrun(
+        ["-c", str(SHAPES_CLS_CONFIG), "-r", "auto", "--output-dir", str(out), "-u", *updates],
+        timeout=2 * TORCHRUN_TIMEOUT_S,
+        tool=PRETRAIN_TOOL,
+        torchrun_args=["--max-restarts=1"],
+        env={FAULT_ENV: "1:1:1"},  # rank 1, epoch 1, iteration 1
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rank 1 exits at epoch 1, iteration 1" in proc.stderr + proc.stdout  # the fault did happen
