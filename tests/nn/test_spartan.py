@@ -68,14 +68,16 @@ def test_peak_mix_gradients() -> None:
     """The hand-written backward of the CMixer's per-pixel part against finite differences."""
     gen = torch.Generator().manual_seed(2)
     t = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(16, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(16, generator=gen, dtype=torch.float64, requires_grad=True)
+    mix = tuple(
+        torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        for shape in ((8, 6, 1, 1), (8,), (8, 6, 1, 1), (8,))
+    )  # theta weight and bias, w weight and bias
     rotation = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(peak_mix, (t, weight, bias))
-    assert torch.autograd.gradcheck(peak_mix, (t, weight, bias, rotation))
+    assert torch.autograd.gradcheck(peak_mix, (t, *mix))
+    assert torch.autograd.gradcheck(peak_mix, (t, *mix, rotation))
     with torch.no_grad():
-        rotated = rotate_pairs(peak_mix(t, weight, bias), rotation)
-        torch.testing.assert_close(peak_mix(t, weight, bias, rotation), rotated)
+        rotated = rotate_pairs(peak_mix(t, *mix), rotation)
+        torch.testing.assert_close(peak_mix(t, *mix, rotation), rotated)
 
 
 # ---- every path of the mixers against the reference formulation -----------------------------

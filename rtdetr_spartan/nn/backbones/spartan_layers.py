@@ -13,7 +13,7 @@ Two choices keep the reference's math but not its ops (both exact up to float ro
     whole pairs (``fold_rotation``): parameters and module outputs stay real, so autocast needs
     no special case (the ONNX form, ``spartan_export``, rotates in real arithmetic);
   * the mixers compute in channels_last memory on "token" views [B, H, W, C] (free permutes),
-    so the 1x1 convs are matrix products, and each mixer's squeeze-excite gate, the block's
+    so their 1x1 projections are matrix products, and each mixer's squeeze-excite gate, the block's
     layer scale and its drop path are folded into its output projection (``project``): passes
     over the activations fewer.
 
@@ -170,30 +170,37 @@ class _PeakMix(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rotation: torch.Tensor | None
+        ctx: Any,
+        t: torch.Tensor,
+        theta_weight: torch.Tensor,
+        theta_bias: torch.Tensor,
+        w_weight: torch.Tensor,
+        w_bias: torch.Tensor,
+        rotation: torch.Tensor | None,
     ) -> torch.Tensor:
-        e = weight.shape[0] // 2
         x = maps(t)
-        theta = tokens(F.conv2d(x, weight[:e, :, None, None], bias[:e]))  # [B, H, W, E]
-        w = tokens(F.conv2d(x, weight[e:, :, None, None], bias[e:]))
+        theta = tokens(F.conv2d(x, theta_weight, theta_bias))  # [B, H, W, E]
+        w = tokens(F.conv2d(x, w_weight, w_bias))
         index = t.max(dim=-1, keepdim=True).indices  # argmax's first maximum, faster on CPU
         theta_m, w_m = theta.gather(-1, index), w.gather(-1, index)  # [B, H, W, 1]
         gelu_theta, gelu_theta_m = F.gelu(theta), F.gelu(theta_m)
         feat = torch.addcmul(gelu_theta_m * w_m, gelu_theta, w)
         peak = (index, theta_m, w_m, gelu_theta_m)
         if rotation is None:
-            ctx.save_for_backward(t, weight, theta, w, gelu_theta, *peak, None, None)
+            ctx.save_for_backward(t, theta_weight, w_weight, theta, w, gelu_theta, *peak, None, None)
             return feat
-        ctx.save_for_backward(t, weight, theta, w, gelu_theta, *peak, rotation, feat)
+        ctx.save_for_backward(t, theta_weight, w_weight, theta, w, gelu_theta, *peak, rotation, feat)
         return rotate_pairs(feat, rotation)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        t, weight, theta, w, gelu_theta, index, theta_m, w_m, gelu_theta_m, rotation, feat = ctx.saved_tensors
+        t, theta_weight, w_weight, theta, w, gelu_theta, index, theta_m, w_m, gelu_theta_m, rotation, feat = (
+            ctx.saved_tensors
+        )
         grad_rotation = None
         if rotation is not None:
             grad_pairs = _complex_pairs(grad)
-            if ctx.needs_input_grad[3]:  # d rotation[k] = sum over pixels of grad_k * conj(feat_k)
+            if ctx.needs_input_grad[5]:  # d rotation[k] = sum over pixels of grad_k * conj(feat_k)
                 pairs = torch.linalg.vecdot(_complex_pairs(feat).flatten(0, -2), grad_pairs.flatten(0, -2), dim=0)
                 grad_rotation = torch.view_as_real(pairs).to(rotation.dtype)
             grad = _real_pairs(grad_pairs * _complex_pairs(rotation.flatten()).conj(), theta.dtype)
@@ -206,31 +213,38 @@ class _PeakMix(torch.autograd.Function):
         g_theta.scatter_add_(-1, index, torch.ops.aten.gelu_backward(total * w_m, theta_m))
         g_w.scatter_add_(-1, index, total * gelu_theta_m)
         g_theta, g_w = g_theta.flatten(0, -2), g_w.flatten(0, -2)  # [N, E]
-        grad_t = grad_weight = grad_bias = None
+        grad_t = None
         if ctx.needs_input_grad[0]:
-            w_theta, w_w = weight.to(theta.dtype).chunk(2)
-            grad_t = torch.addmm(g_theta @ w_theta, g_w, w_w).view(t.shape).to(t.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            mix_theta, mix_w = theta_weight.flatten(1).to(theta.dtype), w_weight.flatten(1).to(theta.dtype)
+            grad_t = torch.addmm(g_theta @ mix_theta, g_w, mix_w).view(t.shape).to(t.dtype)
+        grads: list[torch.Tensor | None] = [None] * 4  # theta weight and bias, w weight and bias
+        if any(ctx.needs_input_grad[1:5]):
             rows = t.to(theta.dtype).flatten(0, -2)
             rows = torch.cat((rows, rows.new_ones(rows.shape[0], 1)), dim=1)  # the ones column gives d bias
-            both = torch.cat((g_theta.t() @ rows, g_w.t() @ rows)).to(weight.dtype)  # [2E, C + 1]
-            grad_weight, grad_bias = both[:, :-1], both[:, -1]
-        return grad_t, grad_weight, grad_bias, grad_rotation
+            for i, (g, weight) in enumerate(((g_theta, theta_weight), (g_w, w_weight))):
+                both = (g.t() @ rows).to(weight.dtype)  # [E, C + 1]
+                grads[2 * i], grads[2 * i + 1] = both[:, :-1].reshape(weight.shape), both[:, -1]
+        return grad_t, *grads, grad_rotation
 
 
 def peak_mix(
-    t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rotation: torch.Tensor | None = None
+    t: torch.Tensor,
+    theta_weight: torch.Tensor,
+    theta_bias: torch.Tensor,
+    w_weight: torch.Tensor,
+    w_bias: torch.Tensor,
+    rotation: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The CMixer's per-pixel part: w * gelu(theta) + w[m] * gelu(theta[m]), where
-    (theta, w) = linear(t, weight, bias) and m = argmax of t over channels; then, if given,
-    ``rotate_pairs`` by ``rotation``.
+    """The CMixer's per-pixel part: w * gelu(theta) + w[m] * gelu(theta[m]), where theta and w
+    are 1x1 convs of t and m = argmax of t over channels; then, if given, ``rotate_pairs`` by
+    ``rotation``.
 
-    t: [B, H, W, C]; weight: [2E, C] (theta rows, then w rows); bias: [2E]; rotation: [E/2, 2]
-    -> [B, H, W, E]. Its backward (``_PeakMix``) keeps gelu(theta) (and the unrotated product)
+    t: [B, H, W, C]; theta_weight, w_weight: [E, C, 1, 1]; theta_bias, w_bias: [E];
+    rotation: [E/2, 2] -> [B, H, W, E]. Its backward (``_PeakMix``) keeps gelu(theta) (and the unrotated product)
     from the forward and writes the gradients of theta and w without the zero-filled slice and
     gather gradients that autograd would build and add.
     """
-    return _PeakMix.apply(t, weight, bias, rotation)
+    return _PeakMix.apply(t, theta_weight, theta_bias, w_weight, w_bias, rotation)
 
 
 class ConvNormAct(nn.Module):
@@ -343,15 +357,13 @@ class CMixer(nn.Module):
     ) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> sample_scale [B] * layer_scale [1, C, 1, 1] * CMixer(x):
         [B, C, H, W]."""
-        weight = torch.cat((self.theta.weight, self.proj.weight)).flatten(1)  # theta and w: one linear layer
-        bias = torch.cat((conv_bias(self.theta), conv_bias(self.proj)))
+        mix = (self.theta.weight, conv_bias(self.theta), self.proj.weight, conv_bias(self.proj))
         rotation = self.complex.view(-1, 2)
         conv = self.conv.conv
         if (conv.in_channels // conv.groups) % 2 == 0:  # groups hold whole pairs: rotate the taps
-            feat = peak_mix(tokens(x), weight, bias)
-            feat = self.conv(maps(feat), fold_rotation(conv.weight, rotation))
+            feat = self.conv(maps(peak_mix(tokens(x), *mix)), fold_rotation(conv.weight, rotation))
         else:  # pairs straddle groups (depthwise conv): rotate the activations
-            feat = self.conv(maps(peak_mix(tokens(x), weight, bias, rotation)))
+            feat = self.conv(maps(peak_mix(tokens(x), *mix, rotation)))
         t = tokens(feat)
         return project(t, self.proj_out, self.attn.gate(spatial_mean(t)), layer_scale, sample_scale)
 
