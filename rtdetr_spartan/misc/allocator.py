@@ -21,6 +21,8 @@ import ctypes.util
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import cast
 
 __all__ = ["ENV_SWITCH", "retain_freed_memory"]
 
@@ -58,18 +60,16 @@ def retain_freed_memory() -> bool:
     return True
 
 
-def _glibc_mallopt() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
     """glibc's ``mallopt``, or None when the process does not run on glibc."""
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        version = libc.gnu_get_libc_version  # only glibc defines it
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc defines it
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return None
-    version.restype = ctypes.c_char_p
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return mallopt
+    return cast(Callable[[int, int], int], mallopt)
