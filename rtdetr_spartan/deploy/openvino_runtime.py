@@ -86,6 +86,7 @@ class OpenVinoPredictor(Predictor):
         input_size: (H, W) to run at; only for models exported with ``--dynamic-size``.
         save_ir: a folder to write the model as OpenVINO IR into (``model.xml`` / ``model.bin``,
             float32 weights), with the export's metadata.
+        profiling: compile with OpenVINO's per-node counters on (``profiling_info``).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class OpenVinoPredictor(Predictor):
         precision: str = "float32",
         input_size: tuple[int, int] | None = None,
         save_ir: str | Path | None = None,
+        profiling: bool = False,
     ) -> None:
         import openvino as ov
 
@@ -102,6 +104,8 @@ class OpenVinoPredictor(Predictor):
         if not self.path.is_file():
             raise FileNotFoundError(f"model {self.path} does not exist")
         config = openvino_config(threads, precision)
+        if profiling:
+            config[ov.properties.enable_profiling] = True
         core = ov.Core()
         model = core.read_model(str(self.path))
         meta = _ir_metadata(model, self.path) if self.path.suffix == ".xml" else _onnx_metadata(self.path)
@@ -133,6 +137,10 @@ class OpenVinoPredictor(Predictor):
         ov.save_model(model, str(target), compress_to_fp16=False)
         logger.info("OpenVINO IR written to %s", target)
         return target
+
+    def profiling_info(self) -> list[Any]:
+        """Per-node ``openvino.ProfilingInfo`` of the last inference (compile with ``profiling=True``)."""
+        return list(self._request.get_profiling_info())
 
     @property
     def threads(self) -> int:
