@@ -58,4 +58,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from rtdetr_spartan.misc.cli_errors import run_main
+
+    raise SystemExit(run_main(main))
