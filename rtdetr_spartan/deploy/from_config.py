@@ -28,7 +28,7 @@ def build_deploy_model(cfg: YAMLConfig, checkpoint: str | Path | None = None) ->
     (EMA weights when the checkpoint has them), else the config's initialisation."""
     model = cfg.build("model")
     if checkpoint is not None:
-        load_model_weights(model, checkpoint, strict=True)
+        load_model_weights(model, checkpoint, strict=True, expect_task="detection", purpose="a detector (-r)")
     else:
         logger.warning("no checkpoint given: using freshly initialised weights")
     return DeployModel(model, cfg.build("postprocessor")).eval()

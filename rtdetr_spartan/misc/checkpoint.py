@@ -1,4 +1,11 @@
-"""Checkpoint files: atomic writes, stale temporary files, and the one model-weight loader.
+"""Checkpoint files: atomic writes, stale temporary files, safe reading, and the one model-weight loader.
+
+:func:`load_checkpoint` reads every checkpoint as data only (``torch.load(weights_only=True)``):
+a file that would run code when unpickled is refused with a :class:`CheckpointError` naming it.
+There is no opt-in for unsafe loading: every layout this project writes and the published
+RT-DETR / SpaRTAN weights are tensors, containers and plain values. Checkpoints written by the
+solver record ``task``, the resolved ``config`` and the package ``version``, so a tool refuses a
+checkpoint of the other task (``expect_task``) with a message instead of a shape mismatch.
 
 :func:`load_model_weights` is the project's only way to put saved weights into a model (solvers'
 resume and tuning, backbones' ``pretrained``, deployment). As timm's ``load_checkpoint`` /
@@ -19,6 +26,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,7 +38,10 @@ from typing import IO, Any
 import torch
 
 __all__ = [
+    "CheckpointError",
     "LoadReport",
+    "check_task",
+    "checkpoint_task",
     "clean_state_dict",
     "extract_state_dict",
     "load_checkpoint",
@@ -121,18 +133,88 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file on the CPU; errors name the file."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not data only, or of another task."""
+
+
+# The task a checkpoint's weights serve, as ``BaseSolver.state_dict`` records it.
+TASKS = ("detection", "classification")
+_TASK_HINTS = {
+    "classification": "a classifier from tools/pretrain.py; a detector takes it as backbone weights "
+    "(SpaRTAN.pretrained / PResNet.pretrained)",
+    "detection": "a detector from tools/train.py",
+}
+
+
+def _refusal_reason(err: BaseException) -> str:
+    """The part of torch's weights-only error that names what the file wanted to run."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please use|\n|$)", text)
+    reason = match.group(1) if match else text.splitlines()[0] if text else ""
+    return reason.strip().rstrip(".") or type(err).__name__
+
+
+def load_checkpoint(path: str | Path, expect_task: str | None = None, purpose: str = "") -> dict[str, Any]:
+    """Read a checkpoint file on the CPU as data only (``torch.load(weights_only=True)``).
+
+    A file that needs arbitrary unpickling (objects other than tensors, containers and plain
+    values) is refused: unpickling it could run any code. ``expect_task`` (``'detection'`` or
+    ``'classification'``) refuses a checkpoint that records another task, before any weight is
+    compared; ``purpose`` (e.g. ``'-r'``) says in the message what needed it. Every error is a
+    :class:`CheckpointError` (a ``ValueError``) naming the file, or ``FileNotFoundError``.
+    """
     path = Path(path)
+    if path.is_dir():
+        candidates = [path / n for n in ("last.pth", "best.pth") if (path / n).is_file()]
+        hint = f"e.g. {candidates[0]}" if candidates else "a .pth file"
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file; give a checkpoint file ({hint})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise ValueError(f"checkpoint {path} cannot be read: {err}") from err
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} refused: it holds more than weights and data and would need arbitrary code to "
+            f"load ({_refusal_reason(err)}). Checkpoints load with torch.load(weights_only=True) only; "
+            "save the tensors of a file you trust as a plain state dict (see the README's troubleshooting)"
+        ) from None
+    except Exception as err:  # torch raises many types for corrupt or truncated files
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read as a PyTorch checkpoint (truncated, or another format?): "
+            f"{type(err).__name__}: {err}"
+        ) from err
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
-    return dict(obj)
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    checkpoint = dict(obj)
+    if expect_task is not None:
+        check_task(checkpoint, expect_task, f"checkpoint {path}", purpose)
+    return checkpoint
+
+
+def checkpoint_task(checkpoint: Mapping[str, Any]) -> str | None:
+    """The task a checkpoint records (``task``, else its stored config's ``task``, default
+    detection); ``None`` for files that record neither (published weights, bare state dicts)."""
+    task = checkpoint.get("task")
+    if isinstance(task, str):
+        return task
+    config = checkpoint.get("config")
+    if isinstance(config, Mapping):
+        return str(config.get("task", "detection"))
+    return None
+
+
+def check_task(checkpoint: Mapping[str, Any], expected: str, label: str = "checkpoint", purpose: str = "") -> None:
+    """Raise :class:`CheckpointError` when ``checkpoint`` records a task other than ``expected``."""
+    if expected not in TASKS:
+        raise ValueError(f"expect_task must be one of {TASKS}, got {expected!r}")
+    task = checkpoint_task(checkpoint)
+    if task is None or task == expected:
+        return
+    needs = f"{purpose} needs" if purpose else "this needs"
+    raise CheckpointError(
+        f"{label} is a {task} checkpoint ({_TASK_HINTS.get(task, task)}); {needs} a {expected} checkpoint "
+        f"({_TASK_HINTS[expected]})"
+    )
 
 
 def clean_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -157,7 +239,7 @@ def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         state = obj
     tensors = clean_state_dict(state)
     if not tensors:
-        raise ValueError(
+        raise CheckpointError(
             "no tensors found in the checkpoint: expected a state dict, {'model': state_dict} or "
             f"{{'ema': {{'module': state_dict}}}} (top-level keys: {sorted(map(str, obj))[:10]})"
         )
@@ -200,18 +282,27 @@ def load_model_weights(
     source: str | Path | Mapping[str, Any],
     strict: bool = True,
     ignore: Sequence[str] = (),
+    expect_task: str | None = None,
+    purpose: str = "",
 ) -> LoadReport:
     """Load weights into ``model`` from a checkpoint path or an already-read checkpoint.
 
     ``strict`` and ``ignore`` (name prefixes of checkpoint entries to drop) follow the module's
-    policy. Raises ``ValueError`` naming the file (when given a path) and the differences.
+    policy; ``expect_task`` and ``purpose`` as :func:`load_checkpoint` (checked before any
+    tensor). Raises ``ValueError`` naming the file (when given a path) and the differences.
     """
     label = f"checkpoint {source}" if isinstance(source, (str, Path)) else "checkpoint"
-    ckpt = load_checkpoint(source) if isinstance(source, (str, Path)) else source
+    ckpt: Mapping[str, Any]
+    if isinstance(source, (str, Path)):
+        ckpt = load_checkpoint(source, expect_task, purpose)
+    else:
+        ckpt = source
+        if expect_task is not None:
+            check_task(ckpt, expect_task, label, purpose)
     try:
         state = extract_state_dict(ckpt)
     except ValueError as err:
-        raise ValueError(f"{label}: {err}") from None
+        raise CheckpointError(f"{label}: {err}") from None
     state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in ignore)}
     own = model.state_dict()
     report = LoadReport()
@@ -227,7 +318,7 @@ def load_model_weights(
     report.missing = [n for n in own if n not in state and not _is_counter(n)]
     report.loaded = list(usable)
     if strict and not report.complete:
-        raise ValueError(
+        raise CheckpointError(
             f"{label} does not match {type(model).__name__} ({report.describe()}); "
             "load with strict=False (tuning) to take only the matching tensors"
         )

@@ -50,8 +50,9 @@ from rtdetr_spartan.misc.checkpoint import (
 )
 from rtdetr_spartan.nn.compile import compile_regional
 from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
-from rtdetr_spartan.solver.loaders import prepare_eval_loader, prepare_train_loader
-from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler
+from rtdetr_spartan.solver.loaders import check_batch_sizes, prepare_eval_loader, prepare_train_loader
+from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler, check_learning_rates, rebuild_scheduler
+from rtdetr_spartan.solver.resume import check_resume_config, describe_removed, remove_previous_run, summary_dir
 from rtdetr_spartan.solver.rng import preserved_rng, rng_state, set_rng_state
 from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainEpochFn, TrainState
 
@@ -90,6 +91,8 @@ class BaseSolver:
                 f"{cfg.path}: 'resume' ({cfg.get('resume')}) and 'overwrite' exclude each other: "
                 "resume continues the run in output_dir, overwrite replaces it"
             )
+        check_batch_sizes(cfg)
+        check_learning_rates(cfg)
         self.seed = int(cfg.get("seed") or 0)
         self.epochs = cfg.epochs
         self.checkpoint_freq = int(cfg.get("checkpoint_freq", 1) or 0)
@@ -239,12 +242,12 @@ class BaseSolver:
             writer.flush()
 
     def open_summary_writer(self) -> SummaryWriter | None:
-        """A TensorBoard ``SummaryWriter`` on rank 0 (``summary_dir`` or ``OUTPUT_DIR/summary``)."""
+        """A TensorBoard ``SummaryWriter`` on rank 0 (in :attr:`summary_dir`)."""
         if not self.is_main:
             return None
         from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to load
 
-        return SummaryWriter(log_dir=str(self.cfg.get("summary_dir") or self.output_dir / "summary"))
+        return SummaryWriter(log_dir=str(self.summary_dir))
 
     @property
     def is_main(self) -> bool:
@@ -280,7 +283,9 @@ class BaseSolver:
         tuning = self.cfg.get("tuning")
         if tuning:
             # Before the EMA copy is made, so that it starts from the tuned weights.
-            report = load_model_weights(model, tuning, strict=False)
+            report = load_model_weights(
+                model, tuning, strict=False, expect_task=self.cfg.task, purpose=f"tuning (-t) a {self.cfg.task} model"
+            )
             logger.info("tuning from %s: %s", tuning, report.describe())
         model = model.to(self.device)
         ema = self.cfg.build("ema", model=model) if self.cfg.use_ema else None
@@ -320,6 +325,8 @@ class BaseSolver:
     def setup_train(self) -> TrainState:
         """Everything :meth:`fit` needs; with ``resume`` set, the full state of that checkpoint."""
         resume = self._resume_source(training=True)
+        # Read before anything is built: a refused file or changed settings fail at once.
+        checkpoint = self._read_resume(resume, training=True) if resume is not None else None
         if self.is_main:
             remove_stale_temp_files(self.output_dir)
         if self.device.type == "cpu":
@@ -338,18 +345,19 @@ class BaseSolver:
             scaler=scaler,
         )
         self._state = state
-        if resume is not None:
-            self._resume(state, resume)
+        if resume is not None and checkpoint is not None:
+            self._resume(state, checkpoint, resume)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         return state
 
     def setup_eval(self) -> EvalState:
         """What :meth:`val` needs; with ``resume`` set, the model and EMA weights of that checkpoint."""
         resume = self._resume_source(training=False)
+        checkpoint = self._read_resume(resume, training=False) if resume is not None else None
         state = self._build_eval_state()
         self._state = state
-        if resume is not None:
-            self._resume(state, resume)
+        if resume is not None and checkpoint is not None:
+            self._resume(state, checkpoint, resume)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         return state
 
@@ -376,20 +384,30 @@ class BaseSolver:
             self._remove_previous_run()
         return None
 
+    @property
+    def summary_dir(self) -> Path:
+        """Where TensorBoard event files go (``summary_dir``, default ``OUTPUT_DIR/summary``)."""
+        return summary_dir(self.cfg)
+
     def _remove_previous_run(self) -> None:
         dist.barrier()  # every rank has seen last.pth before rank 0 removes it
         if self.is_main:
-            old = [self.output_dir / n for n in ("last.pth", "best.pth", "log.txt")]
-            old += sorted(self.output_dir.glob("checkpoint[0-9][0-9][0-9][0-9].pth"))
-            removed = [p for p in old if p.is_file()]
-            for path in removed:
-                path.unlink()
-            logger.warning("overwrite: removed the earlier run's %s", ", ".join(p.name for p in removed))
+            removed = remove_previous_run(self.output_dir, self.summary_dir)
+            logger.warning("overwrite: removed the earlier run's %s", describe_removed(removed, self.output_dir))
         dist.barrier()
 
-    def _resume(self, state: EvalState, path: Path) -> None:
+    def _read_resume(self, path: Path, training: bool) -> dict[str, Any]:
+        """The checkpoint to resume, refused when it is not data only, records another task, or
+        (``training``) was written with settings other than the config's, except ``epochs``."""
+        task = self.cfg.task
+        checkpoint = load_checkpoint(path, expect_task=task, purpose=f"resuming (-r) a {task} run")
+        if training:
+            check_resume_config(checkpoint, self.cfg.yaml_cfg, str(path))
+        return checkpoint
+
+    def _resume(self, state: EvalState, checkpoint: Mapping[str, Any], path: Path) -> None:
         logger.info("resuming from %s", path)
-        self.load_state_dict(state, load_checkpoint(path), source=str(path))
+        self.load_state_dict(state, checkpoint, source=str(path))
         if isinstance(state, TrainState):
             self.restore_rng(state)
         logger.info("resumed after epoch %d (best %s %s)", self.last_epoch, self.best["metric"], self.best["value"])
@@ -410,6 +428,7 @@ class BaseSolver:
             "epoch": self.last_epoch,
             "best": dict(self.best),
             "rng": dist.all_gather_object(rng_state(self.device, state.train_loader.generator)),
+            "task": self.cfg.task,
             "config": copy.deepcopy(self.cfg.yaml_cfg),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "version": rtdetr_spartan.__version__,
@@ -424,19 +443,36 @@ class BaseSolver:
         The model must match exactly (use tuning to load partially). A file without a ``model``
         entry (published RT-DETR weights: ``{'ema': {'module': ...}}``) loads its EMA weights
         into the model. Components the file lacks start fresh (an EMA restarts from the loaded
-        model). RNG states are kept for :meth:`restore_rng`.
+        model). RNG states are kept for :meth:`restore_rng`. A checkpoint of a run planned for
+        another number of ``epochs`` gets a schedule rebuilt for this config's ``epochs``.
         """
         weights = checkpoint["model"] if "model" in checkpoint else extract_state_dict(checkpoint)
         load_model_weights(state.module, {"model": weights}, strict=True)
+        # Reference RT-DETR checkpoints call the finished epoch 'last_epoch'.
+        self.last_epoch = int(checkpoint.get("epoch", checkpoint.get("last_epoch", -1)))
+        saved_epochs = (checkpoint.get("config") or {}).get("epochs", self.epochs)
         for name, part in self._stateful(state).items():
+            if name == "lr_scheduler" and name in checkpoint and int(saved_epochs) != self.epochs:
+                continue  # rebuilt below, after the optimizer's state
             if name in checkpoint:
                 part.load_state_dict(checkpoint[name])
                 continue
             logger.warning("%s: no '%s' state; %s starts fresh", source, name, name)
             if name == "ema":
                 state.ema = self.cfg.build("ema", model=state.module)
-        # Reference RT-DETR checkpoints call the finished epoch 'last_epoch'.
-        self.last_epoch = int(checkpoint.get("epoch", checkpoint.get("last_epoch", -1)))
+        if isinstance(state, TrainState) and state.lr_scheduler is not None and int(saved_epochs) != self.epochs:
+            steps = int(checkpoint["lr_scheduler"].get("last_epoch", self.last_epoch + 1))
+            state.lr_scheduler = rebuild_scheduler(self.cfg, state.optimizer, state.train_loader, steps)
+            logger.warning(
+                "%s: run planned for %d epochs, continued for epochs=%d: the lr schedule is rebuilt for %d "
+                "epochs and advanced past %d finished epochs (%d scheduler steps)",
+                source,
+                int(saved_epochs),
+                self.epochs,
+                self.epochs,
+                self.last_epoch + 1,
+                steps,
+            )
         self.best = dict(checkpoint.get("best") or self.best)
         self._pending_rng = self._rng_for_this_rank(checkpoint.get("rng"), source)
 

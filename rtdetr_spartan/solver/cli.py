@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig, merge_dict, parse_overrides
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.logger import close_logging, setup_logging
 from rtdetr_spartan.solver import build_solver
+from rtdetr_spartan.solver.resume import describe_removed, remove_previous_run, summary_dir
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,17 @@ def run_solver(cfg: Any, test_only: bool) -> dict[str, Any] | None:
     return solver.fit()
 
 
+def clear_for_overwrite(cfg: YAMLConfig, test_only: bool) -> list[Path] | None:
+    """With ``--overwrite`` on a fresh training run: remove the earlier run's files (checkpoints,
+    logs, TensorBoard events) before this run's log file is opened; returns what rank 0 removed,
+    ``None`` when nothing was to be done. Collective."""
+    if not cfg.get("overwrite") or test_only or cfg.get("resume"):
+        return None
+    removed = remove_previous_run(cfg.output_dir, summary_dir(cfg)) if dist.is_main_process() else []
+    dist.barrier()  # no rank looks for last.pth before it is gone
+    return removed
+
+
 def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str = "") -> dict[str, Any] | None:
     """What a solver tool's ``main`` does with its parsed ``args``: load the config with the
     command-line overrides (``task``: the one it must declare, else ``other_tool`` is suggested),
@@ -93,7 +106,10 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
                 f"{args.config}: task is '{cfg.task}', this tool needs task: {task} (use {other_tool} for other tasks)"
             )
         dist.init_distributed(device=cfg.get("device"))
+        removed = clear_for_overwrite(cfg, args.test_only)
         setup_logging(cfg.output_dir)
+        if removed:
+            logger.warning("overwrite: removed the earlier run's %s", describe_removed(removed, cfg.output_dir))
         logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
         best = run_solver(cfg, args.test_only)
         if best is not None:

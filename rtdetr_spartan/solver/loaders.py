@@ -9,15 +9,19 @@ Batch size is per process: with ``torchrun --nproc-per-node=N`` the total batch 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sized
-from typing import Any, cast
+from collections.abc import Iterator, Mapping, Sized
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.utils.data as data
 
+from rtdetr_spartan.core import ConfigError
 from rtdetr_spartan.misc.dist import get_rank, get_world_size, is_dist_initialized
 
-__all__ = ["ShardSampler", "prepare_eval_loader", "prepare_train_loader"]
+if TYPE_CHECKING:
+    from rtdetr_spartan.core import YAMLConfig
+
+__all__ = ["ShardSampler", "check_batch_sizes", "prepare_eval_loader", "prepare_train_loader"]
 
 
 class ShardSampler(data.Sampler[int]):
@@ -94,3 +98,15 @@ def prepare_eval_loader(loader: data.DataLoader) -> data.DataLoader:
     if not is_dist_initialized():
         return loader
     return _rebuild(loader, ShardSampler(cast(Sized, loader.dataset)), False, None)
+
+
+def check_batch_sizes(cfg: YAMLConfig) -> None:
+    """Each loader's ``batch_size`` (per process), when the config sets it, is an integer >= 1;
+    checked before anything is built."""
+    for key in ("train_dataloader", "val_dataloader"):
+        spec = cfg.get(key)
+        if not isinstance(spec, Mapping) or spec.get("batch_size") is None:
+            continue
+        value = spec["batch_size"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{cfg.path}: {key}.batch_size (per process) must be an integer >= 1, got {value!r}")

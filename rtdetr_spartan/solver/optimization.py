@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ from rtdetr_spartan.core import ConfigError, YAMLConfig, lookup
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.optim import param_groups_from_config, scaled_lr
 
-__all__ = ["build_optimizer", "build_scheduler", "fused_default"]
+__all__ = ["build_optimizer", "build_scheduler", "check_learning_rates", "fused_default", "rebuild_scheduler"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,4 +96,43 @@ def build_scheduler(
     if "iters_per_epoch" in inspect.signature(target).parameters:
         extra["iters_per_epoch"] = len(train_loader)
     scheduler: LRScheduler = cfg.build("lr_scheduler", **extra)
+    return scheduler
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_learning_rates(cfg: YAMLConfig) -> None:
+    """``optimizer.lr`` must be a number > 0 and every group's ``lr`` (``optimizer.params[i].lr``)
+    a number >= 0 (0 freezes the group); checked before anything is built."""
+    spec = cfg.get("optimizer")
+    if not isinstance(spec, Mapping):
+        return
+    lr = spec.get("lr")
+    if lr is not None and (not _is_number(lr) or lr <= 0):
+        raise ConfigError(f"{cfg.path}: optimizer.lr must be a number > 0, got {lr!r}")
+    groups = spec.get("params")
+    for index, group in enumerate(groups if isinstance(groups, list) else []):
+        value = group.get("lr") if isinstance(group, Mapping) else None
+        if value is not None and (not _is_number(value) or value < 0):
+            raise ConfigError(f"{cfg.path}: optimizer.params[{index}].lr must be a number >= 0, got {value!r}")
+
+
+def rebuild_scheduler(
+    cfg: YAMLConfig, optimizer: torch.optim.Optimizer, train_loader: DataLoader[Any], steps: int
+) -> LRScheduler | None:
+    """The config's schedule built anew on ``optimizer`` (each group back at its ``initial_lr``)
+    and stepped ``steps`` times: the lr of a run planned for this config's ``epochs`` from the
+    start, at the point a resumed run with another planned length had reached."""
+    for group in optimizer.param_groups:
+        if "initial_lr" in group:
+            group["lr"] = group["initial_lr"]
+    scheduler = build_scheduler(cfg, optimizer, train_loader)
+    if scheduler is None:
+        return None
+    with warnings.catch_warnings():  # torch warns about scheduler steps without optimizer steps
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            scheduler.step()
     return scheduler

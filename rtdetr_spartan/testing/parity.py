@@ -40,8 +40,8 @@ def load_spec(name: str, fixtures: Path) -> tuple[Spec, int]:
 
 
 def load_expected(name: str, fixtures: Path) -> Any:
-    """The reference outputs stored in ``fixtures/NAME.pt``."""
-    return torch.load(fixtures / f"{name}.pt", weights_only=False)
+    """The reference outputs stored in ``fixtures/NAME.pt`` (tensors and plain values, read as data only)."""
+    return torch.load(fixtures / f"{name}.pt", weights_only=True)
 
 
 def _uniform_fill(name: str, shape: tuple[int, ...], stream: np.random.Generator) -> np.ndarray:

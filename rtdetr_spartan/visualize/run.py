@@ -129,7 +129,7 @@ def _load(cfg: YAMLConfig, checkpoint: str | Path | None) -> torch.nn.Module:
     if checkpoint is None:
         logger.warning("no -r checkpoint: the maps show untrained weights")
     else:
-        load_model_weights(model, checkpoint, strict=True)
+        load_model_weights(model, checkpoint, strict=True, expect_task="detection", purpose="a detector (-r)")
     return model.eval()
 
 

@@ -139,7 +139,9 @@ def _stem(variant: str, act: str | None) -> nn.Sequential:
 
 def _load_local_checkpoint(module: nn.Module, pretrained: str | Path) -> None:
     """The project's one weight loader, non-strict: matching tensors load, the rest are warned about."""
-    load_model_weights(module, Path(pretrained), strict=False)
+    load_model_weights(
+        module, Path(pretrained), strict=False, expect_task="classification", purpose="PResNet.pretrained"
+    )
 
 
 def _check_pretrained(pretrained: bool | str | Path) -> str | Path | None:

@@ -142,7 +142,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"SpaRTAN.pretrained: checkpoint {str(path)!r} does not exist")
     # the one loader's strict policy: every difference is an error naming the tensors
-    loaded = len(load_model_weights(model, path, strict=True, ignore=("linear.",)).loaded)
+    report = load_model_weights(
+        model, path, strict=True, ignore=("linear.",), expect_task="classification", purpose="SpaRTAN.pretrained"
+    )
+    loaded = len(report.loaded)
     logger.info("SpaRTAN: loaded %d tensors from %s", loaded, path)
     return loaded
 
