@@ -8,6 +8,9 @@ Writes one annotated picture per image, one annotated MP4 per video (same frame 
 decoded and encoded frame by frame) and ``detections.json``: per image, and per video frame, the
 label, category id, class name, score, XYXY box (clipped to the image) and COCO XYWH bbox in
 pixels. An input that cannot be read is listed under ``errors`` and the others go on (exit code 1).
+Inputs are never written over: an output folder that is the input folder or holds an input is an
+error, and two inputs that would give one output name (``clip.avi``, ``clip_avi.mp4``) get
+distinct names (``clip_avi_2.mp4``), both listed in ``detections.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ import logging
 from rtdetr_spartan.deploy.infer import run_inference
 from rtdetr_spartan.deploy.openvino_runtime import PRECISIONS
 from rtdetr_spartan.deploy.runtime import RUNTIMES, Predictor, TorchPredictor, load_predictor
+
+
+def _score(text: str) -> float:
+    """A detection score threshold: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a score threshold lies in [0, 1], got {value:g}")
+    return value
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,8 +50,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. -u num_classes=4 (repeatable)",
     )
     parser.add_argument("-i", "--input", required=True, help="image, folder of images, or video")
-    parser.add_argument("-o", "--output", required=True, help="folder for pictures and detections.json")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score to keep a detection")
+    parser.add_argument(
+        "-o", "--output", required=True, help="folder for pictures and detections.json (not the input folder)"
+    )
+    parser.add_argument("--threshold", type=_score, default=0.5, help="minimum score to keep a detection, in [0, 1]")
     parser.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime", help="runtime for --onnx")
     parser.add_argument("--threads", type=int, default=None, help="--onnx: inference threads (default: all cores)")
     parser.add_argument(

@@ -7,20 +7,34 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
+from rtdetr_spartan.data.image_io import read_rgb
 from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.runtime import Predictor
 from rtdetr_spartan.deploy.video import VideoError, VideoReader, VideoWriter
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "collect_inputs", "run_inference", "video_output_name"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "OutputOverwritesInputError",
+    "collect_inputs",
+    "image_output_name",
+    "output_paths",
+    "run_inference",
+    "video_output_name",
+]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 RESULTS_NAME = "detections.json"
+
+
+class OutputOverwritesInputError(ValueError):
+    """An output folder or file that is (or would replace) one of the inputs."""
 
 
 def collect_inputs(source: str | Path, suffixes: frozenset[str] = IMAGE_SUFFIXES | VIDEO_SUFFIXES) -> list[Path]:
@@ -49,16 +63,17 @@ def _annotate(predictor: Predictor, image: Image.Image, out_path: Path, threshol
     }
 
 
-def _image_record(predictor: Predictor, path: Path, out_dir: Path, threshold: float) -> dict[str, Any]:
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise OSError(f"cannot read image {path}: {err}") from err
-    suffix = path.suffix.lower() if path.suffix.lower() in {".jpg", ".jpeg", ".png"} else ".png"
-    record = _annotate(predictor, image, out_dir / f"{path.stem}{suffix}", threshold)
+def _image_record(predictor: Predictor, path: Path, out_path: Path, threshold: float) -> dict[str, Any]:
+    # read_rgb applies the EXIF orientation, so boxes are in the image as it is displayed
+    record = _annotate(predictor, read_rgb(path), out_path, threshold)
     logger.info("%s: %d detections", path.name, len(record["detections"]))
     return {"file": path.name, **record}
+
+
+def image_output_name(path: Path) -> str:
+    """``a.jpg`` -> ``a.jpg``, ``a.png`` -> ``a.png``; other formats (``a.gif``) -> ``a.png``."""
+    suffix = path.suffix.lower() if path.suffix.lower() in {".jpg", ".jpeg", ".png"} else ".png"
+    return f"{path.stem}{suffix}"
 
 
 def video_output_name(path: Path) -> str:
@@ -67,25 +82,89 @@ def video_output_name(path: Path) -> str:
     return f"{path.stem}.mp4" if suffix == ".mp4" else f"{path.stem}_{suffix.lstrip('.')}.mp4"
 
 
-def _video_record(predictor: Predictor, path: Path, out_dir: Path, threshold: float) -> dict[str, Any]:
-    """Detect on every frame, streaming: decode a frame, draw it, encode it; one record per frame."""
+def output_paths(inputs: list[Path], out_dir: Path) -> dict[Path, Path]:
+    """The annotated output in ``out_dir`` of each input (``image_output_name`` /
+    ``video_output_name``), unique: when two inputs would share a name (``clip.avi`` and
+    ``clip_avi.mp4`` both give ``clip_avi.mp4``; ``a.gif`` and ``a.png`` both ``a.png``), an input
+    whose output keeps its own name keeps it and the other gets ``_2``, ``_3``, ... (a warning
+    names both). Names are compared case-insensitively, as some file systems do.
+
+    Raises :class:`OutputOverwritesInputError` when an output (or ``detections.json``) would be
+    one of the input files.
+    """
+    natural = {p: video_output_name(p) if p.suffix.lower() in VIDEO_SUFFIXES else image_output_name(p) for p in inputs}
+    owners: dict[str, Path | None] = {RESULTS_NAME.casefold(): None}  # name (case-folded) -> its input
+    names: dict[Path, str] = {}
+    # first the inputs whose output name is their own name, so that they keep it
+    for path in sorted(inputs, key=lambda p: natural[p] != p.name):
+        name = natural[path]
+        suffix = Path(name).suffix
+        stem = name[: len(name) - len(suffix)]
+        count = 1
+        while name.casefold() in owners:
+            count += 1
+            name = f"{stem}_{count}{suffix}"
+        if count > 1:
+            owner = owners[natural[path].casefold()]
+            logger.warning(
+                "%s and %s would both be written as %s; %s is written as %s",
+                owner.name if owner else RESULTS_NAME,
+                path.name,
+                natural[path],
+                path.name,
+                name,
+            )
+        owners[name.casefold()] = path
+        names[path] = name
+    resolved_inputs = {p.resolve() for p in inputs}
+    outputs = {p: out_dir / names[p] for p in inputs}
+    for target in [*outputs.values(), out_dir / RESULTS_NAME]:
+        if target.resolve() in resolved_inputs:
+            raise OutputOverwritesInputError(
+                f"output {target} would replace the input file of that name; "
+                "choose an output folder (-o) that holds no inputs"
+            )
+    return outputs
+
+
+def _check_output_folder(source: Path, inputs: list[Path], out_dir: Path) -> None:
+    """Refuse an output folder that is the input folder or holds an input file: its annotated
+    copies would replace or sit among the user's originals."""
+    out = out_dir.resolve()
+    if source.is_dir() and source.resolve() == out:
+        raise OutputOverwritesInputError(
+            f"output folder {out_dir} is the input folder {source}; choose another -o (e.g. {out_dir / 'annotated'})"
+        )
+    held = [p for p in inputs if p.parent.resolve() == out]
+    if held:
+        raise OutputOverwritesInputError(
+            f"output folder {out_dir} holds the input {held[0]}; choose an output folder (-o) that holds no inputs"
+        )
+
+
+def _video_record(predictor: Predictor, path: Path, out_path: Path, threshold: float) -> dict[str, Any]:
+    """Detect on every frame, streaming: decode a frame, draw it, encode it; one record per frame.
+    The output is opened at the first frame, so a video without frames leaves no file."""
     frames: list[dict[str, Any]] = []
     with VideoReader(path) as reader:
         info = reader.info
-        out_path = out_dir / video_output_name(path)
-        with (
-            VideoWriter(out_path, info.width, info.height, info.fps) as writer,
-            tqdm(total=info.frames or None, desc=path.name, unit="frame", dynamic_ncols=True) as progress,
-        ):
-            for index, seconds, frame in reader:
-                detections = predictor.predict([frame], threshold)[0]
-                writer.write(draw_detections(frame, detections))
-                frames.append(
-                    {"frame": index, "time": round(seconds, 6), "detections": [d.to_dict() for d in detections]}
-                )
-                progress.update()
+        writer: VideoWriter | None = None
+        try:
+            with tqdm(total=info.frames or None, desc=path.name, unit="frame", dynamic_ncols=True) as progress:
+                for index, seconds, frame in reader:
+                    if writer is None:
+                        writer = VideoWriter(out_path, info.width, info.height, info.fps)
+                    detections = predictor.predict([frame], threshold)[0]
+                    writer.write(draw_detections(frame, detections))
+                    frames.append(
+                        {"frame": index, "time": round(seconds, 6), "detections": [d.to_dict() for d in detections]}
+                    )
+                    progress.update()
+        finally:
+            if writer is not None:
+                writer.close()
     if not frames:
-        raise VideoError(f"video {path} has no decodable frames")
+        raise VideoError(f"video {path} has no frames")
     logger.info("%s: %d frames at %.3g fps annotated into %s", path.name, len(frames), float(info.fps), out_path)
     return {
         "file": path.name,
@@ -106,8 +185,16 @@ def run_inference(
     label, category_id, name, score, box XYXY and bbox XYWH pixels), ``videos`` (per video: file,
     annotated MP4 ``output``, size, fps and per frame its index, time in seconds and detections)
     and ``errors`` (inputs that could not be processed, with the reason; the others go on).
+
+    ``threshold`` must lie in [0, 1]. ``out_dir`` may not be the input folder nor hold an input
+    (:class:`OutputOverwritesInputError`); output names are unique (see :func:`output_paths`).
     """
-    out_dir = Path(out_dir)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1] (a score), got {threshold}")
+    source, out_dir = Path(source), Path(out_dir)
+    inputs = collect_inputs(source)
+    _check_output_folder(source, inputs, out_dir)
+    outputs = output_paths(inputs, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "threshold": threshold,
@@ -116,12 +203,12 @@ def run_inference(
         "videos": [],
         "errors": [],
     }
-    for path in collect_inputs(source):
+    for path in inputs:
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                results["videos"].append(_video_record(predictor, path, out_dir, threshold))
+                results["videos"].append(_video_record(predictor, path, outputs[path], threshold))
             else:
-                results["images"].append(_image_record(predictor, path, out_dir, threshold))
+                results["images"].append(_image_record(predictor, path, outputs[path], threshold))
         except OSError as err:  # unreadable image or video (VideoError is an OSError)
             logger.error("%s", err)
             results["errors"].append({"file": path.name, "error": str(err)})

@@ -12,13 +12,15 @@ bfloat16 instructions (AVX512_BF16, AMX), which changes the numbers; here bfloat
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.runtime import Outputs, Predictor
+from rtdetr_spartan.deploy.runtime import ModelFileError, Outputs, Predictor, model_file
 
 __all__ = ["PRECISIONS", "OpenVinoPredictor", "openvino_bf16_supported", "openvino_config"]
 
@@ -100,14 +102,19 @@ class OpenVinoPredictor(Predictor):
     ) -> None:
         import openvino as ov
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"model {self.path} does not exist")
+        self.path = model_file(path)
         config = openvino_config(threads, precision)
         if profiling:
             config[ov.properties.enable_profiling] = True
         core = ov.Core()
-        model = core.read_model(str(self.path))
+        try:
+            model = core.read_model(str(self.path))
+        except RuntimeError as err:  # OpenVINO's parse errors (garbage, a truncated IR, no .bin)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelFileError(
+                f"{self.path} is not a model OpenVINO can read (an exported .onnx or a saved model.xml "
+                f"with its .bin): {first}"
+            ) from err
         meta = _ir_metadata(model, self.path) if self.path.suffix == ".xml" else _onnx_metadata(self.path)
         self.info = ModelInfo.from_metadata(meta, str(self.path))
         self.precision = precision
@@ -126,15 +133,39 @@ class OpenVinoPredictor(Predictor):
         self._request = self.compiled.create_infer_request()
 
     def save_ir(self, model: Any, folder: str | Path) -> Path:
-        """Write ``model`` (an ``openvino.Model``) as IR ``folder/model.xml`` with this model's metadata."""
+        """Write ``model`` (an ``openvino.Model``) as IR ``folder/model.xml`` (+ ``model.bin``)
+        with this model's metadata; returns the ``.xml`` path.
+
+        Both files are written under temporary names in ``folder`` and then renamed over the old
+        ones, so an interrupted save leaves the previous IR whole. Writing over the IR this
+        predictor was loaded from is refused (:class:`ModelFileError`): OpenVINO maps its
+        ``.bin`` into memory while the model is in use.
+        """
         import openvino as ov
 
         folder = Path(folder)
+        target = folder / IR_NAME
+        if self.path.suffix.lower() == ".xml" and target.resolve() in (
+            self.path.resolve(),
+            self.path.with_suffix(".bin").resolve(),
+        ):
+            raise ModelFileError(
+                f"--save-ir {folder} would write over the model being read ({self.path}); choose another folder"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         for key, value in self.info.to_metadata().items():
             model.set_rt_info(value, [_RT_INFO_SECTION, key])
-        target = folder / IR_NAME
-        ov.save_model(model, str(target), compress_to_fp16=False)
+        handle, scratch = tempfile.mkstemp(prefix=".model-", suffix=".xml", dir=folder)
+        os.close(handle)
+        scratch_xml = Path(scratch)
+        scratch_bin = scratch_xml.with_suffix(".bin")
+        try:
+            ov.save_model(model, str(scratch_xml), compress_to_fp16=False)
+            os.replace(scratch_bin, target.with_suffix(".bin"))
+            os.replace(scratch_xml, target)
+        finally:
+            scratch_xml.unlink(missing_ok=True)
+            scratch_bin.unlink(missing_ok=True)
         logger.info("OpenVINO IR written to %s", target)
         return target
 

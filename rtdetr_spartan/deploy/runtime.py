@@ -18,15 +18,18 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from rtdetr_spartan.data.image_io import to_rgb
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.types import Detection
 
 __all__ = [
     "RUNTIMES",
+    "ModelFileError",
     "OnnxPredictor",
     "Predictor",
     "TorchPredictor",
     "load_predictor",
+    "model_file",
     "preprocess",
     "session_options",
 ]
@@ -37,9 +40,28 @@ Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 _OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
+class ModelFileError(ValueError):
+    """A model path that is a folder, or a file the runtime cannot read; the message names it."""
+
+
+def model_file(path: str | Path) -> Path:
+    """``path`` as a model file: FileNotFoundError when it does not exist; :class:`ModelFileError`
+    for a folder, naming the model files it holds."""
+    path = Path(path)
+    if path.is_dir():
+        held = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".onnx", ".xml") and p.is_file())
+        hint = f"it holds {', '.join(held)}: pass {path / held[0]}" if held else "it holds no .onnx or .xml file"
+        raise ModelFileError(f"model {path} is a folder, not a model file; {hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"model {path} does not exist")
+    return path
+
+
 def preprocess(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """RGB ``image`` -> float32 [3, H, W] in [0, 1] at ``size`` = (H, W), exactly as validation."""
-    resized = TF.resize(image.convert("RGB"), [int(size[0]), int(size[1])])
+    """``image`` -> float32 [3, H, W] in [0, 1] at ``size`` = (H, W), exactly as validation.
+    The image is first taken as :func:`~rtdetr_spartan.data.image_io.to_rgb` gives it (EXIF
+    orientation applied, 16-bit scaled to 8), as training and evaluation read their files."""
+    resized = TF.resize(to_rgb(image), [int(size[0]), int(size[1])])
     return TF.to_dtype(TF.to_image(resized), torch.float32, scale=True)
 
 
@@ -69,11 +91,12 @@ class Predictor(ABC):
         (labels [N, K] int64, boxes [N, K, 4] XYXY pixels, scores [N, K])."""
 
     def predict(self, images: Sequence[Image.Image], threshold: float = 0.5) -> list[list[Detection]]:
-        """Detections scoring >= ``threshold``, per image, best first; boxes in the image's pixels,
-        clipped to the image (as RT-DETR's postprocessor users expect; COCO evaluation with
-        :meth:`run` keeps the model's raw boxes, as in training)."""
+        """Detections scoring >= ``threshold``, per image, best first; boxes in the image's pixels
+        as displayed (EXIF orientation applied), clipped to the image (as RT-DETR's postprocessor
+        users expect; COCO evaluation with :meth:`run` keeps the model's raw boxes, as in training)."""
         if not images:
             return []
+        images = [to_rgb(image) for image in images]
         batch = np.stack([preprocess(image, self.input_size).numpy() for image in images])
         sizes = np.array([image.size for image in images], dtype=np.int64)
         labels, boxes, scores = self.run(batch, sizes)
@@ -145,13 +168,19 @@ class OnnxPredictor(Predictor):
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model {self.path} does not exist")
-        self.session = ort.InferenceSession(
-            str(self.path), session_options(threads, optimization), providers=list(providers)
-        )
+        self.path = model_file(path)
+        if self.path.suffix.lower() == ".xml":
+            raise ModelFileError(f"{self.path} is an OpenVINO IR, not an ONNX model; use --runtime openvino")
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), session_options(threads, optimization), providers=list(providers)
+            )
+        except (InvalidProtobuf, InvalidGraph, Fail) as err:
+            raise ModelFileError(
+                f"{self.path} is not an ONNX model onnxruntime can load (export one with tools/export_onnx.py): {err}"
+            ) from err
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(self.path))
         inputs = {i.name: i for i in self.session.get_inputs()}

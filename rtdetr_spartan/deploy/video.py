@@ -2,7 +2,9 @@
 
 Nothing holds more than the frame at hand, so memory stays the same whatever the video's length.
 Videos are written as MP4 (H.264 via libx264 where the FFmpeg build has it, else MPEG-4 part 2)
-at the input's frame rate and size.
+at the input's frame rate and size, in yuv420p (4:2:0 chroma), the format players and browsers
+play. 4:2:0 needs even sides and H.264 can crop only by pairs of pixels, so an odd-sized video is
+written one pixel wider and/or taller, the extra column or row repeating its neighbour.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from types import TracebackType
 from typing import Iterator, cast
 
 import av
+import numpy as np
 from av.video.stream import VideoStream
 from PIL import Image
 
@@ -49,6 +52,8 @@ class VideoReader:
         self.path = Path(path)
         try:
             self._container = av.open(str(self.path), mode="r")
+        except av.EOFError as err:  # a header and nothing after it (a zero-frame Matroska file)
+            raise VideoError(f"video {self.path} has no frames (the file ends before its first frame)") from err
         except (av.FFmpegError, OSError, ValueError) as err:
             raise VideoError(f"cannot open video {self.path}: {err}") from err
         if not self._container.streams.video:
@@ -94,7 +99,8 @@ def _codec() -> str:
 
 
 class VideoWriter:
-    """Encode RGB PIL images of one size into an MP4 file at ``fps``; a context manager."""
+    """Encode RGB PIL images of ``width`` x ``height`` into an MP4 file at ``fps`` (yuv420p; an
+    odd side is written one pixel longer, see the module docstring); a context manager."""
 
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction | float) -> None:
         self.path = Path(path)
@@ -107,23 +113,23 @@ class VideoWriter:
         except (av.FFmpegError, OSError, ValueError) as err:
             raise VideoError(f"cannot write video {self.path}: {err}") from err
         self._time_base = 1 / rate
-        self._stream.width, self._stream.height = int(width), int(height)
-        # 4:2:0 chroma needs even sides; odd-sized videos keep their size in 4:4:4 (libx264 only).
-        even = width % 2 == 0 and height % 2 == 0
-        if not even and codec != "libx264":
-            raise VideoError(f"cannot write {width}x{height} video {self.path}: odd sizes need libx264")
-        self._stream.pix_fmt = "yuv420p" if even else "yuv444p"
+        self.width, self.height = int(width), int(height)
+        # yuv420p needs even sides: odd ones are padded by one pixel (see the module docstring)
+        self._stream.width, self._stream.height = self.width + self.width % 2, self.height + self.height % 2
+        self._stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             self._stream.options = {"crf": "20", "preset": "veryfast"}
         self.frames = 0
 
     def write(self, image: Image.Image) -> None:
         """Append one frame (resized never: it must have the writer's size)."""
-        if image.size != (self._stream.width, self._stream.height):
-            raise ValueError(
-                f"frame of size {image.size} for video {self.path} of size {(self._stream.width, self._stream.height)}"
-            )
-        frame = av.VideoFrame.from_image(image.convert("RGB"))
+        if image.size != (self.width, self.height):
+            raise ValueError(f"frame of size {image.size} for video {self.path} of size {(self.width, self.height)}")
+        pixels = np.asarray(image.convert("RGB"))
+        pad = ((0, self._stream.height - self.height), (0, self._stream.width - self.width), (0, 0))
+        if any(after for _, after in pad):
+            pixels = np.pad(pixels, pad, mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
         frame.pts = self.frames  # constant frame rate: frame i at i / fps
         frame.time_base = self._time_base
         self._container.mux(self._stream.encode(frame))

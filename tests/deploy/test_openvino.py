@@ -7,7 +7,7 @@ import pytest
 
 from rtdetr_spartan.deploy.compare import paired_differences
 from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor, openvino_bf16_supported, openvino_config
-from rtdetr_spartan.deploy.runtime import OnnxPredictor
+from rtdetr_spartan.deploy.runtime import ModelFileError, OnnxPredictor
 from tests.deploy.deploy_utils import R18_CONFIG, export_config, min_matched_fraction
 
 pytestmark = pytest.mark.slow  # every test here exports a full detector to ONNX
@@ -72,6 +72,32 @@ def test_saved_ir_keeps_metadata_and_outputs(exported: Path, tmp_path: Path) -> 
     assert from_ir.info.dynamic_size and from_ir._fixed_batch == 1
     images, sizes = _inputs((SIZE, SIZE), 2, seed=2)
     assert min_matched_fraction(from_onnx.run(images, sizes), from_ir.run(images, sizes), sizes, 1e-6) == 1.0
+
+
+def test_save_ir_over_the_model_being_read_is_refused_and_saves_are_atomic(exported: Path, tmp_path: Path) -> None:
+    ir = tmp_path / "ir"
+    OpenVinoPredictor(exported, threads=1, save_ir=ir)
+    before = {name: (ir / name).read_bytes() for name in ("model.xml", "model.bin")}
+    with pytest.raises(ModelFileError, match=r"--save-ir .*ir would write over the model being read .*model.xml"):
+        OpenVinoPredictor(ir / "model.xml", threads=1, save_ir=ir)
+    assert {name: (ir / name).read_bytes() for name in before} == before  # untouched, not 0 bytes
+    # saving over an IR that is not being read replaces both files and leaves no temporary ones
+    other = tmp_path / "other.onnx"
+    export_config(R18_CONFIG, (), other, SIZE, dynamic_batch=False, dynamic_size=True, seed=1)
+    OpenVinoPredictor(other, threads=1, save_ir=ir)
+    assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"]
+    assert (ir / "model.bin").read_bytes() != before["model.bin"]
+    images, sizes = _inputs((SIZE, SIZE), 1, seed=4)
+    reloaded = OpenVinoPredictor(ir / "model.xml", threads=1).run(images, sizes)
+    assert min_matched_fraction(OnnxPredictor(other).run(images, sizes), reloaded, sizes, 1e-3) >= MIN_MATCHED
+
+
+def test_a_file_openvino_cannot_read_is_a_named_error(tmp_path: Path) -> None:
+    (tmp_path / "junk.onnx").write_bytes(b"garbage" * 20)
+    with pytest.raises(ModelFileError, match=r"junk.onnx is not a model OpenVINO can read"):
+        OpenVinoPredictor(tmp_path / "junk.onnx")
+    with pytest.raises(ModelFileError, match=r"is a folder, not a model file; it holds junk.onnx"):
+        OpenVinoPredictor(tmp_path)
 
 
 def test_ir_without_metadata_is_rejected(exported: Path, tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from PIL import Image
 from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY
 from rtdetr_spartan.data.transforms import Compose
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.runtime import OnnxPredictor, TorchPredictor, preprocess
+from rtdetr_spartan.deploy.runtime import ModelFileError, OnnxPredictor, TorchPredictor, load_predictor, preprocess
 from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree, export_config
 
 SIZE = 128  # smallest stride-32 size with >= 300 anchors (num_queries)
@@ -106,3 +108,34 @@ def test_metadata_round_trip_and_errors() -> None:
         ModelInfo.from_metadata({"num_classes": "4"}, "m.onnx")
     with pytest.raises(ValueError, match="malformed"):
         ModelInfo.from_metadata({"num_classes": "4", "input_size": "[1]"}, "m.onnx")
+
+
+def test_a_folder_an_openvino_ir_or_garbage_is_a_named_error(tmp_path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"not a protobuf" * 8)
+    with pytest.raises(ModelFileError, match=r"is a folder, not a model file; it holds model.onnx: pass .*model.onnx"):
+        OnnxPredictor(tmp_path)
+    with pytest.raises(ModelFileError, match=r"model.onnx is not an ONNX model onnxruntime can load"):
+        OnnxPredictor(tmp_path / "model.onnx")
+    (tmp_path / "model.xml").write_text("<?xml version='1.0'?><net name='x' version='11'></net>")
+    with pytest.raises(ModelFileError, match=r"model.xml is an OpenVINO IR, not an ONNX model; use --runtime openvino"):
+        load_predictor(tmp_path / "model.xml")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelFileError, match="holds no .onnx or .xml file"):
+        load_predictor(empty)
+
+
+def test_preprocess_scales_16_bit_images_and_applies_exif_orientation() -> None:
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    sixteen = Image.fromarray(ramp)
+    assert sixteen.mode.startswith("I;16")
+    got = preprocess(sixteen, (32, 32))
+    assert 0.4 < float(got.mean()) < 0.6 and float(got.min()) < 0.05  # a ramp, not all white
+    stored = _image(64, 32, seed=3)  # stored landscape, displayed portrait (orientation 6)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif.tobytes())
+    tagged = Image.open(io.BytesIO(buffer.getvalue()))
+    displayed = stored.transpose(Image.Transpose.ROTATE_270)
+    assert torch.equal(preprocess(tagged, (32, 32)), preprocess(displayed, (32, 32)))

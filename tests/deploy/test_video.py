@@ -3,11 +3,12 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from rtdetr_spartan.deploy.infer import video_output_name
+from rtdetr_spartan.deploy.infer import OutputOverwritesInputError, output_paths, video_output_name
 from rtdetr_spartan.deploy.video import VideoError, VideoReader, VideoWriter
 
 
@@ -36,12 +37,34 @@ def test_round_trip_keeps_frames_rate_and_size(tmp_path: Path, suffix: str) -> N
         assert int(np.argmax(column)) // 4 == index
 
 
-def test_odd_size_is_kept(tmp_path: Path) -> None:
-    with VideoWriter(tmp_path / "odd.mp4", 75, 41, 10) as writer:
+@pytest.mark.parametrize("size", [(75, 41), (64, 41), (75, 48)])
+def test_odd_sizes_are_written_as_yuv420p_padded_by_one_pixel(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Players and browsers play 4:2:0 H.264 (not 4:4:4): odd sides grow by a copied edge pixel."""
+    width, height = size
+    with VideoWriter(tmp_path / "odd.mp4", width, height, 10) as writer:
         for i in range(3):
-            writer.write(_frame(i, (75, 41)))
-    with VideoReader(tmp_path / "odd.mp4") as reader:
-        assert (reader.info.width, reader.info.height) == (75, 41) and len(list(reader)) == 3
+            writer.write(_frame(i, size))
+    padded = (width + width % 2, height + height % 2)
+    with av.open(str(tmp_path / "odd.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    assert len(decoded) == 3 and all(pixels.shape == (padded[1], padded[0], 3) for pixels in decoded)
+    last = decoded[-1].astype(np.int16)
+    original = np.asarray(_frame(2, size), dtype=np.int16)
+    assert np.abs(last[:height, :width] - original).mean() < 4  # lossy, but the picture is where it was
+    # the added column / row repeats its neighbour, so no dark line shows at the edge
+    assert np.abs(last[:, -1] - last[:, -2]).mean() < 4 and np.abs(last[-1] - last[-2]).mean() < 4
+
+
+def test_a_zero_frame_video_says_it_has_no_frames(tmp_path: Path) -> None:
+    path = tmp_path / "empty.mkv"
+    with av.open(str(path), mode="w") as container:  # a header with a stream, and no frame
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height = 64, 48
+        container.start_encoding()
+    with pytest.raises(VideoError, match=r"video .*empty.mkv has no frames"):
+        VideoReader(path)
 
 
 def test_a_cut_video_streams_the_frames_before_the_cut(tmp_path: Path) -> None:
@@ -73,3 +96,18 @@ def test_output_names() -> None:
     assert video_output_name(Path("a/clip.mp4")) == "clip.mp4"
     assert video_output_name(Path("clip.AVI")) == "clip_avi.mp4"
     assert video_output_name(Path("clip.webm")) == "clip_webm.mp4"
+
+
+def test_output_names_are_unique_and_never_an_input(tmp_path: Path) -> None:
+    inputs = [tmp_path / n for n in ("a.gif", "a.png", "clip.avi", "clip_avi.mp4", "x.bmp", "X.PNG")]
+    outputs = output_paths(sorted(inputs), tmp_path / "out")
+    assert {p.name: outputs[p].name for p in inputs} == {
+        "a.gif": "a_2.png",  # a.png keeps its own name
+        "a.png": "a.png",
+        "clip.avi": "clip_avi_2.mp4",
+        "clip_avi.mp4": "clip_avi.mp4",
+        "x.bmp": "x_2.png",  # names are compared case-insensitively
+        "X.PNG": "X.png",
+    }
+    with pytest.raises(OutputOverwritesInputError, match=r"output .*a.png would replace the input file"):
+        output_paths([tmp_path / "a.gif", tmp_path / "a.png"], tmp_path)

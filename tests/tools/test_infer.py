@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from PIL import Image
 
 from rtdetr_spartan.data.shapes import make_detection_dataset
 from rtdetr_spartan.deploy.from_config import load_config
-from rtdetr_spartan.deploy.runtime import OnnxPredictor
+from rtdetr_spartan.deploy.infer import OutputOverwritesInputError
+from rtdetr_spartan.deploy.runtime import ModelFileError, OnnxPredictor
 from rtdetr_spartan.deploy.video import VideoReader, VideoWriter
 from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree, min_matched_fraction
 from tools.export_onnx import main as export_main
@@ -202,3 +205,88 @@ def test_video_in_annotated_video_out(exported: dict[str, Path], tmp_path: Path)
     assert (
         np.abs(edge - np.asarray(original, dtype=np.int16)[min(max(y0, 0), 143), min(max(x0 + 2, 0), 175)]).max() > 30
     )
+
+
+def test_output_folder_that_is_or_holds_an_input_is_refused(exported: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(exported["images"] / "000000.jpg").save(folder / "a.png")
+    original = (folder / "a.png").read_bytes()
+    onnx = ["--onnx", str(exported["onnx"])]
+    with pytest.raises(OutputOverwritesInputError, match=r"output folder .*photos is the input folder"):
+        infer_main([*onnx, "-i", str(folder), "-o", str(folder / ".." / "photos")])
+    with pytest.raises(OutputOverwritesInputError, match=r"output folder .*photos holds the input .*a.png"):
+        infer_main([*onnx, "-i", str(folder / "a.png"), "-o", str(folder)])
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"] and (folder / "a.png").read_bytes() == original
+    assert infer_main([*onnx, "-i", str(folder), "-o", str(folder / "annotated")]) == 0  # a subfolder is fine
+
+
+def test_colliding_output_names_get_a_suffix(exported: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    _make_video(folder / "clip.avi", frames=2, size=(96, 80), fps=10)
+    _make_video(folder / "clip_avi.mp4", frames=3, size=(96, 80), fps=10)
+    out = tmp_path / "out"
+    assert infer_main(["--onnx", str(exported["onnx"]), "-i", str(folder), "-o", str(out)]) == 0
+    videos = {v["file"]: v for v in json.loads((out / "detections.json").read_text())["videos"]}
+    assert {name: v["output"] for name, v in videos.items()} == {
+        "clip.avi": "clip_avi_2.mp4",
+        "clip_avi.mp4": "clip_avi.mp4",
+    }
+    for name, video in videos.items():  # each output holds its own input's frames
+        with VideoReader(out / video["output"]) as reader:
+            assert len(list(reader)) == len(video["frames"]) == {"clip.avi": 2, "clip_avi.mp4": 3}[name]
+
+
+def test_bad_threshold_model_paths_and_empty_video_are_named(
+    exported: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = str(exported["images"] / "000000.jpg")
+    with pytest.raises(SystemExit):
+        infer_main(["--onnx", str(exported["onnx"]), "-i", image, "-o", str(tmp_path), "--threshold", "1.5"])
+    assert "argument --threshold: a score threshold lies in [0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(ModelFileError, match=r"is a folder, not a model file; it holds r18.onnx"):
+        infer_main(["--onnx", str(exported["onnx"].parent), "-i", image, "-o", str(tmp_path / "o")])
+    import openvino as ov
+
+    ov.save_model(ov.Core().read_model(str(exported["onnx"])), str(tmp_path / "model.xml"))
+    with pytest.raises(ModelFileError, match="is an OpenVINO IR, not an ONNX model; use --runtime openvino"):
+        infer_main(["--onnx", str(tmp_path / "model.xml"), "-i", image, "-o", str(tmp_path / "o")])
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    with av.open(str(folder / "empty.avi"), mode="w") as container:  # a stream and no frame
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height = 64, 48
+        container.start_encoding()
+    assert infer_main(["--onnx", str(exported["onnx"]), "-i", str(folder), "-o", str(tmp_path / "v")]) == 1
+    (error,) = json.loads((tmp_path / "v" / "detections.json").read_text())["errors"]
+    assert error["file"] == "empty.avi" and re.search(r"video .*empty.avi has no frames", error["error"])
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["detections.json"]  # no empty MP4 left
+
+
+def test_exif_rotated_and_16_bit_images_are_read_as_displayed(exported: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    stored = Image.open(exported["images"] / "000000.jpg").convert("RGB").resize((160, 96))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees clockwise (portrait)
+    stored.save(folder / "phone.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(folder / "phone.jpg") as decoded:  # the same decoded pixels, turned by hand
+        decoded.transpose(Image.Transpose.ROTATE_270).save(folder / "upright.png")
+    out = tmp_path / "out"
+    assert infer_main(["--onnx", str(exported["onnx"]), "-i", str(folder), "-o", str(out), "--threshold", "0"]) == 0
+    records = {r["file"]: r for r in json.loads((out / "detections.json").read_text())["images"]}
+    phone, upright = records["phone.jpg"], records["upright.png"]
+    assert (phone["width"], phone["height"]) == (upright["width"], upright["height"]) == (96, 160)
+    assert Image.open(out / phone["output"]).size == (96, 160)
+    assert_detections_agree(_arrays(upright), _arrays(phone), np.array([[96, 160]]))
+    ramp = np.linspace(0, 65535, 160 * 120).reshape(120, 160).astype(np.uint16)
+    sixteen = tmp_path / "deep"
+    sixteen.mkdir()
+    Image.fromarray(ramp).save(sixteen / "deep.png")
+    assert (
+        infer_main(["--onnx", str(exported["onnx"]), "-i", str(sixteen), "-o", str(tmp_path / "d"), "--threshold", "1"])
+        == 0
+    )
+    drawn = np.asarray(Image.open(tmp_path / "d" / "deep.png").convert("L"), dtype=np.float64)
+    assert abs(drawn.mean() - 127.5) < 3 and drawn.min() < 5  # the ramp as 8 bits, not all white
