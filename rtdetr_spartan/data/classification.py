@@ -21,6 +21,7 @@ from torchvision import datasets
 
 from rtdetr_spartan.core import register
 from rtdetr_spartan.data.coco import ImageReadError
+from rtdetr_spartan.data.image_io import read_rgb
 
 __all__ = [
     "ImageFolderDataset",
@@ -62,13 +63,13 @@ def _layout_hint(root: Path) -> str:
 
 
 def _read_rgb(path: str) -> Image.Image:
-    """The image at ``path`` as RGB; an unreadable file (missing, truncated, or not an image
+    """The image at ``path`` as 8-bit RGB as displayed (``data.image_io.read_rgb``: EXIF
+    orientation applied, 16-bit scaled); an unreadable file (missing, truncated, or not an image
     despite its extension) raises :class:`ImageReadError` naming it."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ImageReadError(f"cannot read image {path}: {err}") from err
+        return read_rgb(path)
+    except OSError as err:
+        raise ImageReadError(str(err)) from err
 
 
 @register()

@@ -24,6 +24,8 @@ from rtdetr_spartan.data.categories import (
     MSCOCO_LABEL_TO_CATEGORY,
     contiguous_mapping,
 )
+from rtdetr_spartan.data.coco_validation import check_coco_structure, structure_error
+from rtdetr_spartan.data.image_io import read_rgb
 
 __all__ = ["CocoDetection", "ImageReadError"]
 
@@ -51,9 +53,15 @@ class CocoDetection(torchvision.datasets.CocoDetection):
     Labels: with ``remap_mscoco_category`` the 80 COCO categories (ids 1..90) become labels
     0..79; otherwise the file's own category ids become 0..N-1 in sorted id order.
 
-    Construction checks the annotation file against the folder: every annotation's image is
-    listed, and (``check_images``, one stat per image) every listed image file exists, so a
-    missing file stops a run before training, not at the first evaluation. Boxes that are
+    Images are read by ``data.image_io.read_rgb``: EXIF orientation applied and 16-bit images
+    scaled to 8 bits, so pixels, ``orig_size`` and boxes are all in the displayed frame, the one
+    the file's ``width`` / ``height`` and boxes are annotated in (a decoded size that disagrees
+    with the recorded one is a warning naming the image).
+
+    Construction checks the annotation file (``data.coco_validation``: every record's required
+    fields, each bad one named by file, id and field) and, with ``check_images`` (one stat per
+    image), that every listed image file exists, so a bad file stops a run before training, not
+    at the first batch or evaluation. A file without annotations is a warning. Boxes that are
     degenerate or lie outside their image are dropped or clamped when items are loaded; one
     warning per dataset gives their counts.
     """
@@ -82,15 +90,21 @@ class CocoDetection(torchvision.datasets.CocoDetection):
                 super().__init__(str(self.img_folder), str(self.ann_file), transforms=transforms)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{self.ann_file} is not a valid COCO JSON file: {err}") from err
+        except (KeyError, TypeError, AttributeError, AssertionError) as err:
+            # pycocotools indexes records by field without a check; say which record is bad.
+            error = structure_error(json.loads(self.ann_file.read_text()), self.ann_file)
+            if error is not None:
+                raise error from err
+            raise
         logger.debug("%s", captured.getvalue().strip())
+        check_coco_structure(self.coco.dataset, self.ann_file)
         self.return_masks = return_masks
         self.remap_mscoco_category = remap_mscoco_category
         self.num_classes = num_classes
         self._size_warned: set[int] = set()
         self.category_to_label, self.label_to_category, self.category_names = self._build_mapping()
-        self._check_annotation_categories()
         self._check_num_classes(num_classes)
-        self._check_listed_images(check_images)
+        self._check_image_files(check_images)
         self._report_sanitized_boxes()
 
     # ----------------------------------------------------------------- category mapping
@@ -111,15 +125,6 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         names = {label: file_categories[cid] for label, cid in label_to_category.items()}
         return category_to_label, label_to_category, names
 
-    def _check_annotation_categories(self) -> None:
-        for ann in self.coco.dataset.get("annotations", []):
-            if int(ann["category_id"]) not in self.category_to_label:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann.get('id')} (image {ann.get('image_id')}) has "
-                    f"category_id {ann['category_id']}, which is not in the label mapping "
-                    f"{sorted(self.category_to_label)}"
-                )
-
     def _check_num_classes(self, num_classes: int | None) -> None:
         if num_classes is None:
             return
@@ -130,18 +135,9 @@ class CocoDetection(torchvision.datasets.CocoDetection):
                 f"(remap_mscoco_category={self.remap_mscoco_category}); set num_classes >= {needed}"
             )
 
-    def _check_listed_images(self, check_files: bool) -> None:
+    def _check_image_files(self, check_files: bool) -> None:
+        """Every listed image file exists (one stat each; ``check_files``)."""
         images = self.coco.dataset.get("images", [])
-        listed = {info.get("id") for info in images}
-        unlisted = [a for a in self.coco.dataset.get("annotations", []) if a.get("image_id") not in listed]
-        if unlisted:
-            raise ValueError(
-                f"{self.ann_file}: {len(unlisted)} annotations refer to images missing from 'images', e.g. "
-                f"annotation {unlisted[0].get('id')} (image_id {unlisted[0].get('image_id')})"
-            )
-        nameless = [info.get("id") for info in images if not info.get("file_name")]
-        if nameless:
-            raise ValueError(f"{self.ann_file}: images {nameless[:5]} have no file_name")
         if not check_files:
             return
         missing = [info for info in images if not (self.img_folder / info["file_name"]).is_file()]
@@ -155,6 +151,14 @@ class CocoDetection(torchvision.datasets.CocoDetection):
 
     def _report_sanitized_boxes(self) -> None:
         """One warning with the counts of the boxes that loading will drop or clamp."""
+        if not self.coco.dataset.get("annotations"):
+            logger.warning(
+                "%s holds no annotations: every one of its %d images is background only, so training on it "
+                "teaches nothing and its AP is undefined (-1); check that the file is the intended one",
+                self.ann_file,
+                len(self.ids),
+            )
+            return
         anns = [a for a in self.coco.dataset.get("annotations", []) if not a.get("iscrowd", 0)]
         if not anns:
             return
@@ -186,12 +190,9 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         file_name = self.coco.loadImgs(image_id)[0]["file_name"]
         path = self.img_folder / file_name
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as err:
-            raise ImageReadError(
-                f"cannot read image {path} (image id {image_id}, listed in {self.ann_file}): {err}"
-            ) from err
+            return read_rgb(path)
+        except OSError as err:
+            raise ImageReadError(f"{err} (image id {image_id}, listed in {self.ann_file})") from err
 
     def load_item(self, index: int) -> tuple[Image.Image, dict[str, Any]]:
         """The decoded image and its target before transforms (boxes XYXY pixels)."""
@@ -244,18 +245,29 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         return tv_tensors.Mask(data)
 
     def _check_recorded_size(self, image_id: int, w: int, h: int) -> None:
+        """Warn (once per image) when the decoded image, EXIF orientation applied, is not the size
+        the annotation file records: its boxes are then in another frame than the pixels."""
         info = self.coco.imgs[image_id]
         recorded = (info.get("width"), info.get("height"))
-        if recorded not in ((w, h), (None, None)) and image_id not in self._size_warned:
-            self._size_warned.add(image_id)
-            logger.warning(
-                "%s: image %s decodes to %dx%d but the annotation file records %sx%s",
-                self.ann_file,
-                image_id,
-                w,
-                h,
-                *recorded,
-            )
+        if recorded in ((w, h), (None, None)) or image_id in self._size_warned:
+            return
+        self._size_warned.add(image_id)
+        hint = (
+            "; the recorded size is the transposed one: the file's EXIF orientation rotates it, and boxes are "
+            "read in the displayed (rotated) frame, so annotate the image as it is displayed"
+            if recorded == (h, w)
+            else ""
+        )
+        logger.warning(
+            "%s: image %s (image id %s) is %dx%d as displayed but the annotation file records %sx%s%s",
+            self.ann_file,
+            self.img_folder / info["file_name"],
+            image_id,
+            w,
+            h,
+            *recorded,
+            hint,
+        )
 
     def extra_repr(self) -> str:
         return (

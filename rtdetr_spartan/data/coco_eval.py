@@ -126,6 +126,17 @@ def _coco_gt_dataset(coco_gt: Any) -> dict[str, Any]:
     raise TypeError(f"coco_gt must be a COCO object, an annotation dict or a JSON path, got {type(coco_gt).__name__}")
 
 
+def _with_gt_defaults(dataset: dict[str, Any]) -> dict[str, Any]:
+    """``dataset`` (a copy the caller owns) with the optional fields COCOeval reads filled in:
+    ``iscrowd`` 0 and ``area`` the box's width x height where missing, as faster_coco_eval already
+    assumes; pycocotools raises ``KeyError`` on them, so both backends now score a file the same."""
+    for ann in dataset.get("annotations", []):
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann and len(ann.get("bbox", ())) == 4:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    return dataset
+
+
 class CocoEvaluator:
     """Collects detections per image and computes the 12 COCO box statistics.
 
@@ -144,7 +155,7 @@ class CocoEvaluator:
             raise ValueError(f"iou_types {list(iou_types)} not supported; expected a subset of {IOU_TYPES}")
         self.backend = backend
         self.iou_types = tuple(iou_types)
-        self.gt_dataset = copy.deepcopy(_coco_gt_dataset(coco_gt))
+        self.gt_dataset = _with_gt_defaults(copy.deepcopy(_coco_gt_dataset(coco_gt)))
         self.coco_gt = self._make_coco(self.gt_dataset)
         self._valid_image_ids = {int(img["id"]) for img in self.gt_dataset.get("images", [])}
         self._valid_category_ids = {int(c["id"]) for c in self.gt_dataset.get("categories", [])}

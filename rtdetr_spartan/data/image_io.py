@@ -56,5 +56,5 @@ def read_rgb(path: str | Path) -> Image.Image:
             return to_rgb(opened)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image {path} does not exist") from err
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise OSError(f"image {path} cannot be decoded: {err}") from err

@@ -156,6 +156,23 @@ def test_backends_agree_on_generated_dataset(shapes_root: Path) -> None:
     assert run_evaluator(coco, dets, "faster_coco_eval").stats == stats[0]
 
 
+def test_ground_truth_without_area_or_iscrowd_scores_alike_in_both_backends(gt: dict, detections: dict) -> None:
+    """Converters often omit the optional ``area`` / ``iscrowd``; pycocotools used to raise
+    KeyError on them at the end of an epoch. Both default to the box area and 0."""
+    complete = copy.deepcopy(gt)
+    complete["annotations"] = [a for a in complete["annotations"] if not a["iscrowd"]]
+    for ann in complete["annotations"]:
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+    bare = copy.deepcopy(complete)
+    for ann in bare["annotations"]:
+        del ann["area"], ann["iscrowd"]
+    expected = run_evaluator(complete, detections, "pycocotools").stats
+    assert 0.1 < expected[0] < 0.95
+    for backend in BACKENDS:
+        assert run_evaluator(bare, detections, backend).stats == pytest.approx(expected, abs=1e-12)
+    assert "area" not in bare["annotations"][0]  # the caller's dict is left as it is
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_per_class_equals_single_category_runs(gt: dict, detections: dict, backend: str) -> None:
     evaluator = run_evaluator(gt, detections, backend)
