@@ -10,6 +10,8 @@ visualization (``conv``, ``layers.2``, ``layers.2.smixer``, ``layers.2.cmixer``)
 Detector: per image, the top ``--top-k`` detections beside the CAM of their scores at each layer
 (default: the backbone's output stages), and a grid of each stage's most active channels.
 Layer names are ``model.named_modules()`` names; a wrong one is an error listing close names.
+A detector's layers must be spatial: the backbone's, or the encoder's maps and tokens of one
+feature level (``decoder.*`` outputs object queries, which have no place in the image).
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ import logging
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.visualize.cam import METHODS
 from rtdetr_spartan.visualize.run import visualize
+
+
+def _positive(text: str) -> int:
+    """A count of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (the detections the CAM explains), got {value}")
+    return value
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,7 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="layers to draw CAMs of")
     parser.add_argument("--method", choices=sorted(METHODS), default="gradcam")
     parser.add_argument("--class", dest="class_index", type=int, default=None, help="classifier: class to explain")
-    parser.add_argument("--top-k", type=int, default=5, help="detector: detections whose scores the CAM explains")
+    parser.add_argument(
+        "--top-k", type=_positive, default=5, help="detector: detections whose scores the CAM explains (>= 1)"
+    )
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write the figures to TensorBoard")
     return parser
 

@@ -19,7 +19,7 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FasterRCNNBoxScoreTarget
 from torch import nn
 
-from rtdetr_spartan.visualize.layers import check_layer_outputs, resolve_layers
+from rtdetr_spartan.visualize.layers import check_layer_outputs, check_spatial_layers, resolve_layers
 
 __all__ = [
     "METHODS",
@@ -135,10 +135,17 @@ def detector_cam(
 ) -> DetectorCam:
     """CAMs of one preprocessed ``image`` [1, 3, H, W] for the (at most) ``top_k`` best
     detections scoring >= ``threshold``, one map per layer (names relative to ``detector``,
-    e.g. ``model.backbone.layers.19``)."""
+    e.g. ``model.backbone.layers.19``). ``top_k`` must be >= 1; layers must be spatial (see
+    :func:`~rtdetr_spartan.visualize.layers.check_spatial_layers`)."""
+    if top_k < 1:
+        raise ValueError(f"top_k (--top-k) must be >= 1 (the detections the CAM explains), got {top_k}")
     detector.eval()
     resolve_layers(detector, layers)
-    check_layer_outputs(detector, layers, lambda: detector(image))
+    shapes = check_layer_outputs(detector, layers, lambda: detector(image))
+    with torch.no_grad():
+        maps = detector.model.get_submodule("backbone")(image)
+    levels = [(int(m.shape[-2]), int(m.shape[-1])) for m in (maps if isinstance(maps, (list, tuple)) else [maps])]
+    check_spatial_layers(shapes, levels)
     with torch.no_grad():
         found = detector(image)[0]
     order = found["scores"].argsort(descending=True)[:top_k]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rtdetr_spartan.solver.base import BaseSolver
 
 from rtdetr_spartan.core import YAMLConfig
+from rtdetr_spartan.data.image_io import read_rgb
 from rtdetr_spartan.solver.state import EpochResult, SolverHook, TrainState
 from rtdetr_spartan.visualize.cam import METHODS
 from rtdetr_spartan.visualize.layers import classifier_layers
@@ -88,10 +89,9 @@ class CamLogger:
         try:
             layers = self.layers or classifier_layers(model)
             for path in self.images:
-                with Image.open(path) as opened:
-                    figure = classifier_figure(
-                        model, opened.convert("RGB"), self.transform, layers, self.method, None, self.class_names
-                    )
+                figure = classifier_figure(
+                    model, read_rgb(path), self.transform, layers, self.method, None, self.class_names
+                )
                 tag = f"cam/{path.parent.name}/{path.stem}"  # ImageFolder stems repeat across classes
                 writer.add_image(tag, figure, global_step=epoch, dataformats="HWC")
                 figures[tag] = figure

@@ -8,7 +8,20 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["UnknownLayerError", "check_layer_outputs", "classifier_layers", "resolve_layers", "stage_layers"]
+__all__ = [
+    "SPATIAL_ROOTS",
+    "UnknownLayerError",
+    "check_layer_outputs",
+    "check_spatial_layers",
+    "classifier_layers",
+    "resolve_layers",
+    "stage_layers",
+]
+
+# The parts of a detector (``DetectionScores``) whose outputs are laid out over the image: the
+# backbone's maps and the encoder's (maps, and tokens of one feature level). The decoder's
+# outputs are object queries, which have no image position, whatever their count.
+SPATIAL_ROOTS = ("model.backbone", "model.encoder")
 
 
 class UnknownLayerError(ValueError):
@@ -97,3 +110,27 @@ def stage_layers(model: nn.Module, backbone: str, images: torch.Tensor) -> list[
             raise ValueError(f"cannot tell which layer of {backbone} gives its output of shape {tuple(feature.shape)}")
         names.append(f"{backbone}.{same[-1]}")
     return names
+
+
+def check_spatial_layers(
+    shapes: dict[str, torch.Size], levels: Sequence[tuple[int, int]], roots: Sequence[str] = SPATIAL_ROOTS
+) -> None:
+    """ValueError unless every layer of ``shapes`` (name -> output shape, from
+    :func:`check_layer_outputs`) lies under one of ``roots`` and is spatial: a [B, C, H, W] map,
+    or [B, N, C] tokens whose count N is the h * w of one feature level of ``levels`` ((h, w)
+    of each backbone output)."""
+    counts = {h * w: (h, w) for h, w in levels}
+    for name, shape in shapes.items():
+        shown = name.removeprefix("model.")
+        if not any(name == root or name.startswith(root + ".") for root in roots):
+            parts = ", ".join(f"{root.removeprefix('model.')}.*" for root in roots)
+            raise ValueError(
+                f"layer {shown!r} is not a spatial layer: CAMs are drawn of layers under {parts} "
+                "(the decoder's outputs are object queries, not image positions)"
+            )
+        if len(shape) == 3 and shape[1] not in counts:
+            grids = ", ".join(f"{h}x{w}" for h, w in levels)
+            raise ValueError(
+                f"layer {shown!r} outputs {shape[1]} tokens, which match no feature level ({grids}); "
+                "pick a layer whose tokens are one level's positions, or a [B, C, H, W] map"
+            )

@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rtdetr_spartan.core import YAMLConfig, create
+from rtdetr_spartan.data.image_io import read_rgb, to_rgb
 from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES, collect_inputs
 from rtdetr_spartan.deploy.metadata import categories_from_config, input_size_from_config
@@ -23,7 +24,14 @@ from rtdetr_spartan.visualize.cam import DetectionScores, classifier_cam, detect
 from rtdetr_spartan.visualize.figures import cam_overlay, feature_grid, panels_figure, save_png
 from rtdetr_spartan.visualize.layers import classifier_layers, resolve_layers, stage_layers
 
-__all__ = ["classifier_figure", "classifier_transform", "collect_images", "detector_figures", "visualize"]
+__all__ = [
+    "classifier_figure",
+    "classifier_transform",
+    "collect_images",
+    "detector_figures",
+    "figure_stems",
+    "visualize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +39,27 @@ logger = logging.getLogger(__name__)
 def collect_images(source: str | Path) -> list[Path]:
     """``source`` if it is an image file, else the images directly inside it, sorted."""
     return collect_inputs(source, IMAGE_SUFFIXES)
+
+
+def figure_stems(images: Sequence[Path], out_dir: Path) -> dict[Path, str]:
+    """The name stem of each image's figures (``<stem>_cam.png``, ``<stem>_features.png``): the
+    image's stem, or ``<stem>_<format>`` where two images share a stem (``a.jpg``, ``a.png``),
+    so no figure replaces another. ValueError when a figure would replace an input image."""
+    counts: dict[str, int] = {}
+    for path in images:
+        counts[path.stem.casefold()] = counts.get(path.stem.casefold(), 0) + 1
+    stems = {
+        p: p.stem if counts[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in images
+    }
+    inputs = {p.resolve(): p for p in images}
+    for stem in stems.values():
+        for target in (out_dir / f"{stem}_cam.png", out_dir / f"{stem}_features.png"):
+            if target.resolve() in inputs:
+                raise ValueError(
+                    f"figure {target} would replace the input image {inputs[target.resolve()]}; "
+                    "choose an output folder (-o) that holds no inputs"
+                )
+    return stems
 
 
 def classifier_transform(cfg: YAMLConfig) -> Any:
@@ -59,7 +88,7 @@ def classifier_figure(
     class_names: Sequence[str] = (),
 ) -> np.ndarray:
     """The preprocessed image beside the CAM overlay of each layer, as an RGB array."""
-    tensor = transform(image.convert("RGB"))
+    tensor = transform(to_rgb(image))
     result = classifier_cam(model, tensor[None], layers, method, class_index)
 
     def name(index: int) -> str:
@@ -85,7 +114,7 @@ def detector_figures(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(CAM figure, feature-map figure) of one image: the image with the top detections beside
     the CAM of their scores per layer; per backbone stage its most active channels."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     tensor = preprocess(image, input_size)[None]
     result = detector_cam(detector, tensor, layers, method, top_k)
     sx, sy = image.width / input_size[1], image.height / input_size[0]
@@ -147,9 +176,12 @@ def visualize(
     """Write the figures of every image of ``source`` into ``out_dir`` (and TensorBoard); returns
     the PNG paths. Classifiers (``task: classification``) get CAMs of ``class_index`` or the
     predicted class; detectors get the CAM of their top detections and the backbone stages' maps."""
+    if top_k < 1:
+        raise ValueError(f"--top-k must be >= 1 (the detections the CAM explains), got {top_k}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     images = collect_images(source)
+    stems = figure_stems(images, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     writer = None
     if tensorboard is not None:
         from torch.utils.tensorboard import SummaryWriter
@@ -164,11 +196,9 @@ def visualize(
             resolve_layers(model, layers)
             names = _class_names(cfg)
             for path in tqdm(images, desc="visualize", unit="image"):
-                with Image.open(path) as opened:
-                    figure = classifier_figure(
-                        model, opened.convert("RGB"), transform, layers, method, class_index, names
-                    )
-                written.append(_emit(figure, out_dir / f"{path.stem}_cam.png", writer, f"cam/{path.stem}"))
+                figure = classifier_figure(model, read_rgb(path), transform, layers, method, class_index, names)
+                stem = stems[path]
+                written.append(_emit(figure, out_dir / f"{stem}_cam.png", writer, f"cam/{stem}"))
         else:
             if class_index is not None:
                 raise ValueError("--class is for classifiers; a detector's CAM follows its top detections")
@@ -179,12 +209,12 @@ def visualize(
             layers = tuple(f"model.{n}" for n in layers) or tuple(stages)
             _, class_names = categories_from_config(cfg.yaml_cfg)
             for path in tqdm(images, desc="visualize", unit="image"):
-                with Image.open(path) as opened:
-                    cam_fig, feat_fig = detector_figures(
-                        detector, opened.convert("RGB"), size, layers, stages, class_names, method, top_k
-                    )
-                written.append(_emit(cam_fig, out_dir / f"{path.stem}_cam.png", writer, f"cam/{path.stem}"))
-                written.append(_emit(feat_fig, out_dir / f"{path.stem}_features.png", writer, f"features/{path.stem}"))
+                cam_fig, feat_fig = detector_figures(
+                    detector, read_rgb(path), size, layers, stages, class_names, method, top_k
+                )
+                stem = stems[path]
+                written.append(_emit(cam_fig, out_dir / f"{stem}_cam.png", writer, f"cam/{stem}"))
+                written.append(_emit(feat_fig, out_dir / f"{stem}_features.png", writer, f"features/{stem}"))
     finally:
         if writer is not None:
             writer.close()

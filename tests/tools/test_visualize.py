@@ -79,3 +79,31 @@ def test_detector_cam_and_feature_grids(tmp_path: Path) -> None:
         main(["-c", str(DET_CONFIG), "-i", str(image), "-o", str(tmp_path / "o"), "--layers", "backbone.layer.19"])
     with pytest.raises(ValueError, match="--class is for classifiers"):
         main(["-c", str(DET_CONFIG), "-i", str(image), "-o", str(tmp_path / "o"), "--class", "1"])
+    with pytest.raises(ValueError, match="'decoder.decoder.layers.0' is not a spatial layer"):
+        main(
+            ["-c", str(DET_CONFIG), "-i", str(image), "-o", str(tmp_path / "o"), "--layers", "decoder.decoder.layers.0"]
+        )
+
+
+@pytest.mark.parametrize("top_k", ["0", "-3"])
+def test_top_k_below_one_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str], top_k: str) -> None:
+    with pytest.raises(SystemExit):
+        main(["-c", str(DET_CONFIG), "-i", str(tmp_path), "-o", str(tmp_path / "o"), "--top-k", top_k])
+    assert f"argument --top-k: must be >= 1 (the detections the CAM explains), got {top_k}" in capsys.readouterr().err
+
+
+def test_images_are_read_in_their_displayed_orientation(classifier: dict[str, Path], tmp_path: Path) -> None:
+    """An EXIF-rotated photo is shown (and explained) upright: its figure equals that of the
+    same pixels turned by hand."""
+    stored = Image.open(classifier["images"] / "im0.png").convert("RGB")  # 80x64
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stored.save(folder / "phone.png", exif=exif.tobytes())
+    stored.transpose(Image.Transpose.ROTATE_270).save(folder / "upright.png")
+    argv = ["-c", str(CLS_CONFIG), "-r", str(classifier["checkpoint"]), "-i", str(folder), "-o", str(tmp_path / "o")]
+    assert main([*argv, "--layers", "layers.6"]) == 0
+    phone = np.asarray(Image.open(tmp_path / "o" / "phone_cam.png"), dtype=np.int16)
+    upright = np.asarray(Image.open(tmp_path / "o" / "upright_cam.png"), dtype=np.int16)
+    assert phone.shape == upright.shape and np.abs(phone - upright).max() <= 2

@@ -12,7 +12,12 @@ from torch.utils.tensorboard import SummaryWriter
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.visualize import CamLogger, UnknownLayerError, classifier_cam, resolve_layers, tokens_to_map
 from rtdetr_spartan.visualize.cam import DetectionScores, detector_cam
-from rtdetr_spartan.visualize.layers import check_layer_outputs, classifier_layers, stage_layers
+from rtdetr_spartan.visualize.layers import (
+    check_layer_outputs,
+    check_spatial_layers,
+    classifier_layers,
+    stage_layers,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLS_CONFIG = ROOT / "configs/spartan/spartan_t_shapes_cls.yml"
@@ -96,6 +101,24 @@ def test_detector_cam_of_top_detections_and_stage_layers() -> None:
     eigen = detector_cam(detector, image, [stages[2]], "eigencam", top_k=2)
     assert eigen.cams[stages[2]].shape == (160, 160)
     assert detector_cam(detector, image, [stages[2]], top_k=3, threshold=1.1).cams == {}
+    # only spatial layers: decoder outputs are queries (100 of them, as many as a 10x10 level)
+    with pytest.raises(
+        ValueError, match=r"'decoder.decoder.layers.0' is not a spatial layer: .*backbone.\*, encoder.\*"
+    ):
+        detector_cam(detector, image, ["model.decoder.decoder.layers.0"], top_k=1)
+    for top_k in (0, -3):
+        with pytest.raises(ValueError, match=f"top_k .*must be >= 1.*got {top_k}"):
+            detector_cam(detector, image, [stages[2]], top_k=top_k)
+
+
+def test_spatial_layers_are_backbone_and_encoder_maps_or_level_tokens() -> None:
+    levels = [(20, 20), (10, 10), (5, 5)]
+    check_spatial_layers({"model.backbone.layers.6": torch.Size([1, 64, 20, 20])}, levels)
+    check_spatial_layers({"model.encoder.encoder.0": torch.Size([1, 25, 256])}, levels)
+    with pytest.raises(ValueError, match=r"'encoder.x' outputs 30 tokens, which match no feature level \(20x20, 10x10"):
+        check_spatial_layers({"model.encoder.x": torch.Size([1, 30, 256])}, levels)
+    with pytest.raises(ValueError, match="'postprocessor' is not a spatial layer"):
+        check_spatial_layers({"postprocessor": torch.Size([1, 64, 20, 20])}, levels)
 
 
 class Recorder(SummaryWriter):
@@ -182,3 +205,12 @@ def test_cam_logging_off_adds_no_hook(tmp_path: Path) -> None:
 
     solver = ClsSolver(YAMLConfig(SHAPES_CLS_CONFIG, output_dir=str(tmp_path), cam_logging={"every_n_epochs": 0}))
     assert not any(isinstance(hook, CamLoggingHook) for hook in solver.hooks)
+
+
+def test_figure_names_are_unique_and_never_an_input(tmp_path: Path) -> None:
+    from rtdetr_spartan.visualize.run import figure_stems
+
+    images = [tmp_path / n for n in ("a.jpg", "a.png", "b.png")]
+    assert figure_stems(images, tmp_path / "out") == {images[0]: "a_jpg", images[1]: "a_png", images[2]: "b"}
+    with pytest.raises(ValueError, match=r"figure .*b_cam.png would replace the input image .*b_cam.png"):
+        figure_stems([tmp_path / "b.png", tmp_path / "b_cam.png"], tmp_path)
