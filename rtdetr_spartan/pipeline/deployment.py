@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from rtdetr_spartan.core import YAMLConfig
+from rtdetr_spartan.data.image_io import read_rgb
 from rtdetr_spartan.deploy.benchmark import time_calls
 from rtdetr_spartan.deploy.compare import DetectionAgreement, compare_detections
 from rtdetr_spartan.deploy.draw import draw_detections
@@ -66,11 +67,8 @@ def validation_images(folder: Path, count: int) -> list[Path]:
 
 
 def _load(paths: Sequence[Path]) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        with Image.open(path) as opened:
-            images.append(opened.convert("RGB"))
-    return images
+    """The images as training and evaluation read them (EXIF orientation applied, 16-bit scaled)."""
+    return [read_rgb(path) for path in paths]
 
 
 def agreement_on_images(
