@@ -173,10 +173,15 @@ def load_checkpoint(path: str | Path, expect_task: str | None = None, purpose: s
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = _refusal_reason(err)
+        what = (
+            "it is no file torch.save wrote (garbage, or a plain pickle)"
+            if reason.startswith("Unsupported operand")
+            else "it holds more than weights and data and would need arbitrary code to load"
+        )
         raise CheckpointError(
-            f"checkpoint {path} refused: it holds more than weights and data and would need arbitrary code to "
-            f"load ({_refusal_reason(err)}). Checkpoints load with torch.load(weights_only=True) only; "
-            "save the tensors of a file you trust as a plain state dict (see the README's troubleshooting)"
+            f"checkpoint {path} refused: {what} ({reason}). Checkpoints load with torch.load(weights_only=True) "
+            "only; save the tensors of a file you trust as a plain state dict (see the README's troubleshooting)"
         ) from None
     except Exception as err:  # torch raises many types for corrupt or truncated files
         raise CheckpointError(

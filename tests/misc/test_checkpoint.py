@@ -118,3 +118,69 @@ def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     assert remove_stale_temp_files(tmp_path) == sorted(stale)
     assert sorted(tmp_path.iterdir()) == sorted(keep)
     assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_a_directory_is_named_as_one_with_the_checkpoint_in_it(tmp_path: Path) -> None:
+    with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {tmp_path} is a directory.*a \.pth file"):
+        checkpoint.load_checkpoint(tmp_path)
+    save_atomic({"model": {}}, tmp_path / "last.pth")
+    with pytest.raises(checkpoint.CheckpointError, match=rf"is a directory.*e\.g\. {tmp_path / 'last.pth'}"):
+        checkpoint.load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"checkpoint {tmp_path / 'nope.pth'} does not exist"):
+        checkpoint.load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {path} refused: it is no file torch.save wrote"):
+        checkpoint.load_checkpoint(path)
+    path.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {path} cannot be read as a PyTorch checkpoint"):
+        checkpoint.load_checkpoint(path)
+    save_atomic(torch.zeros(2), tmp_path / "tensor.pth")
+    with pytest.raises(checkpoint.CheckpointError, match="holds a Tensor, expected a dict"):
+        checkpoint.load_checkpoint(tmp_path / "tensor.pth")
+
+
+@pytest.mark.parametrize(
+    ("stored", "task"),
+    [
+        ({"task": "classification"}, "classification"),
+        ({"config": {"task": "classification"}}, "classification"),
+        ({"config": {"epochs": 3}}, "detection"),  # a detection config need not say so
+        ({"ema": {"module": {}}}, None),  # published weights record nothing
+    ],
+)
+def test_the_task_a_checkpoint_records(stored: dict[str, object], task: str | None) -> None:
+    assert checkpoint.checkpoint_task(stored) == task
+
+
+def test_a_checkpoint_of_the_other_task_is_refused_before_any_tensor(tmp_path: Path) -> None:
+    path = save_atomic({"model": _built().state_dict(), "task": "classification"}, tmp_path / "cls.pth")
+    message = (
+        rf"checkpoint {path} is a classification checkpoint .*tools/pretrain.py.*; -r needs a detection checkpoint"
+    )
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_checkpoint(path, expect_task="detection", purpose="-r")
+    with pytest.raises(checkpoint.CheckpointError, match="is a classification checkpoint"):
+        load_model_weights(nn.Linear(2, 2), path, expect_task="detection")  # not a shape mismatch
+    assert load_model_weights(_built(), path, expect_task="classification").complete
+    assert load_model_weights(_built(), {"model": _built().state_dict()}, expect_task="detection").complete
+
+
+def test_deploy_models_refuse_a_classifier_checkpoint(tmp_path: Path) -> None:
+    from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config
+    from tests.train_utils import TINY_CONFIG
+
+    path = save_atomic({"model": {"linear.weight": torch.zeros(4, 8)}, "task": "classification"}, tmp_path / "c.pth")
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{path} is a classification checkpoint.*a detector \(-r\)"):
+        build_deploy_model(load_config(TINY_CONFIG), path)
+
+
+def test_parity_fixtures_load_as_data_only() -> None:
+    from rtdetr_spartan.testing.parity import load_expected
+    from tests.train_utils import REPO_ROOT
+
+    expected = load_expected("spartan_t_cls_seed0", REPO_ROOT / "tests" / "fixtures" / "parity")
+    assert isinstance(expected, dict) and any(isinstance(v, torch.Tensor) for v in expected.values())
