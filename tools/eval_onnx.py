@@ -4,10 +4,12 @@
     python tools/eval_onnx.py --onnx model.onnx --runtime openvino --ann ... --images ...
 
 Same dataset class, validation preprocessing and CocoEvaluator as evaluation in training, so
-the numbers compare one to one with the PyTorch model's. Label ``i`` is the ``i``-th sorted
-category id of the annotation file, or the COCO id when the model remaps COCO categories
-(stored in the ONNX metadata at export). Class names that differ from the annotation file's are
-a warning; a model none of whose classes is in the file is an error (exit code 1).
+the numbers compare one to one with the PyTorch model's. Label ``i`` is scored as the category
+id the model stores for it (ONNX metadata, written at export), so a file holding a subset of the
+model's categories is scored right; only a model exported without ids (names ``class_<i>``)
+takes the ``i``-th sorted category id of the annotation file. Class names that differ from the
+annotation file's are a warning; a model none of whose classes is in the file, or a file with
+annotated categories the model does not know, is an error (exit code 1).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ann", required=True, help="COCO annotation JSON")
     parser.add_argument("--images", required=True, help="folder of the annotation file's images")
     parser.add_argument("--backend", choices=BACKENDS, default="faster_coco_eval")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="images per inference run (>= 1)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     parser.add_argument(
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runtime != "openvino" and args.precision != "float32":
         parser.error("--precision needs --runtime openvino")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive number of images, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1 (omit it to use all cores), got {args.threads}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logger = logging.getLogger(__name__)
     predictor = load_predictor(args.onnx, args.runtime, threads=args.threads, precision=args.precision)

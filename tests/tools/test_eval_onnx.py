@@ -11,19 +11,24 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY
+from rtdetr_spartan.data.coco import CocoDetection
 from rtdetr_spartan.data.coco_eval import CocoEvaluator
 from rtdetr_spartan.data.dataloader import default_collate_fn
 from rtdetr_spartan.data.shapes import make_detection_dataset
-from rtdetr_spartan.deploy.evaluate import validation_dataset
+from rtdetr_spartan.deploy.evaluate import (
+    CategoryMismatchError,
+    evaluate_predictor,
+    evaluation_mapping,
+    validation_dataset,
+)
 from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
-from rtdetr_spartan.deploy.runtime import TorchPredictor
+from rtdetr_spartan.deploy.metadata import ModelInfo
+from rtdetr_spartan.deploy.runtime import TorchPredictor, load_predictor
 from rtdetr_spartan.solver.det_engine import evaluate
 from tests.deploy.deploy_utils import R18_CONFIG
 from tools.eval_onnx import main as eval_onnx_main
 from tools.export_onnx import main as export_main
-
-pytestmark = pytest.mark.slow  # every test exports a full model or runs a subprocess
 
 SIZE = 128
 OVERRIDES = ["num_classes=4", "remap_mscoco_category=False", f"eval_spatial_size=[{SIZE},{SIZE}]"]
@@ -101,9 +106,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"cfg": cfg, "model": model, "onnx": onnx_path, "ann": ann, "images": images, "root": root}
 
 
-def _torch_stats(setup: dict, backend: str) -> list[float]:
-    """The training solver's evaluation path on the same weights and images."""
-    dataset = validation_dataset(setup["ann"], setup["images"], (SIZE, SIZE))
+def _torch_stats(
+    setup: dict, backend: str, ann: Path | None = None, label_to_category: dict[int, int] | None = None
+) -> list[float]:
+    """The training solver's evaluation path on the same weights and images (labels scored as
+    ``label_to_category``, default the annotation file's own mapping)."""
+    dataset = validation_dataset(ann or setup["ann"], setup["images"], (SIZE, SIZE))
     loader = DataLoader(dataset, batch_size=2, collate_fn=default_collate_fn)
     evaluator = CocoEvaluator(dataset.coco, backend=backend)
     summary = evaluate(
@@ -112,11 +120,12 @@ def _torch_stats(setup: dict, backend: str) -> list[float]:
         loader,
         evaluator,
         torch.device("cpu"),
-        label_to_category=dataset.label_to_category,
+        label_to_category=label_to_category or dataset.label_to_category,
     )
     return summary["stats"]
 
 
+@pytest.mark.slow  # the tests that use setup export a full model
 @pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
 def test_onnx_map_equals_torch_map(setup: dict, backend: str) -> None:
     summary_path = setup["root"] / f"summary_{backend}.json"
@@ -219,3 +228,139 @@ def test_no_matching_class_fails(setup: dict, caplog: pytest.LogCaptureFixture) 
     caplog.clear()
     assert eval_onnx_main(_eval_argv(setup, remapped, setup["ann"], setup["root"] / "s4.json")) == 1
     assert "none of the model's 80 class names matches" in caplog.text and "'car', file 'square'" in caplog.text
+
+
+# ----------------------------------------------------------------- the model's stored category ids
+STORED = {0: 3, 1: 7, 2: 11, 3: 20}  # the shapes file's category ids, as a model trained on it stores them
+
+
+def _subset_file(ann: Path, drop: int, out: Path, extra_category: dict | None = None) -> Path:
+    """``ann`` without category ``drop`` and its annotations (plus ``extra_category``, unannotated)."""
+    coco = json.loads(ann.read_text())
+    coco["categories"] = [c for c in coco["categories"] if c["id"] != drop] + (
+        [extra_category] if extra_category else []
+    )
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] != drop]
+    out.write_text(json.dumps(coco))
+    return out
+
+
+def _with_stored_categories(onnx_path: Path, ann: Path, out: Path) -> Path:
+    """A copy of the exported model storing ``STORED`` and the file's names, as an export from a
+    config whose validation file is ``ann`` does."""
+    names = {c["id"]: c["name"] for c in json.loads(ann.read_text())["categories"]}
+    model = onnx.load(str(onnx_path))
+    values = {
+        "label_to_category": json.dumps({str(k): v for k, v in STORED.items()}),
+        "class_names": json.dumps({str(k): names[v] for k, v in STORED.items()}),
+    }
+    for prop in model.metadata_props:
+        prop.value = values.get(prop.key, prop.value)
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_subset_file_is_scored_by_the_models_stored_ids(setup: dict, caplog: pytest.LogCaptureFixture) -> None:
+    annotated = {a["category_id"] for a in json.loads(setup["ann"].read_text())["annotations"]}
+    assert annotated & {11, 20}  # without 7, the file's own order scores labels 2 / 3 as 20 / none
+    subset = _subset_file(setup["ann"], 7, setup["root"] / "subset.json")
+    stored = _with_stored_categories(setup["onnx"], setup["ann"], setup["root"] / "stored.onnx")
+    summary = setup["root"] / "s_subset.json"
+    caplog.clear()
+    assert eval_onnx_main(_eval_argv(setup, stored, subset, summary)) == 0
+    assert "differ" not in caplog.text  # the names agree under the stored mapping
+    onnx_stats = json.loads(summary.read_text())["stats_list"]
+    expected = _torch_stats(setup, "faster_coco_eval", subset, STORED)
+    assert expected[0] > 0.3  # the comparison is not 0 == 0
+    assert onnx_stats == pytest.approx(expected, abs=1e-3)
+    # a category the model does not know, unannotated, changes nothing
+    listed = _subset_file(setup["ann"], 7, setup["root"] / "listed.json", {"id": 99, "name": "star"})
+    assert eval_onnx_main(_eval_argv(setup, stored, listed, setup["root"] / "s_listed.json")) == 0
+    assert json.loads((setup["root"] / "s_listed.json").read_text())["stats_list"] == pytest.approx(onnx_stats)
+
+
+@pytest.mark.slow
+def test_annotated_category_the_model_does_not_know_fails(setup: dict, caplog: pytest.LogCaptureFixture) -> None:
+    coco = json.loads(setup["ann"].read_text())
+    coco["categories"].append({"id": 99, "name": "star"})
+    coco["annotations"][0]["category_id"] = 99
+    unknown = setup["root"] / "unknown.json"
+    unknown.write_text(json.dumps(coco))
+    stored = _with_stored_categories(setup["onnx"], setup["ann"], setup["root"] / "stored_u.onnx")
+    caplog.clear()
+    assert eval_onnx_main(_eval_argv(setup, stored, unknown, setup["root"] / "s_unknown.json")) == 1
+    assert f"{unknown} has annotated categories the model does not know: 99 ('star')" in caplog.text
+    assert "[3, 7, 11, 20]" in caplog.text and not (setup["root"] / "s_unknown.json").exists()
+
+
+@pytest.mark.slow
+def test_batch_size_below_one_is_refused_by_the_library(setup: dict) -> None:
+    predictor = load_predictor(setup["onnx"], "onnxruntime", threads=1)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer .*got 0"):
+        evaluate_predictor(predictor, setup["ann"], setup["images"], batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "argument, value, expected",
+    [
+        ("--batch-size", "0", "--batch-size must be a positive number of images, got 0"),
+        ("--threads", "0", "--threads must be >= 1"),
+    ],
+)
+def test_bad_numbers_are_named_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argument: str, value: str, expected: str
+) -> None:
+    argv = ["--onnx", str(tmp_path / "never_read.onnx"), "--ann", "a.json", "--images", "img", argument, value]
+    with pytest.raises(SystemExit) as info:
+        eval_onnx_main(argv)
+    assert info.value.code == 2 and expected in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- evaluation_mapping, function level
+def _dataset(tmp_path: Path, categories: list[int], annotated: list[int]) -> CocoDetection:
+    Image.new("RGB", (32, 32)).save(tmp_path / "1.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "1.png", "width": 32, "height": 32}],
+        "categories": [{"id": c, "name": f"c{c}"} for c in categories],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": c, "bbox": [1, 1, 8, 8], "area": 64, "iscrowd": 0}
+            for i, c in enumerate(annotated)
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    return validation_dataset(tmp_path / "ann.json", tmp_path, (32, 32))
+
+
+def _info(label_to_category: dict[int, int], names: dict[int, str] | None = None) -> ModelInfo:
+    names = names if names is not None else {k: f"c{v}" for k, v in label_to_category.items()}
+    return ModelInfo((32, 32), len(label_to_category), label_to_category, names)
+
+
+def test_mapping_uses_the_stored_ids_on_a_subset_file(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path, [3, 11, 20], [3, 11, 20])
+    assert dataset.label_to_category == {0: 3, 1: 11, 2: 20}  # the file's own order: wrong for the model
+    assert evaluation_mapping(_info(STORED), dataset) == STORED
+    identity_with_names = {0: 0, 1: 1}
+    assert evaluation_mapping(_info(identity_with_names), _dataset(tmp_path, [1], [1])) == identity_with_names
+
+
+def test_mapping_without_stored_ids_is_the_files(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path, [3, 11, 20], [3, 11, 20])
+    placeholders = _info({i: i for i in range(4)}, {i: f"class_{i}" for i in range(4)})
+    assert evaluation_mapping(placeholders, dataset) == {0: 3, 1: 11, 2: 20}
+    # identity ids beside real names, but the file's ids lie outside 0..3: a placeholder as well
+    identity_named = _info({i: i for i in range(4)}, {0: "c3", 1: "c11", 2: "c20", 3: "c30"})
+    assert evaluation_mapping(identity_named, dataset) == {0: 3, 1: 11, 2: 20}
+    too_few = _info({i: i for i in range(2)}, {i: f"class_{i}" for i in range(2)})
+    with pytest.raises(CategoryMismatchError, match="has 3 categories but the model predicts 2 classes"):
+        evaluation_mapping(too_few, dataset)
+
+
+def test_mapping_refuses_annotated_categories_the_model_does_not_know(tmp_path: Path) -> None:
+    with pytest.raises(CategoryMismatchError) as info:
+        evaluation_mapping(_info(STORED), _dataset(tmp_path, [3, 11, 99], [3, 99]))
+    message = str(info.value)
+    assert str(tmp_path / "ann.json") in message and "99 ('c99')" in message and "[3, 7, 11, 20]" in message
+    # listed but never annotated: its AP is undefined and not averaged, so it is no error
+    assert evaluation_mapping(_info(STORED), _dataset(tmp_path, [3, 11, 99], [3, 11])) == STORED
