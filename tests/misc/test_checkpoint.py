@@ -184,3 +184,15 @@ def test_parity_fixtures_load_as_data_only() -> None:
 
     expected = load_expected("spartan_t_cls_seed0", REPO_ROOT / "tests" / "fixtures" / "parity")
     assert isinstance(expected, dict) and any(isinstance(v, torch.Tensor) for v in expected.values())
+
+
+def test_a_detector_checkpoint_is_refused_as_backbone_weights(tmp_path: Path) -> None:
+    from rtdetr_spartan.nn.backbones.presnet import PResNet
+    from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
+
+    path = save_atomic({"model": {"backbone.conv.weight": torch.zeros(1)}, "config": {}}, tmp_path / "det.pth")
+    for backbone, key in ((SpaRTAN, "SpaRTAN"), (PResNet, "PResNet")):
+        with pytest.raises(
+            checkpoint.CheckpointError, match=rf"{path} is a detection checkpoint.*{key}.pretrained needs"
+        ):
+            backbone(pretrained=str(path))

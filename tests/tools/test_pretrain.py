@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import rtdetr_spartan
 from rtdetr_spartan.core import ConfigError, YAMLConfig
-from rtdetr_spartan.misc.checkpoint import load_checkpoint
+from rtdetr_spartan.misc.checkpoint import CheckpointError, load_checkpoint
 from rtdetr_spartan.optim.param_groups import param_groups_from_config, scaled_lr
 from rtdetr_spartan.solver.cli import config_overrides
 from rtdetr_spartan.solver.steps import FAULT_ENV
 from tests.cls_utils import PRETRAIN_TOOL, REPO_ROOT, SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
 from tests.train_utils import TINY_SPARTAN_CONFIG, as_cli_updates, read_json_lines, run_torchrun
+from tools import export_onnx, train
 from tools.pretrain import get_args_parser, main
 
 TORCHRUN_TIMEOUT_S = 240
@@ -103,6 +105,7 @@ def test_run_writes_checkpoints_and_logs(pretrained: Path) -> None:
     assert last["epoch"] == 1 and last["best"]["metric"] == "top1"
     assert {"model", "ema", "optimizer", "lr_scheduler", "rng", "config"} <= set(last)
     assert last["config"]["task"] == "classification"
+    assert last["task"] == "classification" and last["version"] == rtdetr_spartan.__version__
     assert any(p.name.startswith("events.out.tfevents") for p in (pretrained / "summary").iterdir())
     log = (pretrained / "train.log").read_text()
     assert "lr 0.0005 = base lr 0.004 x total batch 8" in log
@@ -126,6 +129,26 @@ def test_checkpoint_initialises_detector_backbone_with_ema_weights(pretrained: P
     torch.save({k: v for k, v in best.items() if k != "ema"}, without_ema)
     backbone = _detector_backbone(without_ema)
     assert all(torch.equal(backbone[k], model[k]) for k in backbone)
+
+
+def test_a_classifier_checkpoint_is_refused_where_a_detector_is_needed(pretrained: Path, tmp_path: Path) -> None:
+    best = pretrained / "best.pth"
+    needs = rf"checkpoint {best} is a classification checkpoint \(a classifier from tools/pretrain.py.*\); "
+    for flag, purpose in (("-r", "resuming"), ("-t", "tuning")):
+        argv = [
+            "-c",
+            str(TINY_SPARTAN_CONFIG),
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / flag),
+            flag,
+            str(best),
+        ]
+        with pytest.raises(CheckpointError, match=rf"{needs}{purpose} \({flag}\) a detection .*needs a detection"):
+            train.main(argv)
+    with pytest.raises(CheckpointError, match=rf"{needs}a detector \(-r\) needs a detection checkpoint"):
+        export_onnx.main(["-c", str(TINY_SPARTAN_CONFIG), "-r", str(best), "-o", str(tmp_path / "m.onnx")])
 
 
 def test_test_only_reproduces_best_top1(pretrained: Path, cls_data: Path) -> None:

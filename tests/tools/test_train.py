@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rtdetr_spartan.core import ConfigError
-from rtdetr_spartan.misc.checkpoint import load_checkpoint
+from rtdetr_spartan.core import ConfigError, YAMLConfig
+from rtdetr_spartan.misc.checkpoint import load_checkpoint, save_atomic
 from rtdetr_spartan.solver.cli import config_overrides
 from tests.train_utils import (
     TINY_CONFIG,
@@ -84,6 +84,41 @@ def test_fresh_run_into_an_earlier_run_names_the_file(shapes: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match=rf"{tmp_path / 'last.pth'} exists: .*-r auto.*--overwrite"):
         main(argv)
     assert (tmp_path / "last.pth").read_bytes() == b"an earlier run"
+
+
+def test_resume_with_a_new_lr_and_more_epochs_names_the_lr(tmp_path: Path) -> None:
+    """The issue's case: ``-r last.pth -u epochs=3 optimizer.lr=0.1``; epochs may change, the lr not."""
+    saved = YAMLConfig(TINY_CONFIG, device="cpu", output_dir=str(tmp_path)).yaml_cfg
+    last = save_atomic({"model": {}, "epoch": 0, "task": "detection", "config": saved}, tmp_path / "last.pth")
+    argv = ["-c", str(TINY_CONFIG), "--device", "cpu", "-r", str(last), "-u", "epochs=3", "optimizer.lr=0.1"]
+    with pytest.raises(
+        ConfigError, match=r"\(1 differ from the checkpoint's config: optimizer.lr: checkpoint 0.0001, now 0.1\)"
+    ):
+        main(argv)
+
+
+@pytest.mark.slow
+def test_overwrite_clears_the_earlier_runs_logs_and_events(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "summary").mkdir(parents=True)
+    (out / "last.pth").write_bytes(b"earlier")
+    (out / "log.txt").write_text('{"epoch": 5}\n')
+    (out / "train.log").write_text("EARLIER RUN LINE\n")
+    old_events = out / "summary" / "events.out.tfevents.1.earlier"
+    old_events.write_bytes(b"earlier")
+    updates = as_cli_updates(dataset_overrides(shapes))
+    assert (
+        main(["-c", str(TINY_CONFIG), "--device", "cpu", "--output-dir", str(out), "--overwrite", "-u", *updates]) == 0
+    )
+    events = sorted((out / "summary").rglob("events.out.tfevents.*"))
+    assert len(events) == 1 and events != [old_events]
+    log = (out / "train.log").read_text()
+    assert "EARLIER RUN LINE" not in log
+    assert (
+        f"overwrite: removed the earlier run's last.pth, log.txt, train.log, 1 TensorBoard event files in {out / 'summary'}"
+        in log
+    )
+    assert [r["epoch"] for r in read_json_lines(out / "log.txt")] == [0]
 
 
 def test_test_only_writes_eval_files_and_log(shapes: Path, tmp_path: Path) -> None:
