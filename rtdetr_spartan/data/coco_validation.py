@@ -34,6 +34,11 @@ _QUOTED = 5
 _LIST = {"image": "images", "category": "categories", "annotation": "annotations"}
 
 
+# Exact types, so that a bool (an int subclass) is no number; JSON decodes to these only.
+_NUMBER_TYPES = (int, float)
+_FLAG_TYPES = (int, float, bool)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -112,12 +117,34 @@ def _annotation_problem(ann: dict[str, Any], image_ids: set[int], category_ids: 
     return None
 
 
+def _well_formed(ann: dict[str, Any], image_ids: set[int], category_ids: set[int]) -> bool:
+    """The usual, valid annotation in one expression: the fast path that keeps a large file
+    (COCO train2017: 860k annotations) at a few seconds; anything else goes through
+    :func:`_annotation_problem`."""
+    try:
+        x, y, w, h = ann["bbox"]
+        return (
+            type(ann["image_id"]) is int
+            and ann["image_id"] in image_ids
+            and type(ann["category_id"]) is int
+            and ann["category_id"] in category_ids
+            and type(x) in _NUMBER_TYPES
+            and type(y) in _NUMBER_TYPES
+            and type(w) in _NUMBER_TYPES
+            and type(h) in _NUMBER_TYPES
+            and type(ann.get("area", 0)) in _NUMBER_TYPES
+            and type(ann.get("iscrowd", 0)) in _FLAG_TYPES
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def _annotation_problems(
     annotations: list[Any], image_ids: set[int], category_ids: set[int], problems: list[str]
 ) -> None:
     for index, ann in enumerate(annotations):
-        if not isinstance(ann, dict):
-            continue  # reported by _ids
+        if not isinstance(ann, dict) or _well_formed(ann, image_ids, category_ids):
+            continue  # not an object: reported by _ids
         problem = _annotation_problem(ann, image_ids, category_ids)
         if problem is not None:
             problems.append(f"{_name('annotation', index, ann)} {problem}")
