@@ -61,7 +61,12 @@ def preprocess(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """``image`` -> float32 [3, H, W] in [0, 1] at ``size`` = (H, W), exactly as validation.
     The image is first taken as :func:`~rtdetr_spartan.data.image_io.to_rgb` gives it (EXIF
     orientation applied, 16-bit scaled to 8), as training and evaluation read their files."""
-    resized = TF.resize(to_rgb(image), [int(size[0]), int(size[1])])
+    return _rgb_tensor(to_rgb(image), size)
+
+
+def _rgb_tensor(rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """An 8-bit RGB image already oriented -> float32 [3, H, W] in [0, 1] at ``size``."""
+    resized = TF.resize(rgb, [int(size[0]), int(size[1])])
     return TF.to_dtype(TF.to_image(resized), torch.float32, scale=True)
 
 
@@ -96,8 +101,8 @@ class Predictor(ABC):
         users expect; COCO evaluation with :meth:`run` keeps the model's raw boxes, as in training)."""
         if not images:
             return []
-        images = [to_rgb(image) for image in images]
-        batch = np.stack([preprocess(image, self.input_size).numpy() for image in images])
+        images = [to_rgb(image) for image in images]  # sizes below are those of the displayed image
+        batch = np.stack([_rgb_tensor(image, self.input_size).numpy() for image in images])
         sizes = np.array([image.size for image in images], dtype=np.int64)
         labels, boxes, scores = self.run(batch, sizes)
         return [self.detections(labels[i], boxes[i], scores[i], threshold, images[i].size) for i in range(len(images))]

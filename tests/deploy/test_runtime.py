@@ -139,3 +139,20 @@ def test_preprocess_scales_16_bit_images_and_applies_exif_orientation() -> None:
     tagged = Image.open(io.BytesIO(buffer.getvalue()))
     displayed = stored.transpose(Image.Transpose.ROTATE_270)
     assert torch.equal(preprocess(tagged, (32, 32)), preprocess(displayed, (32, 32)))
+
+
+@pytest.mark.slow  # exports a full detector (module fixture)
+def test_predict_reports_boxes_in_the_displayed_orientation(exported) -> None:
+    _, path = exported
+    predictor = OnnxPredictor(path, threads=1)
+    stored = _image(160, 96, seed=9)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # displayed 96 wide, 160 tall
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif.tobytes())
+    tagged = Image.open(io.BytesIO(buffer.getvalue()))
+    displayed = stored.transpose(Image.Transpose.ROTATE_270)
+    got = predictor.predict([tagged], threshold=0.0)[0]
+    assert got == predictor.predict([displayed], threshold=0.0)[0]  # the same pixels in the same session
+    boxes = np.array([d.box for d in got])
+    assert boxes[:, [0, 2]].max() <= 96 and boxes[:, [1, 3]].max() <= 160 and boxes[:, [1, 3]].max() > 96
