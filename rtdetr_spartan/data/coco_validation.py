@@ -102,9 +102,12 @@ def _annotation_problem(ann: dict[str, Any], image_ids: set[int], category_ids: 
     for key in ("image_id", "category_id", "bbox"):
         if key not in ann:
             return f"has no '{key}'"
-    if not _is_id(ann["image_id"]) or ann["image_id"] not in image_ids:
+    for key in ("image_id", "category_id"):
+        if not _is_id(ann[key]):
+            return f"has '{key}' {ann[key]!r}, expected an integer"
+    if ann["image_id"] not in image_ids:
         return f"(image_id {ann['image_id']!r}) refers to an image that is not in 'images'"
-    if not _is_id(ann["category_id"]) or ann["category_id"] not in category_ids:
+    if ann["category_id"] not in category_ids:
         listed = sorted(category_ids)
         shown = f"{listed[:20]}{' ...' if len(listed) > 20 else ''}"
         return f"(image {ann['image_id']}) has category_id {ann['category_id']!r}, which is not in 'categories' {shown}"
