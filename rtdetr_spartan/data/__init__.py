@@ -1,8 +1,19 @@
-"""Data: COCO detection dataset and category mapping, detection transforms, loaders, generated
-shapes datasets, the COCO evaluator and ImageFolder classification data. Importing the package
-registers its config names."""
+"""Data: COCO detection dataset (with its annotation-file checks) and category mapping, detection
+transforms, loaders, generated shapes datasets, the COCO evaluator, ImageFolder classification
+data, and the one image reader (``image_io.read_rgb``) every dataset and predictor uses.
+Importing the package registers its config names."""
 
-from rtdetr_spartan.data import categories, classification, coco, coco_eval, dataloader, shapes, transforms
+from rtdetr_spartan.data import (
+    categories,
+    classification,
+    coco,
+    coco_eval,
+    coco_validation,
+    dataloader,
+    image_io,
+    shapes,
+    transforms,
+)
 from rtdetr_spartan.data.coco import CocoDetection, ImageReadError
 from rtdetr_spartan.data.coco_eval import CocoEvaluator, to_category_ids
 from rtdetr_spartan.data.dataloader import BatchImageCollateFunction, DataLoader, default_collate_fn, set_epoch
@@ -13,7 +24,9 @@ __all__ = [
     "classification",
     "coco",
     "coco_eval",
+    "coco_validation",
     "dataloader",
+    "image_io",
     "shapes",
     "transforms",
     "CocoDetection",
