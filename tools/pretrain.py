@@ -2,6 +2,7 @@
 
     python tools/pretrain.py -c configs/spartan/spartan_t_imagenet.yml
     python tools/pretrain.py -c CFG -r output/x/last.pth                 # resume everything
+    python tools/pretrain.py -c CFG -r output/x/last.pth -u epochs=400   # extend a run (lr schedule rebuilt)
     torchrun --max-restarts=3 --nproc-per-node=8 tools/pretrain.py -c CFG -r auto   # elastic restarts
     python tools/pretrain.py -c CFG -r output/x/best.pth --test-only     # top-1/top-5 only
     torchrun --nproc-per-node=8 tools/pretrain.py -c CFG                  # DDP (NCCL on GPU, gloo on CPU)

@@ -4,6 +4,7 @@
     python tools/train.py -c configs/rtdetr/rtdetr_r18vd_6x_coco.yml
     python tools/train.py -c CFG -r output/x/last.pth             # resume everything
     python tools/train.py -c CFG -r auto                            # resume OUTPUT_DIR/last.pth if any
+    python tools/train.py -c CFG -r output/x/last.pth -u epochs=120  # extend a run (lr schedule rebuilt)
     python tools/train.py -c CFG --overwrite                        # fresh run over an earlier one
     python tools/train.py -c CFG -t weights.pth                     # fine-tune from matching weights
     python tools/train.py -c CFG -r output/x/best.pth --test-only   # evaluate only

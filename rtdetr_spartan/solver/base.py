@@ -16,8 +16,10 @@ written, the task evaluates (:meth:`evaluate`) and names its metric (:meth:`metr
 rewrites ``last.pth`` and links ``best.pth`` to it; ``checkpointNNNN.pth`` every
 ``checkpoint_freq`` epochs; then ``log.txt``, TensorBoard and the hooks. A failure in evaluation
 or logging never loses the trained epoch. Checkpoints hold model, EMA, optimizer, scheduler and
-scaler states, the epoch, the best metric, every rank's RNG states and the resolved config, so
-a resumed run continues exactly as an uninterrupted one.
+scaler states, the epoch, the best metric, every rank's RNG states, the task, the package
+version and the resolved config, so a resumed run continues exactly as an uninterrupted one.
+They load as data only (``misc.checkpoint.load_checkpoint``). A resumed run must have the
+checkpoint's settings except ``epochs``, which extends it (:mod:`rtdetr_spartan.solver.resume`).
 """
 
 from __future__ import annotations
@@ -450,9 +452,9 @@ class BaseSolver:
         load_model_weights(state.module, {"model": weights}, strict=True)
         # Reference RT-DETR checkpoints call the finished epoch 'last_epoch'.
         self.last_epoch = int(checkpoint.get("epoch", checkpoint.get("last_epoch", -1)))
-        saved_epochs = (checkpoint.get("config") or {}).get("epochs", self.epochs)
+        planned = self._planned_epochs(checkpoint)
         for name, part in self._stateful(state).items():
-            if name == "lr_scheduler" and name in checkpoint and int(saved_epochs) != self.epochs:
+            if name == "lr_scheduler" and name in checkpoint and planned != self.epochs:
                 continue  # rebuilt below, after the optimizer's state
             if name in checkpoint:
                 part.load_state_dict(checkpoint[name])
@@ -460,21 +462,32 @@ class BaseSolver:
             logger.warning("%s: no '%s' state; %s starts fresh", source, name, name)
             if name == "ema":
                 state.ema = self.cfg.build("ema", model=state.module)
-        if isinstance(state, TrainState) and state.lr_scheduler is not None and int(saved_epochs) != self.epochs:
-            steps = int(checkpoint["lr_scheduler"].get("last_epoch", self.last_epoch + 1))
-            state.lr_scheduler = rebuild_scheduler(self.cfg, state.optimizer, state.train_loader, steps)
-            logger.warning(
-                "%s: run planned for %d epochs, continued for epochs=%d: the lr schedule is rebuilt for %d "
-                "epochs and advanced past %d finished epochs (%d scheduler steps)",
-                source,
-                int(saved_epochs),
-                self.epochs,
-                self.epochs,
-                self.last_epoch + 1,
-                steps,
-            )
+        if isinstance(state, TrainState) and "lr_scheduler" in checkpoint and planned != self.epochs:
+            self._extend_schedule(state, int(checkpoint["lr_scheduler"].get("last_epoch", 0)), planned, source)
         self.best = dict(checkpoint.get("best") or self.best)
         self._pending_rng = self._rng_for_this_rank(checkpoint.get("rng"), source)
+
+    def _planned_epochs(self, checkpoint: Mapping[str, Any]) -> int:
+        """The ``epochs`` of the run that wrote ``checkpoint`` (this config's when it stores none)."""
+        config = checkpoint.get("config")
+        return int(config.get("epochs", self.epochs)) if isinstance(config, Mapping) else self.epochs
+
+    def _extend_schedule(self, state: TrainState, steps: int, planned: int, source: str) -> None:
+        """Replace the schedule of a run planned for ``planned`` epochs by this config's, advanced
+        by the ``steps`` the resumed scheduler had taken."""
+        if state.lr_scheduler is None:
+            return
+        state.lr_scheduler = rebuild_scheduler(self.cfg, state.optimizer, state.train_loader, steps)
+        logger.warning(
+            "%s: run planned for %d epochs, continued for epochs=%d: the lr schedule is rebuilt for %d epochs "
+            "and advanced past %d finished epochs (%d scheduler steps)",
+            source,
+            planned,
+            self.epochs,
+            self.epochs,
+            self.last_epoch + 1,
+            steps,
+        )
 
     def _rng_for_this_rank(self, saved: Any, source: str) -> dict[str, Any] | None:
         if not saved:

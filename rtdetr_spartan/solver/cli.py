@@ -26,12 +26,16 @@ def solver_args_parser(description: str, config_help: str, outputs_help: str) ->
     start.add_argument(
         "-r",
         "--resume",
-        help="checkpoint to resume (model, EMA, optimizer, scheduler, epoch, RNG); 'auto': OUTPUT_DIR/last.pth "
-        "when it exists, else a fresh run (the setting for torchrun --max-restarts)",
+        help="checkpoint to resume (model, EMA, optimizer, scheduler, epoch, RNG) with the settings it was written "
+        "with (others are refused, except -u epochs=N, which extends the run and rebuilds the lr schedule); 'auto': "
+        "OUTPUT_DIR/last.pth when it exists, else a fresh run (the setting for torchrun --max-restarts)",
     )
     start.add_argument("-t", "--tuning", help="checkpoint whose matching weights initialise the model")
     parser.add_argument(
-        "--overwrite", action="store_true", help="start a fresh run in an output directory that holds last.pth"
+        "--overwrite",
+        action="store_true",
+        help="start a fresh run in an output directory that holds an earlier one: its checkpoints, log.txt and "
+        "TensorBoard events are deleted and train.log emptied",
     )
     parser.add_argument("--test-only", action="store_true", help="evaluate on the validation set only")
     parser.add_argument(

@@ -115,8 +115,8 @@ def check_resume_config(checkpoint: Mapping[str, Any], current: Mapping[str, Any
         listed = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in refused.items())
         raise ConfigError(
             f"cannot resume {source} with changed settings ({len(refused)} differ from the checkpoint's config: "
-            f"{listed}). Resume continues the same run: drop these overrides (only epochs may change, to extend "
-            f"the run), or start a new run from its weights with -t {source}"
+            f"{listed}). Resume continues the same run: give the checkpoint's values (only epochs may change, to "
+            f"extend the run), or start a new run from its weights with -t {source}"
         )
     return set(differences)
 
