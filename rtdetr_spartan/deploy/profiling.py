@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -247,18 +246,34 @@ def _top_level(events: Iterable[Any]) -> list[Any]:
     return top
 
 
+# Memory bookkeeping inside an operator (bias copies, output allocation): never "the kernel".
+_TORCH_MEMORY_OPS = frozenset(
+    (
+        "aten::copy_",
+        "aten::empty",
+        "aten::empty_strided",
+        "aten::fill_",
+        "aten::zero_",
+        "aten::resize_",
+        "aten::view",
+        "aten::as_strided",
+        "aten::_reshape_alias",
+    )
+)
+
+
 def _kernel(event: Any, device: str) -> str:
-    """What did the work of ``event``: its longest device kernel on CUDA, else the operator in its call
-    tree with the most self time (``aten::conv2d`` -> ``aten::mkldnn_convolution``)."""
+    """What did the work of ``event``: its longest device kernel on CUDA, else the operator reached by
+    following the callee that holds most of the time (``aten::conv2d`` -> ``aten::mkldnn_convolution``,
+    ``aten::linear`` -> ``aten::addmm``), stopping at memory bookkeeping."""
     if device == "cuda" and event.kernels:
         return str(max(event.kernels, key=lambda k: k.duration).name)
-    best, stack = event, [event]
-    while stack:
-        current = stack.pop()
-        stack.extend(current.cpu_children)
-        if current.self_cpu_time_total > best.self_cpu_time_total:
-            best = current
-    return str(best.name)
+    while True:
+        children = [c for c in event.cpu_children if c.name not in _TORCH_MEMORY_OPS]
+        child = max(children, key=lambda c: c.cpu_time_total, default=None)
+        if child is None or child.cpu_time_total < 0.5 * event.cpu_time_total:
+            return str(event.name)
+        event = child
 
 
 def _torch_precision(event: Any) -> str:
@@ -313,7 +328,7 @@ def summarize_by_type(records: Iterable[OpRecord], by_impl: bool = False) -> lis
     return sorted(summaries, key=lambda s: (-s.time_ms, s.type, s.impl))
 
 
-def _short(text: str, width: int = 64) -> str:
+def _short(text: str, width: int = 80) -> str:
     """``text`` cut in the middle to ``width`` characters, with ``|`` escaped for markdown."""
     text = text.replace("|", "\\|")
     return text if len(text) <= width else f"{text[: width // 2 - 1]}…{text[-(width // 2) :]}"
@@ -347,14 +362,14 @@ def format_table(profile: Profile, top: int = 25) -> str:
 
 
 def _write_text_atomic(text: str, path: Path) -> Path:
+    """``text`` to a temporary file beside ``path``, then renamed over it: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from rtdetr_spartan.deploy.benchmark import count_flops
 from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config
+from rtdetr_spartan.deploy.profiling import read_profile_json
 from tests.deploy.deploy_utils import R18_CONFIG
 from tools.benchmark import main
 
@@ -74,3 +76,44 @@ def test_impossible_settings_are_refused(
 def test_cuda_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="cuda requested"):
         _run(capsys, "--device", "cuda")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fails", [False, True])
+def test_thread_count_is_restored(fails: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--threads sets torch's process-wide thread count for the run only, also when the run fails."""
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    argv = ["-c", str(R18_CONFIG), "--size", str(SIZE), "--runs", "1", "--warmup", "0", "--threads", str(wanted)]
+    try:
+        if fails:  # fails after the thread count is set: loading the weights
+            with pytest.raises(FileNotFoundError):
+                main([*argv, "-r", str(tmp_path / "missing.pth")])
+        else:
+            assert main(argv) == 0
+            assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["threads"] == wanted
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_torch_profile_lists_the_convolutions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = _run(capsys, "--profile", str(tmp_path / "r18"), "--profile-top", "5", "--runs", "1")
+    profile = read_profile_json(tmp_path / "r18.json")
+    convs = [r for r in profile.records if r.type == "aten::conv2d"]
+    assert sum(r.count for r in convs) >= 20 and all(r.precision == "f32" for r in convs)  # ResNet-18 + encoder
+    assert result["profile_nodes"] == pytest.approx(profile.nodes)
+    assert result["profile_total_ms"] == pytest.approx(profile.total_ms, abs=1e-3)
+    assert sum(profile.share(r) for r in profile.records) == pytest.approx(1.0)
+    markdown = (tmp_path / "r18.md").read_text()
+    assert markdown.count("\n| ") > 5 and "| aten::conv2d |" in markdown
+
+
+def test_saved_models_need_a_runtime_backend(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="runs with --backend onnxruntime or openvino"):
+        main(["--onnx", str(tmp_path / "model.onnx")])
+    with pytest.raises(SystemExit):  # neither -c nor --onnx: a usage error
+        main(["--backend", "openvino"])
+    with pytest.raises(FileNotFoundError, match="missing.xml does not exist"):
+        main(["--onnx", str(tmp_path / "missing.xml"), "--backend", "openvino"])
