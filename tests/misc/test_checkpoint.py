@@ -196,3 +196,20 @@ def test_a_detector_checkpoint_is_refused_as_backbone_weights(tmp_path: Path) ->
             checkpoint.CheckpointError, match=rf"{path} is a detection checkpoint.*{key}.pretrained needs"
         ):
             backbone(pretrained=str(path))
+
+
+def test_a_grad_scaler_and_fused_optimizer_state_load_as_data(tmp_path: Path) -> None:
+    """The parts of a float16 CUDA run's checkpoint this CPU suite cannot train: a used GradScaler
+    (its CPU form has the same state) and a fused AdamW."""
+    weight = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(weight.sum()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    path = save_atomic({"scaler": scaler.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "s.pth")
+    loaded = checkpoint.load_checkpoint(path)
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(loaded["scaler"])
+    assert restored.get_scale() == scaler.get_scale() and loaded["scaler"]["_growth_tracker"] == 1
+    assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
