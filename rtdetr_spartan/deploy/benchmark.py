@@ -37,7 +37,6 @@ from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.profiling import (
     OnnxRuntimeRunProfiler,
     OpenVinoRunProfiler,
-    OpRecord,
     Profile,
     TorchRunProfiler,
 )
@@ -100,8 +99,8 @@ class RunProfiler(Protocol):
     def start(self, warmup: int) -> None:
         """Called after the ``warmup`` untimed calls, before the timed ones."""
 
-    def stop(self, runs: int) -> list[OpRecord]:
-        """Ends profiling; the per-inference records of the ``runs`` timed calls."""
+    def stop(self, runs: int) -> Profile:
+        """Ends profiling; the per-inference profile of the ``runs`` timed calls."""
         ...
 
 
@@ -402,7 +401,7 @@ def benchmark(
                 profile=profile,
             )
             times = time_calls(runner.call, runs, warmup, runner.profiler)
-            records = runner.profiler.stop(runs) if runner.profiler is not None else None
+            profiled = runner.profiler.stop(runs) if runner.profiler is not None else None
     finally:
         torch.set_num_threads(previous_threads)
     median = statistics.median(times)
@@ -434,8 +433,9 @@ def benchmark(
         openvino_precision=openvino_precision if backend == "openvino" else None,
         model_file=str(onnx) if onnx is not None else None,
     )
-    if records is not None:
-        result.profile = Profile(backend, runs, records, settings=result.to_dict())
+    if profiled is not None:
+        profiled.settings = result.to_dict()
+        result.profile = profiled
         result.profile_nodes = result.profile.nodes
         result.profile_total_ms = round(result.profile.total_ms, 3)
     return result

@@ -108,6 +108,7 @@ class Profile:
     runs: int
     records: list[OpRecord]
     settings: dict[str, object] = field(default_factory=dict)
+    not_run: int = 0  # nodes the runtime lists but did not run: fused into a neighbour (OpenVINO)
 
     def __post_init__(self) -> None:
         self.records = sorted(self.records, key=lambda r: (-r.time_ms, r.name))
@@ -132,6 +133,7 @@ class Profile:
             "runs": self.runs,
             "settings": self.settings,
             "nodes": self.nodes,
+            "not_run": self.not_run,
             "total_ms": self.total_ms,
             "records": [r.to_dict() for r in self.records],
             "by_type": [s.to_dict() for s in summarize_by_type(self.records)],
@@ -340,9 +342,10 @@ def _count(value: float) -> str:
 
 def format_table(profile: Profile, top: int = 25) -> str:
     """Markdown: totals, the ``top`` most expensive records, and the time by type and by type + kernel."""
+    fused = f" (+{profile.not_run} listed, fused, not run)" if profile.not_run else ""
     lines = [
-        f"{profile.backend} profile: {_count(profile.nodes)} executed nodes, {profile.total_ms:.2f} ms profiled "
-        f"per inference (mean of {profile.runs} runs)",
+        f"{profile.backend} profile: {_count(profile.nodes)} executed nodes{fused}, {profile.total_ms:.2f} ms "
+        f"profiled per inference (mean of {profile.runs} runs)",
         "",
         "| # | node | type | kernel / implementation | precision | time ms | share | count |",
         "|---|---|---|---|---|---|---|---|",
@@ -384,7 +387,8 @@ def read_profile_json(path: str | Path) -> Profile:
     data = json.loads(Path(path).read_text())
     try:
         records = [OpRecord(**r) for r in data["records"]]
-        return Profile(data["backend"], int(data["runs"]), records, dict(data.get("settings", {})))
+        settings = dict(data.get("settings", {}))
+        return Profile(data["backend"], int(data["runs"]), records, settings, int(data.get("not_run", 0)))
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a profile written by write_profile_json ({err})") from err
 
@@ -409,9 +413,9 @@ class TorchRunProfiler:
     def start(self, warmup: int) -> None:
         self._profiler.__enter__()
 
-    def stop(self, runs: int) -> list[OpRecord]:
+    def stop(self, runs: int) -> Profile:
         self._profiler.__exit__(None, None, None)
-        return torch_records(self._profiler.events(), runs, self.device)
+        return Profile("torch", runs, torch_records(self._profiler.events(), runs, self.device))
 
 
 class OnnxRuntimeRunProfiler:
@@ -424,10 +428,10 @@ class OnnxRuntimeRunProfiler:
     def start(self, warmup: int) -> None:
         """The session profiles from its creation; the runs before ``stop``'s last ``runs`` are dropped."""
 
-    def stop(self, runs: int) -> list[OpRecord]:
+    def stop(self, runs: int) -> Profile:
         trace = Path(self._session.end_profiling())
         try:
-            return onnxruntime_records(trace, runs)
+            return Profile("onnxruntime", runs, onnxruntime_records(trace, runs))
         finally:
             trace.unlink(missing_ok=True)
 
@@ -446,6 +450,8 @@ class OpenVinoRunProfiler:
         self._warmup = warmup
         self._before = self._predictor.profiling_info() if warmup else []
 
-    def stop(self, runs: int) -> list[OpRecord]:
+    def stop(self, runs: int) -> Profile:
         after = self._predictor.profiling_info()
-        return openvino_records(after, self._warmup + runs, self._before, self._warmup)
+        records = openvino_records(after, self._warmup + runs, self._before, self._warmup)
+        not_run = sum(str(i.status).rsplit(".", 1)[-1] == "NOT_RUN" for i in after)
+        return Profile("openvino", runs, records, not_run=not_run)

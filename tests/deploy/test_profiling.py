@@ -144,12 +144,13 @@ def test_onnxruntime_profile_counts_only_the_profiled_runs(onnx_path: Path, tmp_
     session = _onnxruntime_session(onnx_path, tmp_path / "ort")
     for _ in range(3):  # 1 warm-up + 2 profiled
         session.run(None, {"x": _image()})  # type: ignore[attr-defined]
-    records = OnnxRuntimeRunProfiler(session).stop(runs=2)
+    profile = OnnxRuntimeRunProfiler(session).stop(runs=2)
+    records = profile.records
     convs = [r for r in records if r.type == "Conv"]
     assert sorted(r.name for r in convs) == sorted(_conv_nodes(onnx_path))
     assert all(r.count == 1 and r.impl == "CPU" and r.precision == "f32" for r in convs), convs
     assert {r.type for r in records} == {"Conv", "Relu"}
-    profile = Profile("onnxruntime", 2, records)
+    assert (profile.backend, profile.runs, profile.nodes) == ("onnxruntime", 2, 5)
     assert profile.nodes == 5 and sum(profile.share(r) for r in records) == pytest.approx(1.0)
     assert not list(tmp_path.glob("ort*.json"))  # the trace is read and removed
 
@@ -171,7 +172,7 @@ def test_torch_profile_lists_the_convolutions() -> None:
         profiler.start(warmup=1)
         for _ in range(2):
             net(x)
-        records = profiler.stop(runs=2)
+        records = profiler.stop(runs=2).records
     convs = [r for r in records if r.type == "aten::conv2d"]
     assert sum(r.count for r in convs) == 3 and all(r.precision == "f32" for r in convs)
     assert any("[1, 3, 64, 64]" in r.name for r in convs)
@@ -208,11 +209,11 @@ def test_table_lists_the_top_rows_and_the_types() -> None:
 
 
 def test_json_round_trip(tmp_path: Path) -> None:
-    profile = Profile("openvino", 5, _records(), settings={"threads": 1})
+    profile = Profile("openvino", 5, _records(), settings={"threads": 1}, not_run=4)
     path = write_profile_json(profile, tmp_path / "p.json")
     assert read_profile_json(path) == profile
     data = json.loads(path.read_text())
-    assert (data["nodes"], data["total_ms"], data["by_type"][0]["type"]) == (3.0, 10.0, "Reorder")
+    assert (data["nodes"], data["not_run"], data["total_ms"], data["by_type"][0]["type"]) == (3.0, 4, 10.0, "Reorder")
     markdown, table = write_profile(profile, tmp_path / "sub" / "r18")
     assert (markdown.name, table.name) == ("r18.md", "r18.json")
     assert markdown.read_text() == format_table(profile) and read_profile_json(table) == profile

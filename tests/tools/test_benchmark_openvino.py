@@ -77,6 +77,7 @@ def test_openvino_profile_of_a_saved_ir(
     assert (result["size"], result["params"], result["model_file"]) == (SIZE, None, str(ir))
     profile = read_profile_json(tmp_path / "ir.json")
     assert result["profile_nodes"] == profile.nodes == len(profile.records) > 100
+    assert profile.not_run > 0  # fused into their neighbours (activations, biases)
     assert all(r.impl and r.impl != "undef" for r in profile.records)
     convs = [r for r in profile.records if r.type == "Convolution"]
     assert 0 < len(convs) <= _conv_count(onnx_path)  # the backbone's and encoder's convs, some fused
