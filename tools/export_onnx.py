@@ -5,9 +5,10 @@
 
 Inputs ``images`` [N, 3, H, W] float in [0, 1] and ``orig_target_sizes`` [N, 2] (w, h); outputs
 ``labels``, ``boxes`` (XYXY pixels), ``scores``. The file's metadata stores the input size,
-class names and category ids. The export fails unless onnxruntime reproduces PyTorch's
-detections on a sample within --tolerance: all high-scoring ones and >= 95 % of all (a near-tied
-detection that the two runtimes select differently is allowed).
+class names and category ids. --size H W must be positive multiples of the model's largest
+stride (32 for these models). The export fails unless onnxruntime reproduces every detection of
+PyTorch's on a sample within --tolerance, or proves it a near-tie: the decoder's query
+selection or the final top-K broke a tie differently (the check reads both runtimes' selection).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 
 import torch
 
+from rtdetr_spartan.deploy.export import InputSizeError
 from rtdetr_spartan.deploy.from_config import export_from_config
 
 
@@ -67,23 +69,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = export_from_config(
-        args.config,
-        args.output,
-        checkpoint=args.resume,
-        overrides=args.update,
-        input_size=tuple(args.size) if args.size else None,
-        opset=args.opset,
-        dynamic_batch=args.dynamic_batch,
-        dynamic_size=args.dynamic_size,
-        simplify=args.simplify,
-        check=args.check,
-        verify=args.verify,
-        tolerance=args.tolerance,
-        orig_size_dtype=getattr(torch, args.size_dtype),
-    )
+    try:
+        result = export_from_config(
+            args.config,
+            args.output,
+            checkpoint=args.resume,
+            overrides=args.update,
+            input_size=tuple(args.size) if args.size else None,
+            opset=args.opset,
+            dynamic_batch=args.dynamic_batch,
+            dynamic_size=args.dynamic_size,
+            simplify=args.simplify,
+            check=args.check,
+            verify=args.verify,
+            tolerance=args.tolerance,
+            orig_size_dtype=getattr(torch, args.size_dtype),
+        )
+    except InputSizeError as error:
+        source = "argument --size" if args.size else f"{args.config}: eval_spatial_size"
+        parser.error(error.message(source))
     logging.getLogger(__name__).info("wrote %s", result.path)
     return 0
 

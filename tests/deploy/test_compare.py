@@ -3,7 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtdetr_spartan.deploy.compare import compare_detections, detection_difference, paired_differences
+from rtdetr_spartan.deploy.compare import (
+    QuerySelection,
+    compare_detections,
+    compare_with_ties,
+    detection_difference,
+    paired_differences,
+)
 
 
 def _detections(seed: int, batch: int = 2, k: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,3 +115,84 @@ def test_agreements_add_up() -> None:
     one = compare_detections(ref, ref, SIZES)
     both = one + one
     assert (both.total, both.matched, both.top_total) == (160, 160, 2 * one.top_total)
+
+
+# --- compare_with_ties: unmatched detections are excused only by a proven near-tie.
+
+TIE_SIZES = np.array([[100, 100]])
+
+
+def _tie_case(got_anchor_scores: list[float], got_anchors: list[int]) -> tuple:
+    """One image, 6 anchors, 3 queries, 2 classes, 3 detections. PyTorch selects anchors 0, 1, 2
+    (scores 5, 4, 3; the first unselected, anchor 3, scores 3 - 5e-7); its detections are the
+    pairs (query 0, class 1), (query 2, class 0), (query 1, class 0). The other runtime has
+    ``got_anchor_scores`` and selects ``got_anchors``; its query 2 detection is another box."""
+    ref_scores = np.array([[5.0, 4.0, 3.0, 3.0 - 5e-7, 1.0, 0.0]])
+    boxes = np.array([[[10, 10, 30, 30], [40, 40, 60, 60], [70, 10, 90, 30]]], dtype=np.float32)
+    labels, scores = np.array([[1, 0, 0]]), np.array([[0.9, 0.8, 0.7]], dtype=np.float32)
+    ref = (labels, boxes, scores)
+    ref_selection = QuerySelection(ref_scores, np.array([[0, 1, 2]]), np.array([[0, 2, 1]]), labels)
+    got_boxes = boxes.copy()
+    got_boxes[0, 1] += 25.0  # the detection of query 2 is elsewhere
+    got = (labels, got_boxes, scores)
+    pair_scores = np.array([[[0.1, 0.9], [0.7, 0.2], [0.8, 0.3]]])  # [1, Q, C]
+    got_selection = QuerySelection(
+        np.array([got_anchor_scores]), np.array([got_anchors]), np.array([[0, 2, 1]]), labels, pair_scores
+    )
+    return ref, got, ref_selection, got_selection
+
+
+def test_query_selection_near_tie_is_excused() -> None:
+    # the other runtime scores anchor 3 a little above anchor 2 (by 2e-7): it selects anchor 3
+    ref, got, ref_sel, got_sel = _tie_case([5.0, 4.0, 3.0 - 3e-7, 3.0 - 1e-7, 1.0, 0.0], [0, 1, 3])
+    agreement = compare_with_ties(ref, got, TIE_SIZES, ref_sel, got_sel)
+    assert agreement.detections.matched == 2 and agreement.unexplained == 0 and agreement.passes()
+    (excused,) = agreement.excused
+    assert (excused.image, excused.rank, excused.anchor, excused.reason) == (0, 1, 2, "selection")
+    assert excused.margin == pytest.approx(5e-7, rel=1e-3)
+    assert agreement.selection_diff == pytest.approx(4e-7, rel=1e-3)
+    assert "1 excused as near-ties (1 at the query selection" in agreement.describe()
+    assert not compare_detections(ref, got, TIE_SIZES).passes(0.95)  # the old rule refused it
+
+
+def test_selection_the_scores_do_not_explain_fails() -> None:
+    # same selection, but the other runtime's scores agree with PyTorch's: anchor 3 scores
+    # below anchor 2, so selecting it is no tie (a broken TopK or gather), and anchor 2 sits
+    # 5e-7 above the boundary while the scores differ by only 1e-9
+    ref, got, ref_sel, got_sel = _tie_case([5.0, 4.0, 3.0 + 1e-9, 3.0 - 5e-7, 1.0, 0.0], [0, 1, 3])
+    agreement = compare_with_ties(ref, got, TIE_SIZES, ref_sel, got_sel)
+    assert agreement.excused == () and agreement.unexplained == 1 and not agreement.passes()
+
+
+def test_final_top_k_tie_is_excused_only_when_the_other_runtime_ranks_the_pair_out() -> None:
+    # same anchors selected; query 1's classes 0 and 1 both score 0.7 within 1e-6, and the other
+    # runtime keeps class 1 as its third detection: PyTorch's third has no counterpart
+    ref, _, ref_sel, _ = _tie_case([5.0, 4.0, 3.0, 3.0 - 5e-7, 1.0, 0.0], [0, 1, 2])
+    pair_scores = np.array([[[0.1, 0.9], [0.7 - 1e-6, 0.7], [0.8, 0.3]]])
+    got_labels = np.array([[1, 0, 1]])
+    got = (got_labels, ref[1], ref[2])
+    got_sel = QuerySelection(ref_sel.scores, ref_sel.anchors, np.array([[0, 2, 1]]), got_labels, pair_scores)
+    agreement = compare_with_ties(ref, got, TIE_SIZES, ref_sel, got_sel)
+    assert agreement.passes() and [(e.rank, e.reason) for e in agreement.excused] == [(2, "rank")]
+    assert agreement.excused[0].margin == pytest.approx(1e-6, rel=1e-3)
+    # a wrong class mapping: the graph's top-K picked (query 1, class 0), as PyTorch's, but its
+    # labels output says class 1: the pair was kept, so this is no tie
+    kept_sel = QuerySelection(ref_sel.scores, ref_sel.anchors, np.array([[0, 2, 1]]), ref[0], pair_scores)
+    wrong = compare_with_ties(ref, got, TIE_SIZES, ref_sel, kept_sel)
+    assert wrong.excused == () and wrong.unexplained == 1 and not wrong.passes()
+
+
+def test_selection_scores_beyond_the_tolerance_fail_even_if_detections_match() -> None:
+    ref, _, ref_sel, _ = _tie_case([0.0] * 6, [0, 1, 2])
+    shifted = QuerySelection(ref_sel.scores + 2e-3, ref_sel.anchors, ref_sel.detection_queries, ref[0])
+    agreement = compare_with_ties(ref, ref, TIE_SIZES, ref_sel, shifted)
+    assert agreement.detections.matched == 3 and agreement.unexplained == 0
+    assert agreement.selection_diff == pytest.approx(2e-3) and not agreement.passes()
+
+
+def test_without_selections_nothing_is_excused() -> None:
+    ref, got, ref_sel, got_sel = _tie_case([5.0, 4.0, 3.0 - 3e-7, 3.0 - 1e-7, 1.0, 0.0], [0, 1, 3])
+    agreement = compare_with_ties(ref, got, TIE_SIZES, ref_sel, None)
+    assert agreement.selection_diff is None and agreement.unexplained == 1 and not agreement.passes()
+    both = agreement + compare_with_ties(ref, got, TIE_SIZES, ref_sel, got_sel)
+    assert (both.detections.total, both.unexplained, len(both.excused)) == (6, 1, 1)

@@ -8,7 +8,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rtdetr_spartan.deploy.export import DeployModel, complex_tensor_names, export_onnx
+from rtdetr_spartan.deploy.export import (
+    DeployModel,
+    InputSizeError,
+    check_input_size,
+    complex_tensor_names,
+    export_onnx,
+    largest_stride,
+)
+from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree, export_config, spartan_t_config
 from tests.parity_utils import synthetic_scenes
@@ -131,3 +139,48 @@ def test_export_rejects_opset_without_grid_sample(tmp_path) -> None:
     info = ModelInfo((64, 64), 80, {}, {})
     with pytest.raises(ValueError, match="GridSample"):
         export_onnx(torch.nn.Identity(), tmp_path / "x.onnx", info, opset=15)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def r18_module() -> DeployModel:
+    torch.manual_seed(0)
+    return build_deploy_model(load_config(R18_CONFIG))
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((0, 0), r"input_size 0 0: height and width must be positive multiples of the model's largest stride 32"),
+        ((-64, 640), r"input_size -64 640: .* positive multiples .* stride 32, e\.g\. 32 640"),
+        ((100, 100), r"input_size 100 100: .* stride 32, e\.g\. 96 96 or 128 128"),
+        ((64, 64), r"input_size 64 64: gives 84 anchors, fewer than the decoder's 300 queries; use at least 128 128"),
+    ],
+)
+def test_export_rejects_sizes_the_model_cannot_run(r18_module, tmp_path, size, expected) -> None:
+    info = ModelInfo(size, 80, {}, {})
+    with pytest.raises(InputSizeError, match=expected):
+        export_onnx(r18_module, tmp_path / "x.onnx", info)
+    assert not (tmp_path / "x.onnx").exists()  # refused before tracing
+
+
+def test_largest_stride_is_read_from_the_model() -> None:
+    """Not hard-coded: a decoder with a fourth level (stride 64) needs multiples of 64."""
+    cfg = load_config(R18_CONFIG, ["RTDETRTransformer.num_levels=4"])
+    module = build_deploy_model(cfg)
+    assert largest_stride(module) == 64 and largest_stride(torch.nn.Linear(2, 2)) is None
+    with pytest.raises(InputSizeError, match=r"input_size 96 96: .* stride 64, e\.g\. 64 64 or 128 128") as info:
+        check_input_size((96, 96), module)
+    assert info.value.message("--size").startswith("--size 96 96: ")
+    check_input_size((128, 192), module)  # multiples of 64 with 16 * 24 + 8 * 12 + 4 * 6 + 2 * 3 = 510 anchors
+
+
+@pytest.mark.slow
+def test_export_tool_names_the_size_argument(capsys) -> None:
+    from tools.export_onnx import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["-c", str(R18_CONFIG), "--size", "0", "0", "-o", "unused.onnx"])
+    assert info.value.code == 2
+    assert "argument --size 0 0: height and width must be positive multiples of the model's largest stride 32" in (
+        capsys.readouterr().err
+    )
