@@ -2,8 +2,9 @@
 
 ``raise SystemExit(run_main(main))`` in a tool's ``__main__`` block runs ``main(argv)``. An
 error the project raises for bad input -- a config (``ConfigError``), a checkpoint
-(``CheckpointError``), an image or data file (``ImageReadError``, ``FileNotFoundError``,
-``ValueError``) or a full disk -- prints ``error: <message>`` on stderr and exits with status 2
+(``CheckpointError``), an image, video or data file (``ImageReadError``, ``VideoError``,
+``FileNotFoundError``, ``ValueError``), a failed export check (``ExportVerificationError``) or
+a full disk -- prints ``error: <message>`` on stderr and exits with status 2
 (argparse's status for a bad command line). Anything else is a bug and keeps its traceback.
 ``--debug`` anywhere on the command line (removed before the tool parses it) or the environment
 variable ``RTDETR_SPARTAN_DEBUG=1`` shows the traceback of known errors too.
@@ -33,13 +34,23 @@ _KNOWN_TYPES: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     PermissionError,
 )
+# Named errors of other bases, as (module, class): looked up only in modules already imported (an
+# error of a module that was never imported cannot have been raised), so none is imported here.
+_KNOWN_ELSEWHERE = (
+    ("rtdetr_spartan.data.coco", "ImageReadError"),
+    ("rtdetr_spartan.deploy.video", "VideoError"),
+    ("rtdetr_spartan.deploy.export", "ExportVerificationError"),
+)
+
+
+def _imported_known_types() -> tuple[type[BaseException], ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in _KNOWN_ELSEWHERE)
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
 
 
 def is_known_error(err: BaseException) -> bool:
     """Whether ``err`` is one of the project's errors for bad input (see the module docstring)."""
-    from rtdetr_spartan.data.coco import ImageReadError  # late: data imports much of the package
-
-    if isinstance(err, (*_KNOWN_TYPES, ImageReadError)):
+    if isinstance(err, (*_KNOWN_TYPES, *_imported_known_types())):
         return True
     return isinstance(err, OSError) and err.errno == errno.ENOSPC
 

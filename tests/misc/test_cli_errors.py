@@ -60,6 +60,14 @@ def test_debug_flag_or_environment_keeps_the_traceback(monkeypatch: pytest.Monke
         run_main(_raising(ConfigError("bad"), seen), ["-c", "x.yml"])
 
 
+def test_named_errors_of_other_bases_are_known() -> None:
+    from rtdetr_spartan.deploy.export import ExportVerificationError
+    from rtdetr_spartan.deploy.video import VideoError
+
+    assert is_known_error(VideoError("video clip.mp4 has no frames"))
+    assert is_known_error(ExportVerificationError("model.onnx: onnxruntime does not reproduce PyTorch"))
+
+
 def test_other_errors_are_bugs_and_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DEBUG_ENV, raising=False)
     assert not is_known_error(RuntimeError("shape mismatch in conv"))
