@@ -6,6 +6,10 @@ different one of two near-tied candidates at the top-K cut (query selection, fin
 low-ranked detection then has no counterpart at all. Detections are therefore matched per image
 (same label; as many pairs within the tolerance as possible) before they are compared, and
 :func:`compare_detections` reports how many were reproduced instead of only the worst pair.
+
+:func:`compare_with_ties` (the export check) goes further: given what each runtime's decoder
+selected (:class:`QuerySelection`), it excuses an unmatched detection only when a near-tie is
+proven, at the query selection or at the final top-K, and requires every other one to match.
 """
 
 from __future__ import annotations
