@@ -44,7 +44,6 @@ from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.allocator import retain_freed_memory
 from rtdetr_spartan.misc.checkpoint import (
     extract_state_dict,
-    load_checkpoint,
     load_model_weights,
     publish_link,
     remove_stale_temp_files,
@@ -54,7 +53,7 @@ from rtdetr_spartan.nn.compile import compile_regional
 from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
 from rtdetr_spartan.solver.loaders import check_batch_sizes, prepare_eval_loader, prepare_train_loader
 from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler, check_learning_rates, rebuild_scheduler
-from rtdetr_spartan.solver.resume import check_resume_config, describe_removed, remove_previous_run, summary_dir
+from rtdetr_spartan.solver.resume import read_resume_checkpoint, resume_source, summary_dir
 from rtdetr_spartan.solver.rng import preserved_rng, rng_state, set_rng_state
 from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainEpochFn, TrainState
 
@@ -64,8 +63,6 @@ if TYPE_CHECKING:
 __all__ = ["BaseSolver"]
 
 logger = logging.getLogger(__name__)
-
-AUTO_RESUME = "auto"
 
 
 class BaseSolver:
@@ -326,9 +323,9 @@ class BaseSolver:
 
     def setup_train(self) -> TrainState:
         """Everything :meth:`fit` needs; with ``resume`` set, the full state of that checkpoint."""
-        resume = self._resume_source(training=True)
+        resume = resume_source(self.cfg, training=True)
         # Read before anything is built: a refused file or changed settings fail at once.
-        checkpoint = self._read_resume(resume, training=True) if resume is not None else None
+        checkpoint = read_resume_checkpoint(self.cfg, resume, training=True) if resume is not None else None
         if self.is_main:
             remove_stale_temp_files(self.output_dir)
         if self.device.type == "cpu":
@@ -354,8 +351,8 @@ class BaseSolver:
 
     def setup_eval(self) -> EvalState:
         """What :meth:`val` needs; with ``resume`` set, the model and EMA weights of that checkpoint."""
-        resume = self._resume_source(training=False)
-        checkpoint = self._read_resume(resume, training=False) if resume is not None else None
+        resume = resume_source(self.cfg, training=False)
+        checkpoint = read_resume_checkpoint(self.cfg, resume, training=False) if resume is not None else None
         state = self._build_eval_state()
         self._state = state
         if resume is not None and checkpoint is not None:
@@ -363,49 +360,10 @@ class BaseSolver:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         return state
 
-    def _resume_source(self, training: bool) -> Path | None:
-        """The checkpoint to resume: ``resume``, or with ``resume: auto`` ``OUTPUT_DIR/last.pth``
-        when it exists. A fresh training run into a folder holding ``last.pth`` is refused
-        unless ``overwrite`` is set (the earlier run's files are then removed)."""
-        resume = self.cfg.get("resume")
-        last = self.output_dir / "last.pth"
-        if resume == AUTO_RESUME:
-            if last.is_file():
-                logger.info("resume auto: continuing the run in %s from %s", self.output_dir, last)
-                return last
-            logger.info("resume auto: no %s; starting a fresh run", last)
-            return None
-        if resume:
-            return Path(resume)
-        if training and last.is_file():
-            if not self.cfg.get("overwrite", False):
-                raise ConfigError(
-                    f"{last} exists: {self.output_dir} holds an earlier run. Continue it with -r auto "
-                    f"(or -r {last}), or start a fresh run over it with --overwrite"
-                )
-            self._remove_previous_run()
-        return None
-
     @property
     def summary_dir(self) -> Path:
         """Where TensorBoard event files go (``summary_dir``, default ``OUTPUT_DIR/summary``)."""
         return summary_dir(self.cfg)
-
-    def _remove_previous_run(self) -> None:
-        dist.barrier()  # every rank has seen last.pth before rank 0 removes it
-        if self.is_main:
-            removed = remove_previous_run(self.output_dir, self.summary_dir)
-            logger.warning("overwrite: removed the earlier run's %s", describe_removed(removed, self.output_dir))
-        dist.barrier()
-
-    def _read_resume(self, path: Path, training: bool) -> dict[str, Any]:
-        """The checkpoint to resume, refused when it is not data only, records another task, or
-        (``training``) was written with settings other than the config's, except ``epochs``."""
-        task = self.cfg.task
-        checkpoint = load_checkpoint(path, expect_task=task, purpose=f"resuming (-r) a {task} run")
-        if training:
-            check_resume_config(checkpoint, self.cfg.yaml_cfg, str(path))
-        return checkpoint
 
     def _resume(self, state: EvalState, checkpoint: Mapping[str, Any], path: Path) -> None:
         logger.info("resuming from %s", path)

@@ -1,5 +1,5 @@
-"""What a run does with an earlier one: compare the settings of a resumed checkpoint, and clear
-an earlier run's files for ``--overwrite``.
+"""What a run does with an earlier one: find the checkpoint to resume (``resume: auto``), read
+it and compare its settings, or clear an earlier run's files for ``--overwrite``.
 
 Resuming continues *the same* run, so the config must be the checkpoint's, with two kinds of
 exceptions. Settings that only say where things are or how they are reported (``output_dir``,
@@ -19,20 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig
+from rtdetr_spartan.misc import dist
+from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.misc.logger import LOG_FILE_NAME
 
 __all__ = [
+    "AUTO_RESUME",
     "EXTENDABLE_KEYS",
     "IGNORED_KEYS",
     "check_resume_config",
     "config_differences",
     "describe_removed",
     "previous_run_files",
+    "read_resume_checkpoint",
     "remove_previous_run",
+    "resume_source",
     "summary_dir",
 ]
 
 logger = logging.getLogger(__name__)
+
+AUTO_RESUME = "auto"
 
 # Top-level keys that do not change what is trained (where files go, how it is reported, the
 # device, compilation, and the resume request itself).
@@ -157,3 +164,40 @@ def describe_removed(removed: list[Path], output_dir: Path) -> str:
     if events:
         named.append(f"{len(events)} TensorBoard event files in {events[0].parent}")
     return ", ".join(named) or "nothing"
+
+
+def resume_source(cfg: YAMLConfig, training: bool) -> Path | None:
+    """The checkpoint to resume: ``resume``, or with ``resume: auto`` ``OUTPUT_DIR/last.pth``
+    when it exists. A fresh training run into a folder holding ``last.pth`` is refused unless
+    ``overwrite`` is set (the earlier run's files are then removed; collective)."""
+    resume, output_dir = cfg.get("resume"), cfg.output_dir
+    last = output_dir / "last.pth"
+    if resume == AUTO_RESUME:
+        if last.is_file():
+            logger.info("resume auto: continuing the run in %s from %s", output_dir, last)
+            return last
+        logger.info("resume auto: no %s; starting a fresh run", last)
+        return None
+    if resume:
+        return Path(resume)
+    if training and last.is_file():
+        if not cfg.get("overwrite", False):
+            raise ConfigError(
+                f"{last} exists: {output_dir} holds an earlier run. Continue it with -r auto "
+                f"(or -r {last}), or start a fresh run over it with --overwrite"
+            )
+        dist.barrier()  # every rank has seen last.pth before rank 0 removes it
+        if dist.is_main_process():
+            removed = remove_previous_run(output_dir, summary_dir(cfg))
+            logger.warning("overwrite: removed the earlier run's %s", describe_removed(removed, output_dir))
+        dist.barrier()
+    return None
+
+
+def read_resume_checkpoint(cfg: YAMLConfig, path: Path, training: bool) -> dict[str, Any]:
+    """The checkpoint to resume, refused when it is not data only, records another task than
+    ``cfg.task``, or (``training``) was written with other settings than ``cfg``'s, except ``epochs``."""
+    checkpoint = load_checkpoint(path, expect_task=cfg.task, purpose=f"resuming (-r) a {cfg.task} run")
+    if training:
+        check_resume_config(checkpoint, cfg.yaml_cfg, str(path))
+    return checkpoint
