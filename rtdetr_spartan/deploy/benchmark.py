@@ -248,6 +248,8 @@ def _onnxruntime_backend(
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     inputs = {i.name: i for i in session.get_inputs()}
+    if not {"images", "orig_target_sizes"} <= set(inputs):
+        raise ValueError(f"{path}: inputs images and orig_target_sizes expected, got {sorted(inputs)}")
     fixed_batch = inputs["images"].shape[0]
     _check_batch(path, fixed_batch if isinstance(fixed_batch, int) else None, batch)
     images, sizes = sample_inputs(info.input_size, batch)
@@ -261,7 +263,7 @@ def _openvino_backend(path: Path, batch: int, threads: int, precision: str, prof
     from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
 
     predictor = OpenVinoPredictor(path, threads=threads, precision=precision, profiling=profile)
-    fixed_batch = predictor.compiled.inputs[0].get_partial_shape()[0]
+    fixed_batch = predictor.compiled.input("images").get_partial_shape()[0]
     _check_batch(path, fixed_batch.get_length() if fixed_batch.is_static else None, batch)
     images, sizes = sample_inputs(predictor.info.input_size, batch)
     batch_images, orig_sizes = images.numpy(), sizes.numpy()
@@ -382,7 +384,10 @@ def benchmark(
     threads = threads or previous_threads
     torch.set_num_threads(threads)  # process-wide: restored below
     try:
-        model = None if config is None else _config_model(config, overrides, checkpoint, size, batch)
+        # A saved model's size is in its metadata: its config is counted at that size, below.
+        model = (
+            None if config is None or onnx is not None else _config_model(config, overrides, checkpoint, size, batch)
+        )
         with tempfile.TemporaryDirectory() as tmp:
             runner = _prepare(
                 backend,
@@ -400,6 +405,8 @@ def benchmark(
                 cuda_graph=cuda_graph,
                 profile=profile,
             )
+            if config is not None and model is None:
+                model = _config_model(config, overrides, checkpoint, runner.info.input_size[0], batch)
             times = time_calls(runner.call, runs, warmup, runner.profiler)
             profiled = runner.profiler.stop(runs) if runner.profiler is not None else None
     finally:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -135,7 +135,7 @@ class Profile:
             "nodes": self.nodes,
             "not_run": self.not_run,
             "total_ms": self.total_ms,
-            "records": [r.to_dict() for r in self.records],
+            "records": [{**r.to_dict(), "share": self.share(r)} for r in self.records],
             "by_type": [s.to_dict() for s in summarize_by_type(self.records)],
         }
 
@@ -386,7 +386,8 @@ def read_profile_json(path: str | Path) -> Profile:
     """The :class:`Profile` that :func:`write_profile_json` wrote."""
     data = json.loads(Path(path).read_text())
     try:
-        records = [OpRecord(**r) for r in data["records"]]
+        names = {f.name for f in fields(OpRecord)}  # "share" is derived
+        records = [OpRecord(**{k: v for k, v in r.items() if k in names}) for r in data["records"]]
         settings = dict(data.get("settings", {}))
         return Profile(data["backend"], int(data["runs"]), records, settings, int(data.get("not_run", 0)))
     except (KeyError, TypeError) as err:

@@ -214,6 +214,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
     assert read_profile_json(path) == profile
     data = json.loads(path.read_text())
     assert (data["nodes"], data["not_run"], data["total_ms"], data["by_type"][0]["type"]) == (3.0, 4, 10.0, "Reorder")
+    assert [(r["name"], r["share"]) for r in data["records"]] == [("c", 0.6), ("a", 0.3), ("b", 0.1)]
     markdown, table = write_profile(profile, tmp_path / "sub" / "r18")
     assert (markdown.name, table.name) == ("r18.md", "r18.json")
     assert markdown.read_text() == format_table(profile) and read_profile_json(table) == profile

@@ -7,6 +7,9 @@ import onnx
 import openvino
 import pytest
 
+from rtdetr_spartan.deploy.benchmark import count_flops
+from rtdetr_spartan.deploy.export import DeployModel
+from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor, openvino_bf16_supported
 from rtdetr_spartan.deploy.profiling import read_profile_json
 from tests.deploy.deploy_utils import R18_CONFIG, export_config
@@ -92,9 +95,16 @@ def test_onnxruntime_profile_of_a_saved_export(
 ) -> None:
     onnx_path, _ = saved_models
     argv = ["--onnx", str(onnx_path), "--backend", "onnxruntime", "--runs", "2", "--warmup", "1", "--profile"]
-    assert main([*argv, "--threads", "1", "--ort-optimization", "disable"]) == 0
+    # With its config (at the default --size 640): params, and GFLOPs at the file's size.
+    assert main([*argv, "--threads", "1", "--ort-optimization", "disable", "-c", str(R18_CONFIG)]) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
+    cfg = load_config(R18_CONFIG)
+    model = cfg.build("model")
+    params = sum(p.numel() for p in model.parameters())  # the training form's, as the tool reports
+    module = DeployModel(model, cfg.build("postprocessor"))
+    assert (result["size"], result["params"]) == (SIZE, params)
+    assert result["gflops"] == pytest.approx(count_flops(module, SIZE) / 1e9, abs=1e-3)
     nodes = [n for n in onnx.load(str(onnx_path)).graph.node if n.op_type != "Constant"]  # constants: initializers
     assert result["profile_nodes"] == len(nodes)  # no rewrites: one row a node
     assert f"| Conv | {_conv_count(onnx_path)} |" in out
