@@ -213,3 +213,12 @@ def test_a_grad_scaler_and_fused_optimizer_state_load_as_data(tmp_path: Path) ->
     restored.load_state_dict(loaded["scaler"])
     assert restored.get_scale() == scaler.get_scale() and loaded["scaler"]["_growth_tracker"] == 1
     assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_a_folder_as_backbone_weights_is_named_as_one(tmp_path: Path) -> None:
+    from rtdetr_spartan.nn.backbones.presnet import PResNet
+    from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
+
+    for backbone in (SpaRTAN, PResNet):
+        with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {tmp_path} is a directory, not a file"):
+            backbone(pretrained=str(tmp_path))

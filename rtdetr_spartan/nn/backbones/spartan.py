@@ -139,7 +139,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     tensors raise a ValueError that names them.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a folder: load_checkpoint says it is one
         raise FileNotFoundError(f"SpaRTAN.pretrained: checkpoint {str(path)!r} does not exist")
     # the one loader's strict policy: every difference is an error naming the tensors
     report = load_model_weights(
