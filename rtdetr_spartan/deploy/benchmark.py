@@ -246,10 +246,10 @@ def _onnxruntime_backend(
 
     options = session_options(threads, optimization, str(work_dir / "onnxruntime") if profile else None)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     inputs = {i.name: i for i in session.get_inputs()}
     if not {"images", "orig_target_sizes"} <= set(inputs):
         raise ValueError(f"{path}: inputs images and orig_target_sizes expected, got {sorted(inputs)}")
+    info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     fixed_batch = inputs["images"].shape[0]
     _check_batch(path, fixed_batch if isinstance(fixed_batch, int) else None, batch)
     images, sizes = sample_inputs(info.input_size, batch)
