@@ -237,9 +237,12 @@ def onnxruntime_records(trace: str | Path | Sequence[dict[str, Any]], runs: int)
 
 
 def _top_level(events: Iterable[Any]) -> list[Any]:
-    """Operators not called by another operator; a user annotation (``record_function``) is looked through."""
+    """Operators not called by another operator; a user annotation (``record_function``) is looked through.
+    GPU kernels are events of their own too: they are counted through the operator that launched them."""
     top = []
     for event in events:
+        if str(event.device_type).rsplit(".", 1)[-1] != "CPU":
+            continue
         parent = event.cpu_parent
         while parent is not None and parent.is_user_annotation:
             parent = parent.cpu_parent
