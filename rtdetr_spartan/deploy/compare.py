@@ -320,7 +320,7 @@ def _rank_excuse(
     """How far below ``got``'s K-th score ``got`` ranks the (anchor's query, label) pair, when it
     is not among ``got``'s detections and ``got`` scores it within ``tolerance`` of ``score``."""
     queries = np.flatnonzero(got.anchors[image] == anchor)
-    if got.pair_scores is None or queries.size != 1:
+    if got.pair_scores is None or queries.size != 1 or not 0 <= label < got.pair_scores.shape[2]:
         return None
     query = int(queries[0])
     kept = np.any((got.detection_queries[image] == query) & (got.detection_classes[image] == label))

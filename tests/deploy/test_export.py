@@ -155,6 +155,7 @@ def r18_module() -> DeployModel:
         ((100, 100), r"input_size 100 100: .* stride 32, e\.g\. 96 96 or 128 128"),
         ((64, 64), r"input_size 64 64: gives 84 anchors, fewer than the decoder's 300 queries; use at least 128 128"),
     ],
+    ids=["zero", "negative", "not-a-multiple", "too-few-anchors"],
 )
 def test_export_rejects_sizes_the_model_cannot_run(r18_module, tmp_path, size, expected) -> None:
     info = ModelInfo(size, 80, {}, {})
