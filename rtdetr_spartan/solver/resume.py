@@ -133,21 +133,21 @@ def summary_dir(cfg: YAMLConfig) -> Path:
     return Path(cfg.get("summary_dir") or cfg.output_dir / "summary")
 
 
-def previous_run_files(output_dir: Path, summary_dir: Path) -> list[Path]:
+def previous_run_files(output_dir: Path, events_dir: Path) -> list[Path]:
     """The files an earlier training run left: checkpoints, ``log.txt``, ``train.log`` and the
-    TensorBoard event files under ``summary_dir``."""
+    TensorBoard event files under ``events_dir`` (its :func:`summary_dir`)."""
     names = [output_dir / n for n in ("last.pth", "best.pth", "log.txt", LOG_FILE_NAME)]
     names += sorted(output_dir.glob("checkpoint[0-9][0-9][0-9][0-9].pth"))
-    if summary_dir.is_dir():
-        names += sorted(summary_dir.rglob("events.out.tfevents.*"))
+    if events_dir.is_dir():
+        names += sorted(events_dir.rglob("events.out.tfevents.*"))
     return [p for p in names if p.is_file()]
 
 
-def remove_previous_run(output_dir: Path, summary_dir: Path) -> list[Path]:
+def remove_previous_run(output_dir: Path, events_dir: Path) -> list[Path]:
     """Remove :func:`previous_run_files` (``train.log`` is emptied rather than unlinked, so a
     log handler already appending to it keeps writing into the visible file); returns them.
     Rank 0 only: callers synchronise."""
-    found = previous_run_files(output_dir, summary_dir)
+    found = previous_run_files(output_dir, events_dir)
     for path in found:
         if path.name == LOG_FILE_NAME:
             path.write_bytes(b"")
