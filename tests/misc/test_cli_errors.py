@@ -87,9 +87,20 @@ def test_train_with_a_directory_for_resume(
     assert f"checkpoint {tmp_path} is a directory, not a file" in line and str(tmp_path / "last.pth") in line
 
 
-def test_train_with_a_zero_batch_size(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_with_a_zero_batch_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(DEBUG_ENV, raising=False)
-    argv = ["-c", str(TINY_CONFIG), "--device", "cpu", "-u", "train_dataloader.batch_size=0"]
+    argv = [
+        "-c",
+        str(TINY_CONFIG),
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path),
+        "-u",
+        "train_dataloader.batch_size=0",
+    ]
     assert run_main(train.main, argv) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
     assert "train_dataloader.batch_size (per process) must be an integer >= 1, got 0" in line
@@ -99,7 +110,16 @@ def test_train_with_a_zero_batch_size(capsys: pytest.CaptureFixture[str], monkey
 def test_the_tool_prints_one_line_and_debug_prints_the_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(DEBUG_ENV, None)
-    command = [sys.executable, "tools/train.py", "-c", str(TINY_CONFIG), "-u", "optimizer.lr=-1"]
+    command = [
+        sys.executable,
+        "tools/train.py",
+        "-c",
+        str(TINY_CONFIG),
+        "--output-dir",
+        str(tmp_path),
+        "-u",
+        "optimizer.lr=-1",
+    ]
     plain = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert "error: " in plain.stderr and "optimizer.lr must be a number > 0, got -1" in plain.stderr

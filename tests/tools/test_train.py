@@ -90,7 +90,8 @@ def test_resume_with_a_new_lr_and_more_epochs_names_the_lr(tmp_path: Path) -> No
     """The issue's case: ``-r last.pth -u epochs=3 optimizer.lr=0.1``; epochs may change, the lr not."""
     saved = YAMLConfig(TINY_CONFIG, device="cpu", output_dir=str(tmp_path)).yaml_cfg
     last = save_atomic({"model": {}, "epoch": 0, "task": "detection", "config": saved}, tmp_path / "last.pth")
-    argv = ["-c", str(TINY_CONFIG), "--device", "cpu", "-r", str(last), "-u", "epochs=3", "optimizer.lr=0.1"]
+    argv = ["-c", str(TINY_CONFIG), "--device", "cpu", "--output-dir", str(tmp_path), "-r", str(last)]
+    argv += ["-u", "epochs=3", "optimizer.lr=0.1"]
     with pytest.raises(
         ConfigError, match=r"\(1 differ from the checkpoint's config: optimizer.lr: checkpoint 0.0001, now 0.1\)"
     ):
