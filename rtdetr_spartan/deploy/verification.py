@@ -5,8 +5,10 @@ excuses (:func:`rtdetr_spartan.deploy.compare.compare_with_ties`), so it needs m
 detections of each runtime: the encoder's selection score of every anchor, the anchors the
 decoder selected, and which (query, class) pair each detection is.
 
-- PyTorch: forward hooks read the decoder's ``enc_score_head`` output and the postprocessor's
-  input; the selection is the same ``torch.topk`` the decoder runs, on the same values.
+- PyTorch: forward hooks read the decoder's ``enc_score_head`` input and output (each anchor's
+  features and class logits), ``enc_bbox_head``'s input (the selected anchors' features) and
+  the postprocessor's input. The selection is the top-``num_queries`` of the anchor scores, and
+  is used only if gathering the features by it gives exactly what the box head saw.
 - onnxruntime: the same graph with four intermediate tensors added as outputs: the input and the
   indices of the query-selection TopK (the graph's first TopK, over the N x A anchor scores) and
   of the postprocessor's TopK (the last, over the N x Q*C pair scores). Nothing else changes,
@@ -18,6 +20,7 @@ check then excuses nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ from torch import nn
 from rtdetr_spartan.deploy.compare import Detections, QuerySelection
 
 __all__ = ["onnx_run", "torch_run"]
+
+logger = logging.getLogger(__name__)
 
 
 def _deploy_parts(module: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
@@ -61,6 +66,44 @@ def _detection_queries(postprocessor: nn.Module, logits: torch.Tensor) -> torch.
     return picked[..., 0].round().long()
 
 
+def _hooks(decoder: nn.Module, postprocessor: nn.Module, captured: dict[str, Any]) -> list[Any]:
+    """Record the anchor features and logits (``enc_score_head``), the selected anchors'
+    features (``enc_bbox_head``'s input, when there is one) and the decoder outputs."""
+
+    def put(key: str, value: Any) -> None:
+        captured[key] = value
+
+    score_head: nn.Module = getattr(decoder, "enc_score_head")  # noqa: B009 (checked in _deploy_parts)
+    hooks = [
+        score_head.register_forward_hook(lambda _m, args, out: put("anchors", (args[0], out))),
+        postprocessor.register_forward_pre_hook(lambda _m, args: put("outputs", args[0])),
+    ]
+    box_head = getattr(decoder, "enc_bbox_head", None)
+    if isinstance(box_head, nn.Module):
+        hooks.append(box_head.register_forward_pre_hook(lambda _m, args: put("selected", args[0])))
+    return hooks
+
+
+def _torch_selection(
+    decoder: nn.Module, postprocessor: nn.Module, captured: dict[str, Any], labels: np.ndarray
+) -> QuerySelection | None:
+    """The selection from the recorded tensors: the decoder's top-``num_queries`` of each
+    anchor's largest class logit. None when that is not what the decoder gathered (its box head
+    saw other anchors' features): the decoder then selects some other way."""
+    if "anchors" not in captured or "outputs" not in captured:
+        return None
+    features, logits = captured["anchors"]  # [N, A, D], [N, A, C]
+    scores = logits.max(-1).values
+    anchors = torch.topk(scores, int(getattr(decoder, "num_queries")), dim=1).indices  # noqa: B009
+    if "selected" in captured:
+        gathered = features.gather(1, anchors.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        if not torch.equal(gathered, captured["selected"]):
+            logger.warning("verification: the decoder's query selection is not the top-k of its anchor scores")
+            return None
+    queries = _detection_queries(postprocessor, captured["outputs"]["pred_logits"])
+    return QuerySelection(scores.numpy(), anchors.numpy(), queries.numpy(), labels)
+
+
 def torch_run(
     module: nn.Module, images: torch.Tensor, orig_target_sizes: torch.Tensor
 ) -> tuple[Detections, QuerySelection | None]:
@@ -68,28 +111,18 @@ def torch_run(
     its decoder's query selection (``pair_scores`` not read: only the other runtime's are used)."""
     decoder, postprocessor = _deploy_parts(module)
     captured: dict[str, Any] = {}
-    hooks = []
-    if decoder is not None and postprocessor is not None:
-        score_head: nn.Module = getattr(decoder, "enc_score_head")  # noqa: B009 (checked in _deploy_parts)
-        hooks = [
-            score_head.register_forward_hook(lambda _m, _i, out: captured.__setitem__("anchor_logits", out)),
-            postprocessor.register_forward_pre_hook(lambda _m, args: captured.__setitem__("outputs", args[0])),
-        ]
+    hooks = _hooks(decoder, postprocessor, captured) if decoder is not None and postprocessor is not None else []
     try:
         with torch.no_grad():
             labels, boxes, scores = (t.numpy() for t in module(images, orig_target_sizes))
     finally:
         for hook in hooks:
             hook.remove()
-    detections: Detections = (labels, boxes, scores)
-    if decoder is None or postprocessor is None or len(captured) != 2:
-        return detections, None
-    with torch.no_grad():
-        anchor_scores = captured["anchor_logits"].max(-1).values  # [N, A], as the decoder scores anchors
-        anchors = torch.topk(anchor_scores, int(getattr(decoder, "num_queries")), dim=1).indices  # noqa: B009
-        queries = _detection_queries(postprocessor, captured["outputs"]["pred_logits"])
-    selection = QuerySelection(anchor_scores.numpy(), anchors.numpy(), queries.numpy(), labels)
-    return detections, selection
+    selection = None
+    if decoder is not None and postprocessor is not None:
+        with torch.no_grad():
+            selection = _torch_selection(decoder, postprocessor, captured, labels)
+    return (labels, boxes, scores), selection
 
 
 def _topk_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
