@@ -114,7 +114,12 @@ def check_resume_config(checkpoint: Mapping[str, Any], current: Mapping[str, Any
     """
     saved = checkpoint.get("config")
     if not isinstance(saved, Mapping):
-        logger.info("%s stores no config: the resumed settings cannot be compared with the run's", source)
+        if "optimizer" in checkpoint or "lr_scheduler" in checkpoint:
+            logger.warning(
+                "%s stores no config (not written by this project), so its settings cannot be compared with the "
+                "config's: the optimizer and lr schedule states it holds replace the config's lr and schedule",
+                source,
+            )
         return set()
     differences = config_differences(saved, current)
     refused = {k: v for k, v in differences.items() if k not in EXTENDABLE_KEYS}

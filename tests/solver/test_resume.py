@@ -16,7 +16,7 @@ import rtdetr_spartan
 from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.optim.warmup_cosine import warmup_cosine_lr
 from rtdetr_spartan.solver import DetSolver
-from rtdetr_spartan.solver.resume import config_differences, remove_previous_run
+from rtdetr_spartan.solver.resume import check_resume_config, config_differences, remove_previous_run
 from tests.train_utils import TINY_CONFIG, dataset_overrides, make_tiny_dataset
 
 MIN_LR = 1e-6
@@ -126,6 +126,13 @@ def test_config_differences_ignore_locations_and_reporting() -> None:
         "optimizer.betas": ([0.9, 0.999], [0.9, 0.99]),
         "train_dataloader.shuffle": ("<not set>", False),
     }
+
+
+def test_a_checkpoint_without_config_is_not_compared(caplog: pytest.LogCaptureFixture) -> None:
+    assert check_resume_config({"ema": {"module": {}}}, {"optimizer": {"lr": 0.1}}, "published.pth") == set()
+    assert not caplog.text
+    assert check_resume_config({"optimizer": {}, "last_epoch": 3}, {"optimizer": {"lr": 0.1}}, "ref.pth") == set()
+    assert "ref.pth stores no config" in caplog.text and "replace the config's lr" in caplog.text
 
 
 def test_overwrite_clears_every_file_of_the_earlier_run(tmp_path: Path) -> None:
