@@ -27,6 +27,7 @@ from torch import nn
 
 from rtdetr_spartan.core import ConfigError, register
 from rtdetr_spartan.misc.checkpoint import load_model_weights
+from rtdetr_spartan.nn.backbones.spartan_inference import convert_in_place
 from rtdetr_spartan.nn.backbones.spartan_layers import Block, ConvNormAct
 from rtdetr_spartan.nn.common import freeze_batch_norm
 
@@ -235,6 +236,14 @@ class SpaRTAN(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: [B, 3, H, W] -> one map per ``return_idx``: [B, out_channels[i], H/s_i, W/s_i]."""
         return self.forward_stages(x, self.return_idx)
+
+    def convert_to_deploy(self) -> None:
+        """RT-DETR's deploy hook (``RTDETR.deploy()`` calls it): swap the blocks and conv layers
+        for their inference forms in place (``spartan_inference.convert_in_place``), the form
+        that ``convert_for_inference`` returns as a copy. Inference only, and one way: the
+        state dict is in the inference layout afterwards, so a training checkpoint is saved
+        before (and loads into a fresh, unconverted model)."""
+        convert_in_place(self)
 
 
 @register()

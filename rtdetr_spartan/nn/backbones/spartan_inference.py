@@ -51,6 +51,7 @@ __all__ = [
     "InferenceCMixer",
     "InferenceSMixer",
     "convert_for_inference",
+    "convert_in_place",
 ]
 
 # CPU tiles: a CMixer map of at least TILE_MIN_COUNT * TILE_ELEMENTS elements is processed in row
@@ -357,6 +358,18 @@ def _replace(module: nn.Module, tile_rows: bool) -> None:
 
 
 @torch.no_grad()
+def convert_in_place(model: nn.Module, *, tile_rows: bool = True) -> nn.Module:
+    """Replace every SpaRTAN ``Block`` and ``ConvNormAct`` below ``model`` by its inference form,
+    in place (RT-DETR's ``deploy()`` / ``convert_to_deploy`` convention); returns ``model``, in
+    eval mode. ``model`` itself must not be a ``Block`` or ``ConvNormAct`` (it cannot replace
+    itself: use :func:`convert_for_inference`). Afterwards ``model.state_dict()`` is in the
+    inference layout: save training weights before converting."""
+    model.eval()
+    _replace(model, tile_rows)
+    return model
+
+
+@torch.no_grad()
 def convert_for_inference(model: nn.Module, *, tile_rows: bool = True) -> nn.Module:
     """A copy of ``model`` in eval mode with every SpaRTAN ``Block`` and ``ConvNormAct`` in
     it replaced by its inference form (``model`` may be a SpaRTAN, a detector holding one, or
@@ -368,5 +381,4 @@ def convert_for_inference(model: nn.Module, *, tile_rows: bool = True) -> nn.Mod
     whole = _converted(converted, tile_rows)
     if whole is not None:
         return whole
-    _replace(converted, tile_rows)
-    return converted
+    return convert_in_place(converted, tile_rows=tile_rows)

@@ -69,7 +69,12 @@ class RTDETR(nn.Module):
         return self.decoder(self.encoder(self.backbone(x)), targets)
 
     def deploy(self) -> RTDETR:
-        """Eval mode, with every submodule that can fuse itself for inference converted."""
+        """Eval mode, with every submodule that can fuse itself for inference converted in place
+        (``convert_to_deploy``): the encoder's RepVGG blocks fuse their branches and a SpaRTAN
+        backbone swaps its layers for their inference forms, so this is the fast model (the
+        same as ``convert_for_inference``, without the copy). One way: the state dict is in the
+        inference layout afterwards; save training weights before deploying (they load into a
+        fresh model, which can then be deployed)."""
         self.eval()
         for module in list(self.modules()):
             convert = getattr(module, "convert_to_deploy", None)
