@@ -176,12 +176,17 @@ def test_largest_stride_is_read_from_the_model() -> None:
 
 
 @pytest.mark.slow
-def test_export_tool_names_the_size_argument(capsys) -> None:
+def test_export_tool_names_the_size_argument(capsys, tmp_path) -> None:
     from tools.export_onnx import main
 
     with pytest.raises(SystemExit) as info:
-        main(["-c", str(R18_CONFIG), "--size", "0", "0", "-o", "unused.onnx"])
+        main(["-c", str(R18_CONFIG), "--size", "0", "0", "-o", str(tmp_path / "m.onnx")])
     assert info.value.code == 2
     assert "argument --size 0 0: height and width must be positive multiples of the model's largest stride 32" in (
         capsys.readouterr().err
     )
+    # without --size the size is the config's, and the message says so
+    sizes = ["HybridEncoder.eval_spatial_size=[100,100]", "RTDETRTransformer.eval_spatial_size=[100,100]"]
+    with pytest.raises(SystemExit):
+        main(["-c", str(R18_CONFIG), "-u", *sizes, "-o", str(tmp_path / "m.onnx")])
+    assert f"{R18_CONFIG}: eval_spatial_size 100 100: " in capsys.readouterr().err
