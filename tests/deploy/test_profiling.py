@@ -225,3 +225,23 @@ def test_reading_a_file_that_is_not_a_profile_names_it(tmp_path: Path) -> None:
     path.write_text(json.dumps({"records": [{"name": "a"}]}))
     with pytest.raises(ValueError, match="other.json: not a profile"):
         read_profile_json(path)
+
+
+def test_openvino_int8_model_runs_i8_kernels(onnx_path: Path) -> None:
+    """An NNCF-quantized model's convolutions run in int8 kernels (``brgconv_avx512_amx_I8`` with AMX,
+    VNNI ones without), and the profile says so."""
+    nncf = pytest.importorskip("nncf")
+    import openvino as ov
+
+    core = ov.Core()
+    if "INT8" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no int8 in OpenVINO")
+    calibration = nncf.Dataset(
+        [np.random.default_rng(i).random((1, 3, SIZE, SIZE), dtype=np.float32) for i in range(4)]
+    )
+    model = nncf.quantize(core.read_model(str(onnx_path)), calibration, subset_size=4)
+    compiled = core.compile_model(model, "CPU", {ov.properties.enable_profiling: True, "INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    request.infer({"x": _image()})
+    convs = [r for r in openvino_records(request.get_profiling_info(), 1) if r.type == "Convolution"]
+    assert len(convs) == 3 and {r.precision for r in convs} == {"i8"}, convs
