@@ -18,8 +18,8 @@ import logging
 
 import torch
 
-from rtdetr_spartan.deploy.export import InputSizeError
 from rtdetr_spartan.deploy.from_config import export_from_config
+from rtdetr_spartan.deploy.sizes import InputSizeError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
