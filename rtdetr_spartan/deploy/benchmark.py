@@ -290,7 +290,7 @@ def _config_model(
     cfg = load_config(config, overrides)
     model = cfg.build("model")
     if checkpoint is not None:
-        load_model_weights(model, checkpoint, strict=True)
+        load_model_weights(model, checkpoint, strict=True, expect_task="detection", purpose="a detector (-r)")
     params = sum(p.numel() for p in model.parameters())
     module = DeployModel(model, cfg.build("postprocessor")).eval()
     # Fixed shapes, except the batch axis when the batch is not the traced one (1).

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdetr_spartan.deploy.benchmark import count_flops
+from rtdetr_spartan.deploy.benchmark import benchmark, count_flops
 from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.deploy.profiling import read_profile_json
+from rtdetr_spartan.misc.checkpoint import CheckpointError, save_atomic
 from tests.deploy.deploy_utils import R18_CONFIG
+from tests.train_utils import TINY_CONFIG
 from tools.benchmark import main
 
 SIZE = 128
@@ -124,3 +126,11 @@ def test_a_saved_model_that_is_not_a_detector_export_is_named(tmp_path: Path) ->
     torch.onnx.export(torch.nn.Conv2d(3, 4, 1), (torch.rand(1, 3, 8, 8),), str(path), input_names=["x"], dynamo=False)
     with pytest.raises(ValueError, match=r"conv.onnx: inputs images and orig_target_sizes expected, got \['x'\]"):
         main(["--onnx", str(path), "--backend", "onnxruntime", "--runs", "1", "--threads", "1"])
+
+
+def test_a_classifier_checkpoint_is_refused_by_its_task(tmp_path: Path) -> None:
+    """``-r`` takes a detector's checkpoint: a classifier's is named as such, before any tensor."""
+
+    path = save_atomic({"model": {"linear.weight": torch.zeros(4, 8)}, "task": "classification"}, tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match=rf"{path} is a classification checkpoint.*a detector \(-r\)"):
+        benchmark(TINY_CONFIG, size=128, checkpoint=path, runs=1, warmup=0)
