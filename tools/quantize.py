@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update and not args.config:
         parser.error("-u/--update applies to -c/--config")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # NNCF logs one INFO line per ignored node
     if args.config:
         from rtdetr_spartan.deploy.from_config import load_config
 
