@@ -52,7 +52,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--preset", choices=PRESETS, default="mixed", help="NNCF preset: mixed (asymmetric activations) or performance"
     )
     parser.add_argument(
-        "--model-type", choices=MODEL_TYPES, default="cnn", help="NNCF scheme: cnn (default) or transformer"
+        "--model-type",
+        choices=MODEL_TYPES,
+        default="transformer",
+        help="NNCF scheme: transformer (default; convs and matrix products only) or cnn (also element-wise ops)",
     )
     parser.add_argument(
         "--keep-float",
