@@ -63,7 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         metavar="PREFIX",
-        help="more node-name prefixes to keep in float, e.g. /model/encoder/ (the decoder always is)",
+        help="more node-name prefixes to keep in float, e.g. /model/encoder/ (the decoder always is); "
+        "for SpaRTAN on a CPU with bf16 (AMX, AVX512_BF16) use /model/backbone/: its quantized backbone is "
+        "slower than bf16 there (docs/results.md)",
     )
     return parser
 
@@ -98,4 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from rtdetr_spartan.misc.cli_errors import run_main
+
+    raise SystemExit(run_main(main))
