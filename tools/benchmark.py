@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 
+from rtdetr_spartan.core import add_overrides_argument
 from rtdetr_spartan.deploy.benchmark import BACKENDS, benchmark
 from rtdetr_spartan.deploy.profiling import format_table, write_profile
 
@@ -40,15 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "instead of exporting the config's model",
     )
     parser.add_argument("-r", "--resume", default=None, help="checkpoint (weights do not change speed)")
-    parser.add_argument(
-        "-u",
-        "--update",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. -u num_classes=4 (repeatable)",
-    )
+    add_overrides_argument(parser, "num_classes=4")
     parser.add_argument("--size", type=int, default=640, help="square input side")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--backend", choices=BACKENDS, default="torch")

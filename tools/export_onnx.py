@@ -18,6 +18,7 @@ import logging
 
 import torch
 
+from rtdetr_spartan.core import add_overrides_argument
 from rtdetr_spartan.deploy.from_config import export_from_config
 from rtdetr_spartan.deploy.sizes import InputSizeError
 
@@ -27,15 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", required=True, help="YAML config of the model")
     parser.add_argument("-r", "--resume", default=None, help="checkpoint with trained weights (EMA preferred)")
     parser.add_argument("-o", "--output", default="model.onnx", help="ONNX file to write")
-    parser.add_argument(
-        "-u",
-        "--update",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. -u num_classes=4 remap_mscoco_category=False",
-    )
+    add_overrides_argument(parser, "num_classes=4 remap_mscoco_category=False")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument(
         "--size",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from rtdetr_spartan.core import add_overrides_argument
 from rtdetr_spartan.deploy.infer import run_inference
 from rtdetr_spartan.deploy.openvino_runtime import PRECISIONS
 from rtdetr_spartan.deploy.runtime import RUNTIMES, Predictor, TorchPredictor, load_predictor
@@ -40,15 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--onnx", help="exported model (tools/export_onnx.py)")
     source.add_argument("-c", "--config", help="YAML config of a PyTorch model (with -r)")
     parser.add_argument("-r", "--resume", default=None, help="checkpoint for --config")
-    parser.add_argument(
-        "-u",
-        "--update",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. -u num_classes=4 (repeatable)",
-    )
+    add_overrides_argument(parser, "num_classes=4")
     parser.add_argument("-i", "--input", required=True, help="image, folder of images, or video")
     parser.add_argument(
         "-o", "--output", required=True, help="folder for pictures and detections.json (not the input folder)"

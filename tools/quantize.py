@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 
+from rtdetr_spartan.core import add_overrides_argument
 from rtdetr_spartan.deploy.quantize import (
     DEFAULT_SUBSET,
     MODEL_TYPES,
@@ -35,15 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--config", help="YAML config whose validation (else training) images calibrate")
     source.add_argument("--images", help="folder of calibration images")
-    parser.add_argument(
-        "-u",
-        "--update",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. -u val_dataloader.dataset.img_folder=data/val (repeatable)",
-    )
+    add_overrides_argument(parser, "val_dataloader.dataset.img_folder=data/val")
     parser.add_argument("-o", "--output-dir", required=True, help="folder for model_int8.xml / .bin")
     parser.add_argument("--subset", type=int, default=DEFAULT_SUBSET, help="calibration images (a seeded sample)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")

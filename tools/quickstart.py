@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rtdetr_spartan.core import add_overrides_argument
 from rtdetr_spartan.misc.logger import close_logging, setup_logging
 from rtdetr_spartan.pipeline import default_settings, fast_settings, run_quickstart
 
@@ -45,15 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-config", default=str(PRETRAIN_CONFIG), help="SpaRTAN classifier config")
     parser.add_argument("--pretrain-epochs", type=int, help="0 trains the detector from scratch")
     parser.add_argument("--detector-epochs", type=int)
-    parser.add_argument(
-        "-u",
-        "--update",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="detector config overrides, e.g. -u optimizer.lr=0.0002",
-    )
+    add_overrides_argument(parser, "optimizer.lr=0.0002", subject="detector config")
     parser.add_argument(
         "--pretrain-update",
         nargs="+",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from rtdetr_spartan.core import add_overrides_argument
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.visualize.cam import METHODS
 from rtdetr_spartan.visualize.run import visualize
@@ -39,9 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="YAML config of the model")
     parser.add_argument("-r", "--resume", default=None, help="checkpoint (without: untrained weights, a warning)")
-    parser.add_argument(
-        "-u", "--update", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides"
-    )
+    add_overrides_argument(parser)
     parser.add_argument("-i", "--input", required=True, help="image or folder of images")
     parser.add_argument("-o", "--output", required=True, help="folder for the PNG figures")
     parser.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="layers to draw CAMs of")

@@ -7,10 +7,11 @@ core knows no other package: the names a config builds are registered by importi
 from rtdetr_spartan.core.registry import lookup, register, registered_names
 from rtdetr_spartan.core.workspace import ConfigError, create
 from rtdetr_spartan.core.yaml_config import YAMLConfig
-from rtdetr_spartan.core.yaml_utils import load_yaml, merge_dict, parse_overrides
+from rtdetr_spartan.core.yaml_utils import add_overrides_argument, load_yaml, merge_dict, parse_overrides
 
 __all__ = [
     "ConfigError",
+    "add_overrides_argument",
     "YAMLConfig",
     "create",
     "load_yaml",

@@ -8,6 +8,7 @@ value (lists included) is replaced.
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -98,3 +99,19 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             nested = {part: nested}
         result = merge_dict(result, nested)
     return result
+
+
+def add_overrides_argument(
+    parser: argparse.ArgumentParser, example: str = "num_classes=4", subject: str = "config"
+) -> None:
+    """The ``-u/--update KEY=VALUE ...`` option every tool takes (repeatable, parsed later by
+    :func:`parse_overrides`); its help names ``subject`` and shows ``example``."""
+    parser.add_argument(
+        "-u",
+        "--update",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{subject} overrides, e.g. -u {example} (repeatable)",
+    )

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rtdetr_spartan.core import ConfigError, YAMLConfig, merge_dict, parse_overrides
+from rtdetr_spartan.core import ConfigError, YAMLConfig, add_overrides_argument, merge_dict, parse_overrides
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.logger import close_logging, setup_logging
 from rtdetr_spartan.solver import build_solver
@@ -47,15 +47,7 @@ def solver_args_parser(description: str, config_help: str, outputs_help: str) ->
     parser.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
     parser.add_argument("--output-dir", help=outputs_help)
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    parser.add_argument(
-        "-u",
-        "--update",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. -u epochs=12 train_dataloader.batch_size=4",
-    )
+    add_overrides_argument(parser, "epochs=12 train_dataloader.batch_size=4")
     return parser
 
 

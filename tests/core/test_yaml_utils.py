@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from rtdetr_spartan.core.yaml_utils import load_yaml, merge_dict, parse_overrides
+from rtdetr_spartan.core.yaml_utils import add_overrides_argument, load_yaml, merge_dict, parse_overrides
 
 
 def write(path: Path, text: str) -> Path:
@@ -65,3 +66,12 @@ def test_parse_overrides_yaml_typed():
 def test_parse_overrides_rejects_malformed(bad):
     with pytest.raises(ValueError, match="override"):
         parse_overrides([bad])
+
+
+def test_the_overrides_option_collects_repeated_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_overrides_argument(parser, "epochs=3", subject="detector config")
+    args = parser.parse_args(["-u", "a.b=1", "c=[1, 2]", "--update", "a.d=x"])
+    assert parse_overrides(args.update) == {"a": {"b": 1, "d": "x"}, "c": [1, 2]}
+    assert parser.parse_args([]).update == []
+    assert "detector config overrides, e.g. -u epochs=3" in " ".join(parser.format_help().split())
