@@ -35,6 +35,24 @@ def _dataset_attr(dataset: Any, name: str) -> Any:
     )
 
 
+def prediction_categories(state: EvalState) -> dict[int, int] | None:
+    """The dataset category id of each label the model predicts, for COCO scoring; None when
+    the postprocessor maps to COCO ids itself (``remap_mscoco_category``).
+
+    In training, the training dataset's mapping: the model learned its labels, and a validation
+    file that lists a subset of the categories would map them to other ids. Without a training
+    loader (``--test-only``), the validation dataset's."""
+    if getattr(state.postprocessor, "remap_mscoco_category", False):
+        return None
+    train_loader = getattr(state, "train_loader", None)
+    if train_loader is not None:
+        try:
+            return dict(_dataset_attr(train_loader.dataset, "label_to_category"))
+        except AttributeError:
+            pass  # a training dataset without a COCO mapping: the validation one decides
+    return dict(_dataset_attr(state.val_loader.dataset, "label_to_category"))
+
+
 class DetSolver(BaseSolver):
     """Trains a detector for ``epochs`` epochs, evaluating COCO box AP after each one.
 
@@ -60,16 +78,13 @@ class DetSolver(BaseSolver):
     def evaluate(self, state: EvalState) -> dict[str, Any]:
         """COCO evaluation of the EMA (or plain) model; rank 0 writes ``eval/``. Returns the
         summary written to ``eval/summary.json`` (``stats``: the 12 COCOeval numbers)."""
-        label_to_category = None
-        if not getattr(state.postprocessor, "remap_mscoco_category", False):
-            label_to_category = _dataset_attr(state.val_loader.dataset, "label_to_category")
         return evaluate(
             state.eval_module,
             state.postprocessor,
             state.val_loader,
             self._make_evaluator(state),
             self.device,
-            label_to_category=label_to_category,
+            label_to_category=prediction_categories(state),
             output_dir=self.output_dir,
         )
 

@@ -15,6 +15,7 @@ from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.data import ImageReadError
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.solver import TASKS, DetSolver, EpochResult, SolverHook, TrainState, build_solver
+from rtdetr_spartan.solver.det_solver import prediction_categories
 from tests.train_utils import TINY_CONFIG, TINY_SPARTAN_CONFIG, dataset_overrides, make_tiny_dataset, read_json_lines
 
 
@@ -282,3 +283,23 @@ def test_no_weight_decay_groups_for_detection(shapes: Path, tmp_path: Path) -> N
     assert "backbone.conv1.conv1_1.norm.weight" in no_decay["names"]
     trainable = sum(1 for p in state.module.parameters() if p.requires_grad)
     assert len(decay["params"]) + len(no_decay["params"]) == trainable
+
+
+def test_training_scores_labels_by_the_training_datasets_categories(shapes: Path, tmp_path: Path) -> None:
+    """A validation file that lists a subset of the categories maps contiguous labels to other
+    ids than the training file; scoring in training uses the labels the model learned."""
+    val = json.loads((shapes / "annotations" / "instances_val.json").read_text())
+    dropped = sorted(c["id"] for c in val["categories"])[0]
+    val["categories"] = [c for c in val["categories"] if c["id"] != dropped]
+    val["annotations"] = [a for a in val["annotations"] if a["category_id"] != dropped]
+    subset = tmp_path / "val_subset.json"
+    subset.write_text(json.dumps(val))
+    overrides = dataset_overrides(shapes)
+    overrides["val_dataloader"]["dataset"]["ann_file"] = str(subset)
+    solver = DetSolver(tiny_cfg(shapes, tmp_path / "out", val_dataloader=overrides["val_dataloader"]))
+    state = solver.setup_train()
+    train_mapping = state.train_loader.dataset.label_to_category
+    assert dropped in train_mapping.values()
+    assert state.val_loader.dataset.label_to_category != train_mapping  # the subset's own order differs
+    assert prediction_categories(state) == train_mapping
+    assert prediction_categories(solver.setup_eval()) == state.val_loader.dataset.label_to_category
