@@ -22,7 +22,14 @@ import numpy as np
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.runtime import ModelFileError, Outputs, Predictor, model_file
 
-__all__ = ["PRECISIONS", "OpenVinoPredictor", "openvino_bf16_supported", "openvino_config"]
+__all__ = [
+    "PRECISIONS",
+    "OpenVinoPredictor",
+    "openvino_bf16_supported",
+    "openvino_config",
+    "stored_model_info",
+    "write_ir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,40 @@ def _ir_metadata(model: Any, path: Path) -> dict[str, str]:
     return {str(key): value.astype(str) for key, value in rt_info[_RT_INFO_SECTION].items()}
 
 
+def stored_model_info(path: Path, model: Any | None = None) -> ModelInfo:
+    """The export metadata of the model file ``path``: a saved IR's rt_info (``model``: the IR
+    as read) or an ``.onnx`` file's metadata_props. ValueError naming the file when it has none."""
+    if path.suffix.lower() == ".xml":
+        meta = _ir_metadata(model, path)
+    else:
+        meta = _onnx_metadata(path)
+    return ModelInfo.from_metadata(meta, str(path))
+
+
+def write_ir(model: Any, target: Path, info: ModelInfo) -> Path:
+    """Write ``model`` (an ``openvino.Model``) as IR ``target`` (+ ``.bin``, float32 weights) with
+    ``info`` in its rt_info, which :func:`stored_model_info` reads back. Both files are written
+    under temporary names beside ``target`` and renamed over the old ones, the weights first, so
+    an interrupted save leaves the previous IR whole and a reader never sees a half-written pair."""
+    import openvino as ov
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for key, value in info.to_metadata().items():
+        model.set_rt_info(value, [_RT_INFO_SECTION, key])
+    handle, scratch = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".xml", dir=target.parent)
+    os.close(handle)
+    scratch_xml = Path(scratch)
+    scratch_bin = scratch_xml.with_suffix(".bin")
+    try:
+        ov.save_model(model, str(scratch_xml), compress_to_fp16=False)
+        os.replace(scratch_bin, target.with_suffix(".bin"))
+        os.replace(scratch_xml, target)
+    finally:
+        scratch_xml.unlink(missing_ok=True)
+        scratch_bin.unlink(missing_ok=True)
+    return target
+
+
 class OpenVinoPredictor(Predictor):
     """An exported model (``.onnx``, or IR ``.xml`` saved by this class) compiled for the CPU.
 
@@ -115,8 +156,7 @@ class OpenVinoPredictor(Predictor):
                 f"{self.path} is not a model OpenVINO can read (an exported .onnx or a saved model.xml "
                 f"with its .bin): {first}"
             ) from err
-        meta = _ir_metadata(model, self.path) if self.path.suffix == ".xml" else _onnx_metadata(self.path)
-        self.info = ModelInfo.from_metadata(meta, str(self.path))
+        self.info = stored_model_info(self.path, model)
         self.precision = precision
         inputs = {port.get_any_name(): port for port in model.inputs}
         missing = {"images", "orig_target_sizes"} - set(inputs)
@@ -136,13 +176,10 @@ class OpenVinoPredictor(Predictor):
         """Write ``model`` (an ``openvino.Model``) as IR ``folder/model.xml`` (+ ``model.bin``)
         with this model's metadata; returns the ``.xml`` path.
 
-        Both files are written under temporary names in ``folder`` and then renamed over the old
-        ones, so an interrupted save leaves the previous IR whole. Writing over the IR this
-        predictor was loaded from is refused (:class:`ModelFileError`): OpenVINO maps its
-        ``.bin`` into memory while the model is in use.
+        Written atomically (:func:`write_ir`), so an interrupted save leaves the previous IR
+        whole. Writing over the IR this predictor was loaded from is refused
+        (:class:`ModelFileError`): OpenVINO maps its ``.bin`` into memory while the model is in use.
         """
-        import openvino as ov
-
         folder = Path(folder)
         target = folder / IR_NAME
         if self.path.suffix.lower() == ".xml" and target.resolve() in (
@@ -152,20 +189,7 @@ class OpenVinoPredictor(Predictor):
             raise ModelFileError(
                 f"--save-ir {folder} would write over the model being read ({self.path}); choose another folder"
             )
-        folder.mkdir(parents=True, exist_ok=True)
-        for key, value in self.info.to_metadata().items():
-            model.set_rt_info(value, [_RT_INFO_SECTION, key])
-        handle, scratch = tempfile.mkstemp(prefix=".model-", suffix=".xml", dir=folder)
-        os.close(handle)
-        scratch_xml = Path(scratch)
-        scratch_bin = scratch_xml.with_suffix(".bin")
-        try:
-            ov.save_model(model, str(scratch_xml), compress_to_fp16=False)
-            os.replace(scratch_bin, target.with_suffix(".bin"))
-            os.replace(scratch_xml, target)
-        finally:
-            scratch_xml.unlink(missing_ok=True)
-            scratch_bin.unlink(missing_ok=True)
+        write_ir(model, target, self.info)
         logger.info("OpenVINO IR written to %s", target)
         return target
 

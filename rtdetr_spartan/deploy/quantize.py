@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ from rtdetr_spartan.data.coco import CocoDetection
 from rtdetr_spartan.data.image_io import read_rgb
 from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES, collect_inputs
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.openvino_runtime import _RT_INFO_SECTION, _ir_metadata, _onnx_metadata
+from rtdetr_spartan.deploy.openvino_runtime import stored_model_info, write_ir
 from rtdetr_spartan.deploy.runtime import preprocess
 
 __all__ = [
@@ -105,15 +104,11 @@ def read_model_info(path: str | Path, model: Any | None = None) -> ModelInfo:
     not exported by this project."""
     path = Path(path)
     _check_model_path(path)
-    if path.suffix.lower() == ".xml":
-        if model is None:
-            import openvino as ov
+    if path.suffix.lower() == ".xml" and model is None:
+        import openvino as ov
 
-            model = ov.Core().read_model(str(path))
-        meta = _ir_metadata(model, path)
-    else:
-        meta = _onnx_metadata(path)
-    return ModelInfo.from_metadata(meta, str(path))
+        model = ov.Core().read_model(str(path))
+    return stored_model_info(path, model)
 
 
 def _sample(items: Sequence[Any], subset: int, seed: int) -> list[Any]:
@@ -243,22 +238,6 @@ def _per_scope(model: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _write_ir(model: Any, target: Path) -> None:
-    """``ov.save_model`` to temporary names next to ``target``, then ``os.replace`` the
-    weights and then the ``.xml``, so a reader never sees a half-written pair."""
-    import openvino as ov
-
-    tmp_xml = target.with_name(f".{target.stem}.{os.getpid()}.tmp.xml")
-    tmp_bin, final_bin = tmp_xml.with_suffix(".bin"), target.with_suffix(".bin")
-    try:
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-        os.replace(tmp_bin, final_bin)
-        os.replace(tmp_xml, target)
-    finally:
-        for leftover in (tmp_xml, tmp_bin):
-            leftover.unlink(missing_ok=True)
-
-
 def quantize_openvino(
     model_path: str | Path,
     images: Sequence[Image.Image | Path],
@@ -318,10 +297,7 @@ def quantize_openvino(
     settings = {"tool": f"nncf {nncf.__version__}", "images": len(calibration), "preset": preset}
     settings.update({"model_type": model_type, "float_scopes": list(scopes)})
     info.extra["quantization"] = json.dumps(settings)
-    for key, value in info.to_metadata().items():
-        quantized.set_rt_info(value, [_RT_INFO_SECTION, key])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _write_ir(quantized, target)
+    write_ir(quantized, target, info)
     per_scope = _per_scope(quantized)
     logger.info(
         "INT8 model written to %s (%.1f s, %d calibration images, quantizers %s)",
