@@ -41,7 +41,6 @@ import torch
 from rtdetr_spartan.deploy.benchmark import benchmark
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_inference import convert_for_inference
 from rtdetr_spartan.testing import parity as fixtures
 from rtdetr_spartan.testing.parity import (
     detector_parity,
@@ -81,7 +80,7 @@ def parity(device: torch.device) -> dict[str, object]:
         expected = fixtures.load_expected(f"{fixture}_seed0", FIXTURES)
         for form in ("eval", "deployed"):
             if form == "deployed":
-                model = convert_for_inference(model.deploy())
+                model = model.deploy()
             problems, fraction = detector_parity(model, expected, device)
             results[f"{name} ({form})"] = {
                 "matched_queries": round(fraction, 4),

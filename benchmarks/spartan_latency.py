@@ -6,7 +6,7 @@ as full RT-DETR detectors, in eager PyTorch.
     python benchmarks/spartan_latency.py --threads 2 --runs 20 --out output/spartan_latency
 
 Models: SpaRTAN-T as implemented here (the canonical model in eval mode, and its inference form
-``convert_for_inference``; detectors: ``deploy()`` then that conversion), a direct formulation
+``convert_for_inference``; detectors: ``deploy()``, which gives that form), a direct formulation
 of the reference forward on the same weights ("reference-style": NCHW, two 1x1 convs, argmax +
 gather, complex-dtype rotation between permute/contiguous copies, separate BN and
 squeeze-excite passes) as the before-optimization baseline, and PResNet-18-vd. Detectors are
@@ -78,7 +78,7 @@ def build_models(detectors: bool, reference_style: bool) -> dict[str, nn.Module]
             port.backbone = ReferenceStyleSpaRTAN(port.backbone)
             models["RT-DETR-SpaRTAN-T reference-style"] = port
         models["RT-DETR-SpaRTAN-T"] = spartan_det
-        models["RT-DETR-SpaRTAN-T deploy"] = convert_for_inference(copy.deepcopy(spartan_det).deploy())
+        models["RT-DETR-SpaRTAN-T deploy"] = copy.deepcopy(spartan_det).deploy()
         models["RT-DETR-R18"] = r18_det
         models["RT-DETR-R18 deploy"] = copy.deepcopy(r18_det).deploy()
     return models

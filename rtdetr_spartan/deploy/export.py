@@ -18,7 +18,7 @@ with torch 2.14 / onnxscript 0.7, it is the one that gives a clean, portable gra
   - anchors and position embeddings stay symbolic in H and W: the model computes them from
     tensor shapes while tracing, so one ``--dynamic-size`` graph serves any input size;
   - it is ~4x faster (about 20 s vs 80 s for RT-DETR-R18 on a 2-core CPU).
-``DeployModel`` holds SpaRTAN's eager inference form (``convert_for_inference``); the export
+``DeployModel`` holds SpaRTAN's eager inference form (what ``model.deploy()`` makes); the export
 traces its ONNX form (``convert_for_export``, plain NCHW ops; with fixed shapes when the graph
 has no dynamic axes), which onnxruntime runs in about 0.6x the time of a trace of the eager code.
 Its raw graph has more Constant/Identity/Shape nodes than the dynamo one; onnxruntime folds them
@@ -43,7 +43,6 @@ from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.sizes import InputSizeError, check_input_size, largest_stride
 from rtdetr_spartan.deploy.verification import onnx_run, torch_run
 from rtdetr_spartan.nn.backbones.spartan_export import convert_for_export
-from rtdetr_spartan.nn.backbones.spartan_inference import convert_for_inference
 
 __all__ = [
     "DeployModel",
@@ -77,13 +76,13 @@ class ExportVerificationError(RuntimeError):
 class DeployModel(nn.Module):
     """``model.deploy()`` followed by ``postprocessor.deploy()``: the exported computation.
 
-    Both parts are switched to deploy form in place (RepVGG branches fused, eval mode); the
-    model held is a copy with SpaRTAN layers in their inference form (``convert_for_inference``).
+    Both parts are switched to deploy form in place and held as they are: eval mode, RepVGG
+    branches fused, SpaRTAN's layers in their inference form (``SpaRTAN.convert_to_deploy``).
     """
 
     def __init__(self, model: nn.Module, postprocessor: nn.Module) -> None:
         super().__init__()
-        self.model: nn.Module = convert_for_inference(getattr(model, "deploy")())  # noqa: B009 (deploy() is not on nn.Module)
+        self.model: nn.Module = getattr(model, "deploy")()  # noqa: B009 (deploy() is not on nn.Module)
         self.postprocessor: nn.Module = getattr(postprocessor, "deploy")()  # noqa: B009
 
     def forward(
