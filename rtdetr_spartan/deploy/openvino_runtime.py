@@ -27,6 +27,7 @@ __all__ = [
     "OpenVinoPredictor",
     "openvino_bf16_supported",
     "openvino_config",
+    "read_openvino_model",
     "stored_model_info",
     "write_ir",
 ]
@@ -83,6 +84,21 @@ def _ir_metadata(model: Any, path: Path) -> dict[str, str]:
     if _RT_INFO_SECTION not in rt_info:
         raise ValueError(f"{path}: OpenVINO IR without rtdetr_spartan metadata; save it with --save-ir")
     return {str(key): value.astype(str) for key, value in rt_info[_RT_INFO_SECTION].items()}
+
+
+def read_openvino_model(path: Path, core: Any | None = None) -> Any:
+    """``path`` (an exported ``.onnx`` or a saved ``model.xml``) read by OpenVINO as an
+    ``openvino.Model``; :class:`ModelFileError` naming the file for anything it cannot parse
+    (garbage, a truncated IR, an IR without its ``.bin``)."""
+    import openvino as ov
+
+    try:
+        return (core or ov.Core()).read_model(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(
+            f"{path} is not a model OpenVINO can read (an exported .onnx or a saved model.xml with its .bin): {first}"
+        ) from err
 
 
 def stored_model_info(path: Path, model: Any | None = None) -> ModelInfo:
@@ -148,14 +164,7 @@ class OpenVinoPredictor(Predictor):
         if profiling:
             config[ov.properties.enable_profiling] = True
         core = ov.Core()
-        try:
-            model = core.read_model(str(self.path))
-        except RuntimeError as err:  # OpenVINO's parse errors (garbage, a truncated IR, no .bin)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelFileError(
-                f"{self.path} is not a model OpenVINO can read (an exported .onnx or a saved model.xml "
-                f"with its .bin): {first}"
-            ) from err
+        model = read_openvino_model(self.path, core)
         self.info = stored_model_info(self.path, model)
         self.precision = precision
         inputs = {port.get_any_name(): port for port in model.inputs}

@@ -35,7 +35,7 @@ from rtdetr_spartan.data.coco import CocoDetection
 from rtdetr_spartan.data.image_io import read_rgb
 from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES, collect_inputs
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.openvino_runtime import stored_model_info, write_ir
+from rtdetr_spartan.deploy.openvino_runtime import read_openvino_model, stored_model_info, write_ir
 from rtdetr_spartan.deploy.runtime import preprocess
 
 __all__ = [
@@ -105,9 +105,7 @@ def read_model_info(path: str | Path, model: Any | None = None) -> ModelInfo:
     path = Path(path)
     _check_model_path(path)
     if path.suffix.lower() == ".xml" and model is None:
-        import openvino as ov
-
-        model = ov.Core().read_model(str(path))
+        model = read_openvino_model(path)
     return stored_model_info(path, model)
 
 
@@ -271,7 +269,7 @@ def quantize_openvino(
     target = Path(output_dir) / INT8_IR_NAME
     if target.resolve() == model_path.resolve():
         raise ValueError(f"{target} is the input model; write the INT8 model to another folder")
-    model = ov.Core().read_model(str(model_path))
+    model = read_openvino_model(model_path)
     info = read_model_info(model_path, model)
     scopes = (*FLOAT_SCOPES, *extra_float_scopes)
     ignored = float_scope(model, scopes, str(model_path))

@@ -193,6 +193,10 @@ def test_model_path_errors(toy: dict[str, Path], tmp_path: Path) -> None:
         quantize_openvino(tmp_path, images, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="missing.onnx does not exist"):
         quantize_openvino(tmp_path / "missing.onnx", images, tmp_path / "out")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_text("not a model\n")
+    with pytest.raises(ValueError, match=rf"{garbage} is not a model OpenVINO can read"):
+        quantize_openvino(garbage, images, tmp_path / "out")
     with pytest.raises(ValueError, match="is the input model"):
         quantize_openvino(toy["int8"], images, toy["int8"].parent)
 
