@@ -1,43 +1,11 @@
 """Write a generated shapes dataset: COCO detection (default) or ImageFolder classification.
 
-python tools/make_shapes.py --out data/shapes --train 400 --val 100 --size 256 --seed 0
-python tools/make_shapes.py --out data/shapes_cls --classification --train 800 --val 200 --size 64
+The code is in ``rtdetr_spartan/cli/make_shapes.py``.
 """
 
-from __future__ import annotations
+from rtdetr_spartan.cli.make_shapes import get_args_parser, main
 
-import argparse
-import logging
-
-from rtdetr_spartan.data.shapes import IMAGE_FORMATS, make_classification_dataset, make_detection_dataset
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--train", type=int, default=400, help="number of training images")
-    parser.add_argument("--val", type=int, default=100, help="number of validation images")
-    parser.add_argument(
-        "--size", type=int, default=None, help="image side in pixels (default 256, 64 with --classification)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", dest="image_format", choices=sorted(IMAGE_FORMATS), default="jpg")
-    parser.add_argument("--max-objects", type=int, default=4, help="detection: most shapes per image")
-    parser.add_argument("--classification", action="store_true", help="write an ImageFolder tree instead of COCO")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.classification:
-        make_classification_dataset(args.out, args.train, args.val, args.size or 64, args.seed, args.image_format)
-    else:
-        make_detection_dataset(
-            args.out, args.train, args.val, args.size or 256, args.seed, args.image_format, args.max_objects
-        )
-    return 0
-
+__all__ = ["get_args_parser", "main"]
 
 if __name__ == "__main__":
     from rtdetr_spartan.misc.cli_errors import run_main

@@ -1,0 +1,1 @@
+"""Command-line tools; ``rtdetr-spartan SUBCOMMAND`` dispatches to them."""
