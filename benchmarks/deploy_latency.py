@@ -13,7 +13,7 @@ Models: RT-DETR-R18 and RT-DETR-SpaRTAN-T with random weights, model + postproce
   * ``openvino-int8`` / ``openvino-int8-f32``: the graph quantized by ``tools/quantize.py``'s
     NNCF recipe (decoder in float) on ``--calibration`` synthetic scenes, the float rest in
     bf16 / f32.
-Every measurement is one ``rtdetr_spartan.deploy.benchmark.benchmark`` call (``tools/benchmark.py``):
+Every measurement is one ``rtdetr_spartan.benchmark.benchmark`` call (``tools/benchmark.py``):
 ``--runs`` calls after ``--warmup``, one runtime session alive at a time. Calls alternate between
 models and entries, round after round, so that slow phases of a shared machine hit every entry
 alike. The table gives the median over rounds of each call's median latency and the fastest run;
@@ -36,10 +36,10 @@ from typing import Any
 
 from PIL import Image
 
-from rtdetr_spartan.deploy.benchmark import benchmark, cpu_name
+from rtdetr_spartan.benchmark.latency import benchmark, cpu_name
+from rtdetr_spartan.benchmark.profiling import write_profile
 from rtdetr_spartan.deploy.export import export_onnx
 from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config, model_info_from_config
-from rtdetr_spartan.deploy.profiling import write_profile
 from rtdetr_spartan.deploy.quantize import quantize_openvino
 from rtdetr_spartan.testing.parity import synthetic_scenes
 

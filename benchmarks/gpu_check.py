@@ -13,7 +13,7 @@ Run it from the repository root on a machine with a CUDA GPU (the test fixtures 
   no stochastic depth, so both devices compute the same function) on the CPU and on the GPU
   from the same weights and targets: relative loss and gradient differences; then the same
   step under float16 autocast must be finite.
-- ``latency``: ``rtdetr_spartan.deploy.benchmark.benchmark`` on the GPU (model + postprocessor,
+- ``latency``: ``rtdetr_spartan.benchmark.benchmark`` on the GPU (model + postprocessor,
   640 px, random weights, deployed) for each ``--settings`` entry BATCH-DTYPE-MODE: float32 or
   float16 autocast; eager PyTorch, replays of a CUDA graph, or torch.compile + CUDA graph.
   float32 runs with TF32 off (as every section here); ``--cudnn-benchmark`` lets cuDNN pick its
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from rtdetr_spartan.deploy.benchmark import benchmark
+from rtdetr_spartan.benchmark.latency import benchmark
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
 from rtdetr_spartan.testing import parity as fixtures

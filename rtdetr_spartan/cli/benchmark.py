@@ -25,9 +25,9 @@ import argparse
 import json
 import logging
 
+from rtdetr_spartan.benchmark.latency import BACKENDS, benchmark
+from rtdetr_spartan.benchmark.profiling import format_table, write_profile
 from rtdetr_spartan.core import add_overrides_argument
-from rtdetr_spartan.deploy.benchmark import BACKENDS, benchmark
-from rtdetr_spartan.deploy.profiling import format_table, write_profile
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -19,8 +19,8 @@ import logging
 
 from rtdetr_spartan.data.coco_eval import BACKENDS, STAT_NAMES
 from rtdetr_spartan.deploy.evaluate import CategoryMismatchError, evaluate_predictor
+from rtdetr_spartan.deploy.loading import RUNTIMES, load_predictor
 from rtdetr_spartan.deploy.openvino_runtime import PRECISIONS
-from rtdetr_spartan.deploy.runtime import RUNTIMES, load_predictor
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,10 @@ import logging
 
 from rtdetr_spartan.core import add_overrides_argument
 from rtdetr_spartan.deploy.infer import run_inference
+from rtdetr_spartan.deploy.loading import RUNTIMES, load_predictor
 from rtdetr_spartan.deploy.openvino_runtime import PRECISIONS
-from rtdetr_spartan.deploy.runtime import RUNTIMES, Predictor, TorchPredictor, load_predictor
+from rtdetr_spartan.deploy.predictor import Predictor
+from rtdetr_spartan.deploy.torch_predictor import TorchPredictor
 
 
 def _score(text: str) -> float:

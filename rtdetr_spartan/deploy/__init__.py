@@ -1,7 +1,8 @@
-"""Deployment: ONNX export with checks, onnxruntime/OpenVINO/PyTorch predictors, drawing, video
-in and out, COCO evaluation of exported models and benchmarking."""
+"""Deployment: ONNX export with checks, predictors (one :class:`Predictor` base; onnxruntime,
+OpenVINO and PyTorch backends, :func:`load_predictor`), inference on images and videos, COCO
+evaluation of exported models and INT8 quantization. Measurement is :mod:`rtdetr_spartan.benchmark`;
+drawing and image listing are :mod:`rtdetr_spartan.misc.images`."""
 
-from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.export import (
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -18,10 +19,14 @@ from rtdetr_spartan.deploy.from_config import (
     load_config,
     model_info_from_config,
 )
+from rtdetr_spartan.deploy.loading import RUNTIMES, load_predictor
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
-from rtdetr_spartan.deploy.runtime import RUNTIMES, OnnxPredictor, Predictor, TorchPredictor, load_predictor, preprocess
+from rtdetr_spartan.deploy.predictor import ModelFileError, Predictor, preprocess
+from rtdetr_spartan.deploy.runtime import OnnxPredictor, onnxruntime_session
+from rtdetr_spartan.deploy.torch_predictor import TorchPredictor
 from rtdetr_spartan.deploy.types import Detection
+from rtdetr_spartan.misc.images import draw_detections
 
 __all__ = [
     "INPUT_NAMES",
@@ -31,6 +36,7 @@ __all__ = [
     "Detection",
     "ExportResult",
     "ExportVerificationError",
+    "ModelFileError",
     "ModelInfo",
     "OnnxPredictor",
     "OpenVinoPredictor",
@@ -44,6 +50,7 @@ __all__ = [
     "load_predictor",
     "load_config",
     "model_info_from_config",
+    "onnxruntime_session",
     "preprocess",
     "verify_onnx",
 ]

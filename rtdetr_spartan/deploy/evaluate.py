@@ -26,7 +26,7 @@ from rtdetr_spartan.data.coco_eval import CocoEvaluator, to_category_ids
 from rtdetr_spartan.data.dataloader import default_collate_fn
 from rtdetr_spartan.data.transforms import Compose
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.runtime import Predictor
+from rtdetr_spartan.deploy.predictor import Predictor
 
 __all__ = ["CategoryMismatchError", "evaluate_predictor", "evaluation_mapping", "validation_dataset"]
 

@@ -11,14 +11,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from rtdetr_spartan.data.image_io import read_rgb
-from rtdetr_spartan.deploy.draw import draw_detections
-from rtdetr_spartan.deploy.runtime import Predictor
+from rtdetr_spartan.deploy.predictor import Predictor
 from rtdetr_spartan.deploy.video import VideoError, VideoReader, VideoWriter
+from rtdetr_spartan.misc.images import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    OutputOverwritesInputError,
+    collect_inputs,
+    draw_detections,
+    refuse_overwriting_inputs,
+    unique_names,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "OutputOverwritesInputError",
+    "annotate_image",
     "collect_inputs",
     "image_output_name",
     "output_paths",
@@ -28,31 +37,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 RESULTS_NAME = "detections.json"
 
 
-class OutputOverwritesInputError(ValueError):
-    """An output folder or file that is (or would replace) one of the inputs."""
-
-
-def collect_inputs(source: str | Path, suffixes: frozenset[str] = IMAGE_SUFFIXES | VIDEO_SUFFIXES) -> list[Path]:
-    """``source`` itself if it is a file, else the files with ``suffixes`` (default: images and
-    videos) directly inside it, sorted."""
-    source = Path(source)
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"input {source} is neither a file nor a directory")
-    found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-    if not found:
-        kinds = "images or videos" if suffixes & VIDEO_SUFFIXES else "images"
-        raise FileNotFoundError(f"no {kinds} ({', '.join(sorted(suffixes))}) in {source}")
-    return found
-
-
 def _annotate(predictor: Predictor, image: Image.Image, out_path: Path, threshold: float) -> dict[str, Any]:
+    """Draw ``image``'s detections into ``out_path``; the record without the file name."""
     detections = predictor.predict([image], threshold)[0]
     draw_detections(image, detections).save(out_path)
     return {
@@ -63,7 +52,10 @@ def _annotate(predictor: Predictor, image: Image.Image, out_path: Path, threshol
     }
 
 
-def _image_record(predictor: Predictor, path: Path, out_path: Path, threshold: float) -> dict[str, Any]:
+def annotate_image(predictor: Predictor, path: Path, out_path: Path, threshold: float) -> dict[str, Any]:
+    """Detect on the image file ``path`` and draw its detections scoring >= ``threshold`` into
+    ``out_path``; returns its record of ``detections.json`` (file, width, height, output,
+    detections)."""
     # read_rgb applies the EXIF orientation, so boxes are in the image as it is displayed
     record = _annotate(predictor, read_rgb(path), out_path, threshold)
     logger.info("%s: %d detections", path.name, len(record["detections"]))
@@ -92,38 +84,13 @@ def output_paths(inputs: list[Path], out_dir: Path) -> dict[Path, Path]:
     Raises :class:`OutputOverwritesInputError` when an output (or ``detections.json``) would be
     one of the input files.
     """
-    natural = {p: video_output_name(p) if p.suffix.lower() in VIDEO_SUFFIXES else image_output_name(p) for p in inputs}
-    owners: dict[str, Path | None] = {RESULTS_NAME.casefold(): None}  # name (case-folded) -> its input
-    names: dict[Path, str] = {}
-    # first the inputs whose output name is their own name, so that they keep it
-    for path in sorted(inputs, key=lambda p: natural[p] != p.name):
-        name = natural[path]
-        suffix = Path(name).suffix
-        stem = name[: len(name) - len(suffix)]
-        count = 1
-        while name.casefold() in owners:
-            count += 1
-            name = f"{stem}_{count}{suffix}"
-        if count > 1:
-            owner = owners[natural[path].casefold()]
-            logger.warning(
-                "%s and %s would both be written as %s; %s is written as %s",
-                owner.name if owner else RESULTS_NAME,
-                path.name,
-                natural[path],
-                path.name,
-                name,
-            )
-        owners[name.casefold()] = path
-        names[path] = name
-    resolved_inputs = {p.resolve() for p in inputs}
+    names = unique_names(
+        inputs,
+        lambda p: video_output_name(p) if p.suffix.lower() in VIDEO_SUFFIXES else image_output_name(p),
+        reserved=(RESULTS_NAME,),
+    )
     outputs = {p: out_dir / names[p] for p in inputs}
-    for target in [*outputs.values(), out_dir / RESULTS_NAME]:
-        if target.resolve() in resolved_inputs:
-            raise OutputOverwritesInputError(
-                f"output {target} would replace the input file of that name; "
-                "choose an output folder (-o) that holds no inputs"
-            )
+    refuse_overwriting_inputs([*outputs.values(), out_dir / RESULTS_NAME], inputs)
     return outputs
 
 
@@ -208,7 +175,7 @@ def run_inference(
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 results["videos"].append(_video_record(predictor, path, outputs[path], threshold))
             else:
-                results["images"].append(_image_record(predictor, path, outputs[path], threshold))
+                results["images"].append(annotate_image(predictor, path, outputs[path], threshold))
         except OSError as err:  # unreadable image or video (VideoError is an OSError)
             logger.error("%s", err)
             results["errors"].append({"file": path.name, "error": str(err)})

@@ -3,7 +3,8 @@
 OpenVINO reads the ``.onnx`` file that ``tools/export_onnx.py`` writes (no conversion step) and
 compiles it for the CPU; ``save_ir`` also writes it as OpenVINO IR (``model.xml`` + ``.bin``),
 with the export's metadata, which :class:`OpenVinoPredictor` reads back the same way.
-Preprocessing is :func:`rtdetr_spartan.deploy.runtime.preprocess`, as for every predictor.
+Input checks, batching and preprocessing are those of every predictor
+(:class:`rtdetr_spartan.deploy.predictor.Predictor`); this module adds OpenVINO's part.
 
 Precision: float32 unless asked otherwise. OpenVINO's own CPU default is bfloat16 on CPUs with
 bfloat16 instructions (AVX512_BF16, AMX), which changes the numbers; here bfloat16 is opt-in.
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.runtime import ModelFileError, Outputs, Predictor, model_file
+from rtdetr_spartan.deploy.predictor import GRAPH_INPUTS, ModelFileError, Outputs, Predictor, model_file
 
 __all__ = [
     "PRECISIONS",
@@ -148,6 +149,8 @@ class OpenVinoPredictor(Predictor):
         profiling: compile with OpenVINO's per-node counters on (``profiling_info``).
     """
 
+    path: Path
+
     def __init__(
         self,
         path: str | Path,
@@ -168,14 +171,14 @@ class OpenVinoPredictor(Predictor):
         self.info = stored_model_info(self.path, model)
         self.precision = precision
         inputs = {port.get_any_name(): port for port in model.inputs}
-        missing = {"images", "orig_target_sizes"} - set(inputs)
-        if missing:
-            raise ValueError(f"{self.path}: inputs {sorted(missing)} missing (has {sorted(inputs)})")
-        self._size_dtype = np.float32 if inputs["orig_target_sizes"].get_element_type() == ov.Type.f32 else np.int64
-        batch = inputs["images"].get_partial_shape()[0]
-        self._fixed_batch = batch.get_length() if batch.is_static else None
-        if input_size is not None:
-            self.set_input_size(input_size)
+        batch = inputs[GRAPH_INPUTS[0]].get_partial_shape()[0] if GRAPH_INPUTS[0] in inputs else None
+        sizes = inputs.get(GRAPH_INPUTS[1])
+        self.bind_graph(
+            inputs,
+            fixed_batch=batch.get_length() if batch is not None and batch.is_static else None,
+            sizes_are_float=sizes is not None and sizes.get_element_type() == ov.Type.f32,
+            input_size=input_size,
+        )
         if save_ir is not None:
             self.save_ir(model, save_ir)
         self.compiled = core.compile_model(model, "CPU", config)
@@ -211,16 +214,9 @@ class OpenVinoPredictor(Predictor):
         """Inference threads of the compiled model."""
         return int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
 
-    def run(self, images: np.ndarray, orig_sizes: np.ndarray) -> Outputs:
-        step = self._fixed_batch or len(images)
-        parts = []
-        for i in range(0, len(images), step):
-            self._request.infer(
-                {
-                    "images": np.ascontiguousarray(images[i : i + step], dtype=np.float32),
-                    "orig_target_sizes": np.ascontiguousarray(orig_sizes[i : i + step], dtype=self._size_dtype),
-                }
-            )
-            parts.append([np.array(self._request.get_tensor(name).data) for name in ("labels", "boxes", "scores")])
-        labels, boxes, scores = (np.concatenate([p[j] for p in parts]) for j in range(3))
-        return labels.astype(np.int64, copy=False), boxes.astype(np.float32, copy=False), scores.astype(np.float32)
+    def infer(self, images: np.ndarray, orig_sizes: np.ndarray) -> Outputs:
+        self._request.infer({GRAPH_INPUTS[0]: images, GRAPH_INPUTS[1]: orig_sizes})
+        labels, boxes, scores = (
+            np.array(self._request.get_tensor(name).data) for name in ("labels", "boxes", "scores")
+        )
+        return labels, boxes, scores

@@ -33,10 +33,10 @@ from PIL import Image
 
 from rtdetr_spartan.data.coco import CocoDetection
 from rtdetr_spartan.data.image_io import read_rgb
-from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES, collect_inputs
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.openvino_runtime import read_openvino_model, stored_model_info, write_ir
-from rtdetr_spartan.deploy.runtime import preprocess
+from rtdetr_spartan.deploy.predictor import preprocess
+from rtdetr_spartan.misc.images import IMAGE_SUFFIXES, collect_inputs
 
 __all__ = [
     "DEFAULT_SUBSET",

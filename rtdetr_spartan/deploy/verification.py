@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from rtdetr_spartan.deploy.compare import Detections, QuerySelection
+from rtdetr_spartan.deploy.runtime import onnxruntime_session
 
 __all__ = ["onnx_run", "torch_run"]
 
@@ -154,8 +155,6 @@ def onnx_run(
     """The graph's ``output_names`` (labels, boxes, scores) for ``feeds`` under onnxruntime (CPU), and its
     query selection read from the query-selection and the postprocessor TopK (see the module
     docstring); None for the selection when the graph does not have both."""
-    import onnxruntime as ort
-
     model = onnx.load(str(path))
     topks = _topk_nodes(model)
     extra: list[str] = []
@@ -164,10 +163,7 @@ def onnx_run(
         extra = [first.input[0], first.output[1], last.input[0], last.output[1]]
         float_type, int_type = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
         _add_outputs(model, list(zip(extra, (float_type, int_type, float_type, int_type))))
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(model.SerializeToString(), threads)
     values = session.run([*output_names, *extra], feeds)
     detections: Detections = (values[0], values[1], values[2])
     return detections, (_onnx_selection(values[3:]) if extra else None)

@@ -13,14 +13,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rtdetr_spartan.benchmark.latency import time_calls
 from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.data.image_io import read_rgb
-from rtdetr_spartan.deploy.benchmark import time_calls
 from rtdetr_spartan.deploy.compare import DetectionAgreement, compare_detections
-from rtdetr_spartan.deploy.draw import draw_detections
 from rtdetr_spartan.deploy.export import DeployModel, export_onnx
 from rtdetr_spartan.deploy.from_config import build_deploy_model, model_info_from_config
-from rtdetr_spartan.deploy.runtime import OnnxPredictor, Predictor, TorchPredictor, preprocess
+from rtdetr_spartan.deploy.infer import annotate_image, output_paths
+from rtdetr_spartan.deploy.predictor import Predictor, preprocess
+from rtdetr_spartan.deploy.runtime import OnnxPredictor
+from rtdetr_spartan.deploy.torch_predictor import TorchPredictor
+from rtdetr_spartan.misc.images import IMAGE_SUFFIXES, collect_inputs
 
 __all__ = [
     "ExportOutcome",
@@ -60,10 +63,7 @@ def export_detector(cfg: YAMLConfig, checkpoint: Path, path: Path) -> ExportOutc
 
 def validation_images(folder: Path, count: int) -> list[Path]:
     """The first ``count`` images of ``folder`` in name order."""
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    if not found:
-        raise FileNotFoundError(f"no .jpg/.png images in {folder}")
-    return found[:count]
+    return collect_inputs(folder, IMAGE_SUFFIXES)[:count]
 
 
 def _load(paths: Sequence[Path]) -> list[Image.Image]:
@@ -83,16 +83,16 @@ def agreement_on_images(
 
 
 def annotate_images(predictor: Predictor, paths: Sequence[Path], out_dir: Path, threshold: float) -> list[Path]:
-    """Draw the detections scoring >= ``threshold`` on each image into ``out_dir`` (PNG)."""
+    """Draw the detections scoring >= ``threshold`` on each image into ``out_dir``, named as
+    ``tools/infer.py`` names them (:func:`rtdetr_spartan.deploy.infer.annotate_image`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path, image in zip(paths, _load(paths)):
-        detections = predictor.predict([image], threshold)[0]
-        target = out_dir / f"{path.stem}.png"
-        draw_detections(image, detections).save(target)
-        logger.info("%s: %s", path.name, ", ".join(f"{d.name} {d.score:.2f}" for d in detections) or "nothing")
-        written.append(target)
-    return written
+    targets = output_paths(list(paths), out_dir)
+    for path in paths:
+        record = annotate_image(predictor, path, targets[path], threshold)
+        logger.info(
+            "%s: %s", path.name, ", ".join(f"{d['name']} {d['score']:.2f}" for d in record["detections"]) or "nothing"
+        )
+    return [targets[path] for path in paths]
 
 
 def onnx_latency_ms(predictor: OnnxPredictor, path: Path, runs: int) -> float:

@@ -11,13 +11,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
-from rtdetr_spartan.deploy.draw import draw_detections
-from rtdetr_spartan.deploy.types import Detection
+from rtdetr_spartan.misc.images import Drawable, draw_detections
 
 __all__ = ["cam_overlay", "feature_grid", "panels_figure", "save_png"]
 
 
-def cam_overlay(image: Image.Image, cam: np.ndarray, detections: Sequence[Detection] = ()) -> Image.Image:
+def cam_overlay(image: Image.Image, cam: np.ndarray, detections: Sequence[Drawable] = ()) -> Image.Image:
     """``cam`` [h, w] in [0, 1] resized to ``image`` and blended over it (jet colour map), with
     ``detections`` (boxes in ``image`` pixels) drawn on top."""
     heat = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(image.size, Image.Resampling.BILINEAR)

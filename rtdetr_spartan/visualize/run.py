@@ -14,12 +14,17 @@ from tqdm import tqdm
 
 from rtdetr_spartan.core import YAMLConfig, create
 from rtdetr_spartan.data.image_io import read_rgb, to_rgb
-from rtdetr_spartan.deploy.draw import draw_detections
-from rtdetr_spartan.deploy.infer import IMAGE_SUFFIXES, collect_inputs
 from rtdetr_spartan.deploy.metadata import categories_from_config, input_size_from_config
-from rtdetr_spartan.deploy.runtime import preprocess
+from rtdetr_spartan.deploy.predictor import preprocess
 from rtdetr_spartan.deploy.types import Detection
 from rtdetr_spartan.misc.checkpoint import load_model_weights
+from rtdetr_spartan.misc.images import (
+    IMAGE_SUFFIXES,
+    collect_inputs,
+    draw_detections,
+    refuse_overwriting_inputs,
+    unique_names,
+)
 from rtdetr_spartan.visualize.cam import DetectionScores, classifier_cam, detector_cam
 from rtdetr_spartan.visualize.figures import cam_overlay, feature_grid, panels_figure, save_png
 from rtdetr_spartan.visualize.layers import classifier_layers, resolve_layers, stage_layers
@@ -43,22 +48,13 @@ def collect_images(source: str | Path) -> list[Path]:
 
 def figure_stems(images: Sequence[Path], out_dir: Path) -> dict[Path, str]:
     """The name stem of each image's figures (``<stem>_cam.png``, ``<stem>_features.png``): the
-    image's stem, or ``<stem>_<format>`` where two images share a stem (``a.jpg``, ``a.png``),
-    so no figure replaces another. ValueError when a figure would replace an input image."""
-    counts: dict[str, int] = {}
-    for path in images:
-        counts[path.stem.casefold()] = counts.get(path.stem.casefold(), 0) + 1
-    stems = {
-        p: p.stem if counts[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in images
-    }
-    inputs = {p.resolve(): p for p in images}
-    for stem in stems.values():
-        for target in (out_dir / f"{stem}_cam.png", out_dir / f"{stem}_features.png"):
-            if target.resolve() in inputs:
-                raise ValueError(
-                    f"figure {target} would replace the input image {inputs[target.resolve()]}; "
-                    "choose an output folder (-o) that holds no inputs"
-                )
+    image's stem, made unique as inference names its outputs
+    (:func:`~rtdetr_spartan.misc.images.unique_names`: ``a.jpg``, ``a.png`` -> ``a``, ``a_2``).
+    :class:`~rtdetr_spartan.misc.images.OutputOverwritesInputError` (a ValueError) when a figure
+    would replace an input image."""
+    stems = unique_names(images, lambda p: p.stem)
+    figures = [out_dir / f"{stem}_{kind}.png" for stem in stems.values() for kind in ("cam", "features")]
+    refuse_overwriting_inputs(figures, images)
     return stems
 
 

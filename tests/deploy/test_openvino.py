@@ -7,7 +7,8 @@ import pytest
 
 from rtdetr_spartan.deploy.compare import paired_differences
 from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor, openvino_bf16_supported, openvino_config
-from rtdetr_spartan.deploy.runtime import ModelFileError, OnnxPredictor
+from rtdetr_spartan.deploy.predictor import ModelFileError
+from rtdetr_spartan.deploy.runtime import OnnxPredictor
 from tests.deploy.deploy_utils import R18_CONFIG, export_config, min_matched_fraction
 
 pytestmark = pytest.mark.slow  # every test here exports a full detector to ONNX
@@ -36,7 +37,7 @@ def _inputs(size: tuple[int, int], count: int, seed: int = 0) -> tuple[np.ndarra
 @pytest.mark.parametrize("threads", [1, 2])
 def test_openvino_matches_onnxruntime_with_batch_chunks(exported: Path, threads: int) -> None:
     predictor = OpenVinoPredictor(exported, threads=threads)
-    assert predictor.threads == threads and predictor._fixed_batch == 1
+    assert predictor.threads == threads and predictor.fixed_batch == 1
     assert predictor.input_size == (SIZE, SIZE) and predictor.info.class_names[0] == "person"
     images, sizes = _inputs((SIZE, SIZE), 3)
     got = predictor.run(images, sizes)
@@ -69,7 +70,7 @@ def test_saved_ir_keeps_metadata_and_outputs(exported: Path, tmp_path: Path) -> 
     from_ir = OpenVinoPredictor(tmp_path / "ir" / "model.xml", threads=1)
     assert (tmp_path / "ir" / "model.bin").is_file()
     assert from_ir.info.to_metadata() == from_onnx.info.to_metadata()
-    assert from_ir.info.dynamic_size and from_ir._fixed_batch == 1
+    assert from_ir.info.dynamic_size and from_ir.fixed_batch == 1
     images, sizes = _inputs((SIZE, SIZE), 2, seed=2)
     assert min_matched_fraction(from_onnx.run(images, sizes), from_ir.run(images, sizes), sizes, 1e-6) == 1.0
 
@@ -139,7 +140,7 @@ def test_static_size_model_rejects_another_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="dynamic-size"):
         OpenVinoPredictor(path, input_size=(SIZE * 2, SIZE))
     predictor = OpenVinoPredictor(path)
-    assert predictor._fixed_batch is None
+    assert predictor.fixed_batch is None
     images, sizes = _inputs((SIZE, SIZE), 3, seed=3)
     ref = OnnxPredictor(path).run(images, sizes)
     assert min_matched_fraction(ref, predictor.run(images, sizes), sizes, 1e-3) >= MIN_MATCHED

@@ -9,8 +9,11 @@ from PIL import Image
 
 from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY
 from rtdetr_spartan.data.transforms import Compose
+from rtdetr_spartan.deploy.loading import load_predictor
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.runtime import ModelFileError, OnnxPredictor, TorchPredictor, load_predictor, preprocess
+from rtdetr_spartan.deploy.predictor import ModelFileError, preprocess
+from rtdetr_spartan.deploy.runtime import OnnxPredictor
+from rtdetr_spartan.deploy.torch_predictor import TorchPredictor
 from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree, export_config
 
 SIZE = 128  # smallest stride-32 size with >= 300 anchors (num_queries)
@@ -56,7 +59,7 @@ def test_onnx_predictor_matches_torch_with_batch_chunks(exported) -> None:
     module, path = exported
     predictor = OnnxPredictor(path, threads=1)
     assert predictor.session.get_session_options().intra_op_num_threads == 1
-    assert predictor.input_size == (SIZE, SIZE) and predictor._fixed_batch == 1
+    assert predictor.input_size == (SIZE, SIZE) and predictor.fixed_batch == 1
     images = [_image(120 + 10 * i, 90 - 5 * i, seed=i) for i in range(3)]
     _assert_both_agree(module, predictor, images)  # three runs of the batch-1 graph
 

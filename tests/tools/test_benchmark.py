@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdetr_spartan.deploy.benchmark import benchmark, count_flops
+from rtdetr_spartan.benchmark.flops import count_flops
+from rtdetr_spartan.benchmark.latency import benchmark
+from rtdetr_spartan.benchmark.profiling import read_profile_json
 from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config
-from rtdetr_spartan.deploy.profiling import read_profile_json
 from rtdetr_spartan.misc.checkpoint import CheckpointError, save_atomic
 from tests.deploy.deploy_utils import R18_CONFIG
 from tests.train_utils import TINY_CONFIG

@@ -7,11 +7,11 @@ import onnx
 import openvino
 import pytest
 
-from rtdetr_spartan.deploy.benchmark import count_flops
+from rtdetr_spartan.benchmark.flops import count_flops
+from rtdetr_spartan.benchmark.profiling import read_profile_json
 from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor, openvino_bf16_supported
-from rtdetr_spartan.deploy.profiling import read_profile_json
 from tests.deploy.deploy_utils import R18_CONFIG, export_config
 from tools.benchmark import main
 

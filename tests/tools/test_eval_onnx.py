@@ -23,8 +23,9 @@ from rtdetr_spartan.deploy.evaluate import (
 )
 from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
+from rtdetr_spartan.deploy.loading import load_predictor
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.runtime import TorchPredictor, load_predictor
+from rtdetr_spartan.deploy.torch_predictor import TorchPredictor
 from rtdetr_spartan.solver.det_engine import evaluate
 from tests.deploy.deploy_utils import R18_CONFIG
 from tools.eval_onnx import main as eval_onnx_main

@@ -13,7 +13,8 @@ from PIL import Image
 from rtdetr_spartan.data.shapes import make_detection_dataset
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.deploy.infer import OutputOverwritesInputError
-from rtdetr_spartan.deploy.runtime import ModelFileError, OnnxPredictor
+from rtdetr_spartan.deploy.predictor import ModelFileError
+from rtdetr_spartan.deploy.runtime import OnnxPredictor
 from rtdetr_spartan.deploy.video import VideoReader, VideoWriter
 from tests.deploy.deploy_utils import R18_CONFIG, assert_detections_agree, min_matched_fraction
 from tools.export_onnx import main as export_main

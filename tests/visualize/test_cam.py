@@ -208,9 +208,13 @@ def test_cam_logging_off_adds_no_hook(tmp_path: Path) -> None:
 
 
 def test_figure_names_are_unique_and_never_an_input(tmp_path: Path) -> None:
+    from rtdetr_spartan.misc.images import OutputOverwritesInputError
     from rtdetr_spartan.visualize.run import figure_stems
 
     images = [tmp_path / n for n in ("a.jpg", "a.png", "b.png")]
-    assert figure_stems(images, tmp_path / "out") == {images[0]: "a_jpg", images[1]: "a_png", images[2]: "b"}
-    with pytest.raises(ValueError, match=r"figure .*b_cam.png would replace the input image .*b_cam.png"):
+    # the same rule as inference's output names (misc.images.unique_names)
+    assert figure_stems(images, tmp_path / "out") == {images[0]: "a", images[1]: "a_2", images[2]: "b"}
+    with pytest.raises(
+        OutputOverwritesInputError, match=r"output .*b_cam.png would replace the input file .*b_cam.png"
+    ):
         figure_stems([tmp_path / "b.png", tmp_path / "b_cam.png"], tmp_path)

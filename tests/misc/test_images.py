@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from rtdetr_spartan.deploy.draw import class_color, draw_detections
 from rtdetr_spartan.deploy.types import Detection
+from rtdetr_spartan.misc.images import class_color, draw_detections
 
 
 def test_boxes_are_drawn_in_class_colors_on_a_copy() -> None:

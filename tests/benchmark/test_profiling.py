@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from rtdetr_spartan.deploy.openvino_runtime import openvino_bf16_supported
-from rtdetr_spartan.deploy.profiling import (
+from rtdetr_spartan.benchmark.profiling import (
     OnnxRuntimeRunProfiler,
     OpRecord,
     Profile,
@@ -28,6 +27,7 @@ from rtdetr_spartan.deploy.profiling import (
     write_profile,
     write_profile_json,
 )
+from rtdetr_spartan.deploy.openvino_runtime import openvino_bf16_supported
 
 SIZE = 64
 

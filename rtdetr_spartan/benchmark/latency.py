@@ -10,9 +10,13 @@ a device synchronize, so the wall time covers the GPU work), optionally under fl
 autocast.
 
 With ``profile=True`` the timed calls also run under the backend's own profiler
-(:mod:`rtdetr_spartan.deploy.profiling`): ``result.profile`` holds the per-node records, and the
+(:mod:`rtdetr_spartan.benchmark.profiling`): ``result.profile`` holds the per-node records, and the
 latency then includes the profiler's overhead. ``onnx=PATH`` measures a saved ``.onnx`` file or
 OpenVINO IR (``model.xml``, e.g. an INT8 model) instead of exporting the config's model.
+
+The exported graph runs in the predictors of :mod:`rtdetr_spartan.deploy` (the same sessions,
+input checks and batching as inference). PyTorch's intra-op thread count is process-wide: a run
+sets it to ``threads`` and restores the caller's count afterwards, also when it fails.
 """
 
 from __future__ import annotations
@@ -28,34 +32,32 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
+from rtdetr_spartan.benchmark.flops import count_flops
+from rtdetr_spartan.benchmark.profiling import OnnxRuntimeRunProfiler, OpenVinoRunProfiler, Profile, TorchRunProfiler
 from rtdetr_spartan.deploy.export import DeployModel, export_onnx, sample_inputs
 from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.profiling import (
-    OnnxRuntimeRunProfiler,
-    OpenVinoRunProfiler,
-    Profile,
-    TorchRunProfiler,
-)
-from rtdetr_spartan.deploy.runtime import session_options
+from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
+from rtdetr_spartan.deploy.predictor import Predictor
+from rtdetr_spartan.deploy.runtime import OnnxPredictor
 from rtdetr_spartan.misc.checkpoint import load_model_weights
 from rtdetr_spartan.nn.compile import compile_regional
 
-__all__ = ["BACKENDS", "BenchmarkResult", "benchmark", "count_flops", "cpu_name", "time_calls"]
+__all__ = ["BACKENDS", "BenchmarkResult", "Clock", "benchmark", "cpu_name", "time_calls"]
 
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+Clock = Callable[[], float]  # seconds, monotonic: time.perf_counter
 
 
 @dataclass
 class BenchmarkResult:
     """One benchmark run; ``gflops`` per image (2 x GMACs), latencies in milliseconds per batch.
 
-    ``params`` / ``gflops`` / ``gmacs`` are None for a saved model measured without a config.
+    ``params`` / ``gflops`` / ``gmacs`` are None for a saved model measured without a config;
+    ``gflops`` / ``gmacs`` also when FLOPs were not counted (``benchmark(..., flops=False)``).
     ``profile``: the per-node profile of the timed calls (``profile=True``); ``to_dict`` gives
     only its totals (``profile_nodes``, ``profile_total_ms``).
     """
@@ -94,7 +96,7 @@ class BenchmarkResult:
 
 
 class RunProfiler(Protocol):
-    """A backend's profiler around the timed calls (see :mod:`rtdetr_spartan.deploy.profiling`)."""
+    """A backend's profiler around the timed calls (see :mod:`rtdetr_spartan.benchmark.profiling`)."""
 
     def start(self, warmup: int) -> None:
         """Called after the ``warmup`` untimed calls, before the timed ones."""
@@ -114,22 +116,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def count_flops(module: DeployModel, size: int) -> float:
-    """FLOPs (2 x MACs) of one ``size`` x ``size`` image through ``module``.
-
-    Attention runs with PyTorch's math SDPA kernel here: the counter has no formula for the
-    fused CPU attention kernels, so it would silently drop the attention products (Q K^T, A V).
-    """
-    images, sizes = sample_inputs((size, size), 1)
-    counter = FlopCounterMode(display=False)
-    with counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
-        module(images, sizes)
-    return float(counter.get_total_flops())
-
-
-def time_calls(call: Callable[[], object], runs: int, warmup: int, profiler: RunProfiler | None = None) -> list[float]:
-    """Wall-clock milliseconds of ``runs`` calls after ``warmup`` untimed calls; ``profiler``
-    records the timed calls."""
+def time_calls(
+    call: Callable[[], object],
+    runs: int,
+    warmup: int,
+    profiler: RunProfiler | None = None,
+    clock: Clock = time.perf_counter,
+) -> list[float]:
+    """Milliseconds of ``runs`` calls after ``warmup`` untimed calls, read on ``clock`` (seconds;
+    wall clock by default) before and after each; ``profiler`` records the timed calls."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     for _ in range(warmup):
@@ -138,9 +133,9 @@ def time_calls(call: Callable[[], object], runs: int, warmup: int, profiler: Run
     if profiler is not None:
         profiler.start(warmup)
     for _ in range(runs):
-        start = time.perf_counter()
+        start = clock()
         call()
-        times.append((time.perf_counter() - start) * 1000.0)
+        times.append((clock() - start) * 1000.0)
     return times
 
 
@@ -233,45 +228,35 @@ class _Backend:
     profiler: RunProfiler | None
 
 
-def _check_batch(path: Path, fixed_batch: int | None, batch: int) -> None:
-    if fixed_batch is not None and fixed_batch != batch:
-        raise ValueError(f"{path} was exported for batch {fixed_batch}, not {batch}: use --batch {fixed_batch}")
+def _check_batch(predictor: Predictor, batch: int) -> None:
+    if predictor.fixed_batch is not None and predictor.fixed_batch != batch:
+        raise ValueError(
+            f"{predictor.source} was exported for batch {predictor.fixed_batch}, not {batch}: "
+            f"use --batch {predictor.fixed_batch}"
+        )
+
+
+def _predictor_backend(predictor: Predictor, batch: int, profiler: RunProfiler | None) -> _Backend:
+    """The predictor's ``run`` on ``batch`` random images at its input size."""
+    _check_batch(predictor, batch)
+    images, sizes = sample_inputs(predictor.info.input_size, batch)
+    batch_images, orig_sizes = images.numpy(), sizes.numpy()
+    return _Backend(lambda: predictor.run(batch_images, orig_sizes), predictor.info, profiler)
 
 
 def _onnxruntime_backend(
     path: Path, batch: int, threads: int, optimization: str, work_dir: Path, profile: bool
 ) -> _Backend:
-    """An onnxruntime CPU session on ``path``, profiling to ``work_dir`` when ``profile``."""
-    import onnxruntime as ort
-
-    options = session_options(threads, optimization, str(work_dir / "onnxruntime") if profile else None)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in session.get_inputs()}
-    if not {"images", "orig_target_sizes"} <= set(inputs):
-        raise ValueError(f"{path}: inputs images and orig_target_sizes expected, got {sorted(inputs)}")
-    info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
-    fixed_batch = inputs["images"].shape[0]
-    _check_batch(path, fixed_batch if isinstance(fixed_batch, int) else None, batch)
-    images, sizes = sample_inputs(info.input_size, batch)
-    size_dtype = np.float32 if inputs["orig_target_sizes"].type == "tensor(float)" else np.int64
-    feed = {"images": images.numpy(), "orig_target_sizes": sizes.numpy().astype(size_dtype)}
-    return _Backend(lambda: session.run(None, feed), info, OnnxRuntimeRunProfiler(session) if profile else None)
+    """``path`` in an onnxruntime CPU session, profiling to ``work_dir`` when ``profile``."""
+    prefix = str(work_dir / "onnxruntime") if profile else None
+    predictor = OnnxPredictor(path, threads=threads, optimization=optimization, profile_prefix=prefix)
+    return _predictor_backend(predictor, batch, OnnxRuntimeRunProfiler(predictor.session) if profile else None)
 
 
 def _openvino_backend(path: Path, batch: int, threads: int, precision: str, profile: bool) -> _Backend:
     """``path`` (``.onnx`` or IR ``.xml``) compiled by OpenVINO for the CPU in ``precision``."""
-    from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
-
     predictor = OpenVinoPredictor(path, threads=threads, precision=precision, profiling=profile)
-    fixed_batch = predictor.compiled.input("images").get_partial_shape()[0]
-    _check_batch(path, fixed_batch.get_length() if fixed_batch.is_static else None, batch)
-    images, sizes = sample_inputs(predictor.info.input_size, batch)
-    batch_images, orig_sizes = images.numpy(), sizes.numpy()
-    return _Backend(
-        lambda: predictor.run(batch_images, orig_sizes),
-        predictor.info,
-        OpenVinoRunProfiler(predictor) if profile else None,
-    )
+    return _predictor_backend(predictor, batch, OpenVinoRunProfiler(predictor) if profile else None)
 
 
 @dataclass
@@ -281,11 +266,11 @@ class _ConfigModel:
     module: DeployModel
     info: ModelInfo
     params: int
-    flops: float
+    flops: float | None
 
 
 def _config_model(
-    config: str | Path, overrides: Sequence[str], checkpoint: str | Path | None, size: int, batch: int
+    config: str | Path, overrides: Sequence[str], checkpoint: str | Path | None, size: int, batch: int, flops: bool
 ) -> _ConfigModel:
     cfg = load_config(config, overrides)
     model = cfg.build("model")
@@ -295,7 +280,7 @@ def _config_model(
     module = DeployModel(model, cfg.build("postprocessor")).eval()
     # Fixed shapes, except the batch axis when the batch is not the traced one (1).
     info = model_info_from_config(cfg, (size, size), dynamic_batch=batch > 1, dynamic_size=False)
-    return _ConfigModel(module, info, params, count_flops(module, size))
+    return _ConfigModel(module, info, params, count_flops(module, size) if flops else None)
 
 
 def _versions(backend: str) -> tuple[str | None, str | None]:
@@ -361,6 +346,8 @@ def benchmark(
     openvino_precision: str = "float32",
     onnx: str | Path | None = None,
     profile: bool = False,
+    flops: bool = True,
+    clock: Clock = time.perf_counter,
 ) -> BenchmarkResult:
     """Build the config's detector and measure it on ``batch`` random ``size`` x ``size`` images.
 
@@ -372,6 +359,9 @@ def benchmark(
     ``onnx``: measure this saved ``.onnx`` / OpenVINO ``.xml`` (onnxruntime or openvino backend) at
     the input size in its metadata; ``config`` is then optional (params and GFLOPs need it).
     ``profile``: record the timed calls with the backend's profiler (``result.profile``).
+    ``flops``: count the config's FLOPs (one extra forward pass under the counter; they depend
+    only on config and size, so a caller measuring one model on several backends counts once).
+    ``clock``: the timer of the calls (seconds), ``time.perf_counter`` by default.
     """
     torch_device, amp_dtype = _resolve_device(device, backend, amp, compile_model, cuda_graph)
     if config is None and onnx is None:
@@ -386,7 +376,9 @@ def benchmark(
     try:
         # A saved model's size is in its metadata: its config is counted at that size, below.
         model = (
-            None if config is None or onnx is not None else _config_model(config, overrides, checkpoint, size, batch)
+            None
+            if config is None or onnx is not None
+            else _config_model(config, overrides, checkpoint, size, batch, flops)
         )
         with tempfile.TemporaryDirectory() as tmp:
             runner = _prepare(
@@ -406,8 +398,8 @@ def benchmark(
                 profile=profile,
             )
             if config is not None and model is None:
-                model = _config_model(config, overrides, checkpoint, runner.info.input_size[0], batch)
-            times = time_calls(runner.call, runs, warmup, runner.profiler)
+                model = _config_model(config, overrides, checkpoint, runner.info.input_size[0], batch, flops)
+            times = time_calls(runner.call, runs, warmup, runner.profiler, clock)
             profiled = runner.profiler.stop(runs) if runner.profiler is not None else None
     finally:
         torch.set_num_threads(previous_threads)
@@ -424,8 +416,8 @@ def benchmark(
         compiled=compile_model,
         cuda_graph=cuda_graph,
         params=model.params if model is not None else None,
-        gflops=round(model.flops / 1e9, 3) if model is not None else None,
-        gmacs=round(model.flops / 2e9, 3) if model is not None else None,
+        gflops=round(model.flops / 1e9, 3) if model is not None and model.flops is not None else None,
+        gmacs=round(model.flops / 2e9, 3) if model is not None and model.flops is not None else None,
         latency_ms=round(median, 3),
         latency_mean_ms=round(float(np.mean(times)), 3),
         latency_min_ms=round(min(times), 3),
