@@ -6,10 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdetr_spartan.benchmark.flops import count_flops
 from rtdetr_spartan.benchmark.latency import benchmark
 from rtdetr_spartan.benchmark.profiling import read_profile_json
-from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.misc.checkpoint import CheckpointError, save_atomic
 from tests.deploy.deploy_utils import R18_CONFIG
@@ -34,29 +32,16 @@ def test_torch_and_onnxruntime_report_the_same_model(capsys: pytest.CaptureFixtu
     assert KEYS <= set(eager) and KEYS <= set(ort)
     expected_params = sum(p.numel() for p in load_config(R18_CONFIG).build("model").parameters())
     assert eager["params"] == ort["params"] == expected_params
-    assert eager["gflops"] == ort["gflops"] > 0 and eager["gmacs"] == pytest.approx(eager["gflops"] / 2, abs=1e-3)
+    assert eager["gflops"] == ort["gflops"] and eager["gmacs"] == pytest.approx(eager["gflops"] / 2, abs=1e-3)
     assert (eager["backend"], ort["backend"], ort["batch"], ort["threads"]) == ("torch", "onnxruntime", 2, 2)
-    for result in (eager, ort):
-        assert result["latency_ms"] > 0
+    for result in (eager, ort):  # latency values: tests/benchmark (a fake clock)
         assert result["throughput"] == pytest.approx(result["batch"] * 1000 / result["latency_ms"], rel=1e-3)
-
-
-def test_flops_include_the_encoder_attention() -> None:
-    """One AIFI layer adds its projections, attention products and FFN (FLOPs = 2 x MACs); the
-    attention products are missed by the counter unless the math SDPA kernel runs."""
-    flops = {}
-    for layers in (0, 1):
-        cfg = load_config(R18_CONFIG, [f"HybridEncoder.num_encoder_layers={layers}"])
-        flops[layers] = count_flops(DeployModel(cfg.build("model"), cfg.build("postprocessor")), SIZE)
-    tokens, dim, ffn = (SIZE // 32) ** 2, 256, 1024
-    macs = 4 * tokens * dim * dim + 2 * tokens * tokens * dim + 2 * tokens * dim * ffn
-    assert flops[1] - flops[0] == pytest.approx(2 * macs, rel=1e-6)
 
 
 def test_cpu_bfloat16_autocast_runs(capsys: pytest.CaptureFixture[str]) -> None:
     result = _run(capsys, "--amp", "bfloat16")
     assert (result["device"], result["amp_dtype"], result["gpu"]) == ("cpu", "bfloat16", None)
-    assert result["latency_ms"] > 0
+    assert result["throughput"] == pytest.approx(1000 / result["latency_ms"], rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -79,25 +64,6 @@ def test_impossible_settings_are_refused(
 def test_cuda_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="cuda requested"):
         _run(capsys, "--device", "cuda")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fails", [False, True])
-def test_thread_count_is_restored(fails: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--threads sets torch's process-wide thread count for the run only, also when the run fails."""
-    before = torch.get_num_threads()
-    wanted = 1 if before > 1 else 2
-    argv = ["-c", str(R18_CONFIG), "--size", str(SIZE), "--runs", "1", "--warmup", "0", "--threads", str(wanted)]
-    try:
-        if fails:  # fails after the thread count is set: loading the weights
-            with pytest.raises(FileNotFoundError):
-                main([*argv, "-r", str(tmp_path / "missing.pth")])
-        else:
-            assert main(argv) == 0
-            assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["threads"] == wanted
-        assert torch.get_num_threads() == before
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.slow
