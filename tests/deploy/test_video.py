@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rtdetr_spartan.deploy.infer import OutputOverwritesInputError, output_paths, video_output_name
 from rtdetr_spartan.deploy.video import VideoError, VideoReader, VideoWriter
 
 
@@ -90,24 +89,3 @@ def test_wrong_frame_size_and_bad_files_are_errors(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match="cannot open video .*junk.mkv"):
         VideoReader(tmp_path / "junk.mkv")
     assert issubclass(VideoError, OSError)
-
-
-def test_output_names() -> None:
-    assert video_output_name(Path("a/clip.mp4")) == "clip.mp4"
-    assert video_output_name(Path("clip.AVI")) == "clip_avi.mp4"
-    assert video_output_name(Path("clip.webm")) == "clip_webm.mp4"
-
-
-def test_output_names_are_unique_and_never_an_input(tmp_path: Path) -> None:
-    inputs = [tmp_path / n for n in ("a.gif", "a.png", "clip.avi", "clip_avi.mp4", "x.bmp", "X.PNG")]
-    outputs = output_paths(sorted(inputs), tmp_path / "out")
-    assert {p.name: outputs[p].name for p in inputs} == {
-        "a.gif": "a_2.png",  # a.png keeps its own name
-        "a.png": "a.png",
-        "clip.avi": "clip_avi_2.mp4",
-        "clip_avi.mp4": "clip_avi.mp4",
-        "x.bmp": "x_2.png",  # names are compared case-insensitively
-        "X.PNG": "X.png",
-    }
-    with pytest.raises(OutputOverwritesInputError, match=r"output .*a.png would replace the input file"):
-        output_paths([tmp_path / "a.gif", tmp_path / "a.png"], tmp_path)

@@ -11,20 +11,16 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY
-from rtdetr_spartan.data.coco import CocoDetection
 from rtdetr_spartan.data.coco_eval import CocoEvaluator
 from rtdetr_spartan.data.dataloader import default_collate_fn
 from rtdetr_spartan.data.shapes import make_detection_dataset
 from rtdetr_spartan.deploy.evaluate import (
-    CategoryMismatchError,
     evaluate_predictor,
-    evaluation_mapping,
     validation_dataset,
 )
 from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
 from rtdetr_spartan.deploy.loading import load_predictor
-from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.torch_predictor import TorchPredictor
 from rtdetr_spartan.solver.det_engine import evaluate
 from tests.deploy.deploy_utils import R18_CONFIG
@@ -316,52 +312,3 @@ def test_bad_numbers_are_named_before_loading(
     with pytest.raises(SystemExit) as info:
         eval_onnx_main(argv)
     assert info.value.code == 2 and expected in capsys.readouterr().err
-
-
-# ----------------------------------------------------------------- evaluation_mapping, function level
-def _dataset(tmp_path: Path, categories: list[int], annotated: list[int]) -> CocoDetection:
-    Image.new("RGB", (32, 32)).save(tmp_path / "1.png")
-    coco = {
-        "images": [{"id": 1, "file_name": "1.png", "width": 32, "height": 32}],
-        "categories": [{"id": c, "name": f"c{c}"} for c in categories],
-        "annotations": [
-            {"id": i + 1, "image_id": 1, "category_id": c, "bbox": [1, 1, 8, 8], "area": 64, "iscrowd": 0}
-            for i, c in enumerate(annotated)
-        ],
-    }
-    (tmp_path / "ann.json").write_text(json.dumps(coco))
-    return validation_dataset(tmp_path / "ann.json", tmp_path, (32, 32))
-
-
-def _info(label_to_category: dict[int, int], names: dict[int, str] | None = None) -> ModelInfo:
-    names = names if names is not None else {k: f"c{v}" for k, v in label_to_category.items()}
-    return ModelInfo((32, 32), len(label_to_category), label_to_category, names)
-
-
-def test_mapping_uses_the_stored_ids_on_a_subset_file(tmp_path: Path) -> None:
-    dataset = _dataset(tmp_path, [3, 11, 20], [3, 11, 20])
-    assert dataset.label_to_category == {0: 3, 1: 11, 2: 20}  # the file's own order: wrong for the model
-    assert evaluation_mapping(_info(STORED), dataset) == STORED
-    identity_with_names = {0: 0, 1: 1}
-    assert evaluation_mapping(_info(identity_with_names), _dataset(tmp_path, [1], [1])) == identity_with_names
-
-
-def test_mapping_without_stored_ids_is_the_files(tmp_path: Path) -> None:
-    dataset = _dataset(tmp_path, [3, 11, 20], [3, 11, 20])
-    placeholders = _info({i: i for i in range(4)}, {i: f"class_{i}" for i in range(4)})
-    assert evaluation_mapping(placeholders, dataset) == {0: 3, 1: 11, 2: 20}
-    # identity ids beside real names, but the file's ids lie outside 0..3: a placeholder as well
-    identity_named = _info({i: i for i in range(4)}, {0: "c3", 1: "c11", 2: "c20", 3: "c30"})
-    assert evaluation_mapping(identity_named, dataset) == {0: 3, 1: 11, 2: 20}
-    too_few = _info({i: i for i in range(2)}, {i: f"class_{i}" for i in range(2)})
-    with pytest.raises(CategoryMismatchError, match="has 3 categories but the model predicts 2 classes"):
-        evaluation_mapping(too_few, dataset)
-
-
-def test_mapping_refuses_annotated_categories_the_model_does_not_know(tmp_path: Path) -> None:
-    with pytest.raises(CategoryMismatchError) as info:
-        evaluation_mapping(_info(STORED), _dataset(tmp_path, [3, 11, 99], [3, 99]))
-    message = str(info.value)
-    assert str(tmp_path / "ann.json") in message and "99 ('c99')" in message and "[3, 7, 11, 20]" in message
-    # listed but never annotated: its AP is undefined and not averaged, so it is no error
-    assert evaluation_mapping(_info(STORED), _dataset(tmp_path, [3, 11, 99], [3, 11])) == STORED
