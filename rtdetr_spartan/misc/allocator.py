@@ -37,11 +37,12 @@ _TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB of freed m
 _applied = False
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(mallopt: Callable[[int, int], int] | None = None) -> bool:
     """Raise glibc's mmap and trim thresholds once per process; returns whether they are set.
 
     False (and nothing changes) off glibc, when ``RTDETR_SPARTAN_MALLOC_TUNING=0``, or when
-    ``mallopt`` refuses a value.
+    ``mallopt`` refuses a value. ``mallopt``: the C library's ``mallopt(param, value)`` to call
+    (default: glibc's, None elsewhere); a caller may wrap it to see what is set.
     """
     global _applied
     if _applied:
@@ -49,7 +50,7 @@ def retain_freed_memory() -> bool:
     if os.environ.get(ENV_SWITCH, "1") == "0":
         logger.debug("%s=0: the C allocator keeps its defaults", ENV_SWITCH)
         return False
-    mallopt = _glibc_mallopt()
+    mallopt = mallopt or _glibc_mallopt()
     if mallopt is None:
         return False
     if not (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)):
