@@ -87,8 +87,8 @@ def prepare_models(work: Path, size: int, entries: list[str], calibration: int) 
 
 def _measure_one(model: str, entry: str, files: dict[tuple[str, str], Path], **kwargs: Any) -> Any:
     backend, precision, kind = ENTRIES[entry]
-    if kind == "config":
-        return benchmark(MODELS[model], backend=backend, **kwargs)
+    if kind == "config":  # latency only: FLOPs (an extra forward pass per call) are not reported here
+        return benchmark(MODELS[model], backend=backend, flops=False, **kwargs)
     return benchmark(None, backend=backend, onnx=files[model, kind], openvino_precision=precision, **kwargs)
 
 

@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 from rtdetr_spartan.benchmark.flops import count_flops
-from rtdetr_spartan.benchmark.profiling import OnnxRuntimeRunProfiler, OpenVinoRunProfiler, Profile, TorchRunProfiler
+from rtdetr_spartan.benchmark.profiling import Profile
+from rtdetr_spartan.benchmark.run_profilers import OnnxRuntimeRunProfiler, OpenVinoRunProfiler, TorchRunProfiler
+from rtdetr_spartan.benchmark.torch_backend import BACKENDS, resolve_device, torch_call
 from rtdetr_spartan.deploy.export import DeployModel, export_onnx, sample_inputs
 from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
 from rtdetr_spartan.deploy.metadata import ModelInfo
@@ -42,13 +44,11 @@ from rtdetr_spartan.deploy.openvino_runtime import OpenVinoPredictor
 from rtdetr_spartan.deploy.predictor import Predictor
 from rtdetr_spartan.deploy.runtime import OnnxPredictor
 from rtdetr_spartan.misc.checkpoint import load_model_weights
-from rtdetr_spartan.nn.compile import compile_regional
 
 __all__ = ["BACKENDS", "BenchmarkResult", "Clock", "benchmark", "cpu_name", "time_calls"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 Clock = Callable[[], float]  # seconds, monotonic: time.perf_counter
 
 
@@ -137,85 +137,6 @@ def time_calls(
         call()
         times.append((clock() - start) * 1000.0)
     return times
-
-
-def _torch_call(
-    module: DeployModel,
-    images: torch.Tensor,
-    sizes: torch.Tensor,
-    amp_dtype: torch.dtype | None,
-    compile_model: bool = False,
-    cuda_graph: bool = False,
-) -> Callable[[], object]:
-    """One inference call on ``images.device``; a CUDA call waits for the GPU before returning.
-
-    ``compile_model``: compile the module's repeated blocks first (regional compilation,
-    ``rtdetr_spartan.nn.compile.compile_regional``; the warm-up calls compile them).
-    ``cuda_graph``: capture one call in a CUDA graph and time its replays, which removes the
-    per-op launch cost of eager PyTorch (what a deployment with fixed input shapes would do).
-    """
-    device = images.device
-    module = module.to(device)
-    sizes = sizes.to(device)
-    forward = compile_regional(module, dynamic=False) if compile_model else module
-
-    def run() -> object:
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None),
-        ):
-            return forward(images, sizes)
-
-    def call() -> object:
-        outputs = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return outputs
-
-    if not cuda_graph:
-        return call
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # warm-up (cuDNN / cuBLAS choices, caches) off the graph
-            run()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = run()
-
-    def replay() -> object:
-        graph.replay()
-        torch.cuda.synchronize(device)
-        return outputs
-
-    return replay
-
-
-def _resolve_device(
-    device: str, backend: str, amp: str | None, compile_model: bool, cuda_graph: bool
-) -> tuple[torch.device, torch.dtype | None]:
-    """The torch device and autocast dtype, with a clear error for combinations that cannot run."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    resolved = torch.device(device)
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but torch.cuda.is_available() is False")
-    if backend != "torch" and (resolved.type != "cpu" or amp is not None):
-        raise ValueError(f"the {backend} backend runs on the CPU: use --device cpu without --amp")
-    if backend != "torch" and (compile_model or cuda_graph):
-        raise ValueError("compile_model and cuda_graph are options of the torch backend")
-    if cuda_graph and resolved.type != "cuda":
-        raise ValueError("cuda_graph needs device cuda")
-    if amp is None:
-        return resolved, None
-    if amp not in ("float16", "bfloat16"):
-        raise ValueError(f"amp must be float16 or bfloat16, got {amp!r}")
-    if resolved.type == "cpu" and amp == "float16":
-        raise ValueError("float16 autocast is for CUDA; use bfloat16 on the CPU")
-    return resolved, getattr(torch, amp)
 
 
 @dataclass
@@ -318,7 +239,7 @@ def _prepare(
     if backend == "torch":
         assert model is not None  # benchmark() refuses the torch backend without a config
         images, sizes = sample_inputs((size, size), batch)
-        call = _torch_call(model.module, images.to(device), sizes, amp_dtype, compile_model, cuda_graph)
+        call = torch_call(model.module, images.to(device), sizes, amp_dtype, compile_model, cuda_graph)
         return _Backend(call, model.info, TorchRunProfiler(device.type) if profile else None)
     if onnx is None:
         assert model is not None  # benchmark() needs a config or a saved model
@@ -354,7 +275,7 @@ def benchmark(
     ``threads``: PyTorch intra-op threads (``torch.set_num_threads``, restored afterwards) or the
     onnxruntime / OpenVINO threads; default: the number of cores. ``device``: ``cpu`` or ``cuda``
     (torch backend); ``amp``: ``float16`` / ``bfloat16`` autocast for the torch backend, else
-    float32; ``compile_model`` / ``cuda_graph``: see ``_torch_call`` (torch backend);
+    float32; ``compile_model`` / ``cuda_graph``: see :func:`rtdetr_spartan.benchmark.torch_backend.torch_call` (torch backend);
     ``openvino_precision``: ``float32`` or ``bfloat16`` inference precision (openvino backend).
     ``onnx``: measure this saved ``.onnx`` / OpenVINO ``.xml`` (onnxruntime or openvino backend) at
     the input size in its metadata; ``config`` is then optional (params and GFLOPs need it).
@@ -363,7 +284,7 @@ def benchmark(
     only on config and size, so a caller measuring one model on several backends counts once).
     ``clock``: the timer of the calls (seconds), ``time.perf_counter`` by default.
     """
-    torch_device, amp_dtype = _resolve_device(device, backend, amp, compile_model, cuda_graph)
+    torch_device, amp_dtype = resolve_device(device, backend, amp, compile_model, cuda_graph)
     if config is None and onnx is None:
         raise ValueError("give a config, or a saved model to measure (onnx=PATH / --onnx PATH)")
     if onnx is not None and backend == "torch":

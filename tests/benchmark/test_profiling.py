@@ -14,10 +14,8 @@ import torch
 from torch import nn
 
 from rtdetr_spartan.benchmark.profiling import (
-    OnnxRuntimeRunProfiler,
     OpRecord,
     Profile,
-    TorchRunProfiler,
     format_table,
     onnxruntime_records,
     openvino_records,
@@ -27,6 +25,7 @@ from rtdetr_spartan.benchmark.profiling import (
     write_profile,
     write_profile_json,
 )
+from rtdetr_spartan.benchmark.run_profilers import OnnxRuntimeRunProfiler, TorchRunProfiler
 from rtdetr_spartan.deploy.openvino_runtime import openvino_bf16_supported
 
 SIZE = 64
