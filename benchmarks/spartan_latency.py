@@ -6,7 +6,7 @@ as full RT-DETR detectors, in eager PyTorch.
     python benchmarks/spartan_latency.py --threads 2 --runs 20 --out output/spartan_latency
 
 Models: SpaRTAN-T as implemented here (the canonical model in eval mode, and its inference form
-``convert_for_inference``; detectors: ``deploy()``, which gives that form), a direct formulation
+``reparameterize_model``; detectors: ``deploy()``, which applies it in place), a direct formulation
 of the reference forward on the same weights ("reference-style": NCHW, two 1x1 convs, argmax +
 gather, complex-dtype rotation between permute/contiguous copies, separate BN and
 squeeze-excite passes) as the before-optimization baseline, and PResNet-18-vd. Detectors are
@@ -44,8 +44,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from rtdetr_spartan.core.yaml_config import YAMLConfig
-from rtdetr_spartan.nn.backbones.spartan_inference import convert_for_inference
-from rtdetr_spartan.nn.backbones.spartan_reference import ReferenceStyleSpaRTAN
+from rtdetr_spartan.nn.reparameterize import reparameterize_model
+from rtdetr_spartan.testing.spartan_reference import ReferenceStyleSpaRTAN
 
 try:
     import resource
@@ -70,7 +70,7 @@ def build_models(detectors: bool, reference_style: bool) -> dict[str, nn.Module]
     if reference_style:
         models["SpaRTAN-T reference-style"] = ReferenceStyleSpaRTAN(spartan_det.backbone)
     models["SpaRTAN-T"] = spartan_det.backbone
-    models["SpaRTAN-T deploy"] = convert_for_inference(spartan_det.backbone)
+    models["SpaRTAN-T deploy"] = reparameterize_model(spartan_det.backbone, inplace=False)
     models["PResNet-18"] = r18_det.backbone
     if detectors:
         if reference_style:

@@ -42,9 +42,9 @@ from torch.utils.data import DataLoader
 from rtdetr_spartan.deploy.from_config import load_config
 from rtdetr_spartan.misc.allocator import retain_freed_memory
 from rtdetr_spartan.nn.backbones.spartan import SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_reference import ReferenceStyleSpaRTAN
 from rtdetr_spartan.solver.optimization import build_optimizer
 from rtdetr_spartan.testing.parity import synthetic_targets
+from rtdetr_spartan.testing.spartan_reference import ReferenceStyleSpaRTAN
 
 logger = logging.getLogger("train_speed")
 ROOT = Path(__file__).resolve().parents[1]

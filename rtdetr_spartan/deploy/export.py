@@ -42,7 +42,7 @@ from rtdetr_spartan.deploy.compare import TieAwareAgreement, compare_with_ties
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.sizes import InputSizeError, check_input_size, largest_stride
 from rtdetr_spartan.deploy.verification import onnx_run, torch_run
-from rtdetr_spartan.nn.backbones.spartan_export import convert_for_export
+from rtdetr_spartan.nn.reparameterize import ExportForm, reparameterize_model
 
 __all__ = [
     "DeployModel",
@@ -138,11 +138,11 @@ def _trace(
     opset: int,
     dynamic_axes: dict[str, dict[int, str]] | None,
 ) -> list[tuple[int, ...]]:
-    """TorchScript-based export of ``module``'s ONNX form (``convert_for_export``); returns the
-    traced output shapes. Tracer warnings go to the debug log (they flag Python-side shape
+    """TorchScript-based export of ``module``'s ONNX form (``reparameterize_model`` with an
+    ``ExportForm``, on a copy); returns the traced output shapes. Tracer warnings go to the debug log (they flag Python-side shape
     arithmetic, intended here: shapes stay symbolic)."""
     shapes: list[tuple[int, ...]] = []
-    module = convert_for_export(module, fixed_shapes=dynamic_axes is None)
+    module = reparameterize_model(module, export=ExportForm(fixed_shapes=dynamic_axes is None), inplace=False)
     hook = module.register_forward_hook(lambda _m, _i, out: shapes.extend(tuple(t.shape) for t in out))
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -1,9 +1,10 @@
 # Follows the design of RT-DETR (lyuwenyu/RT-DETR, Apache-2.0).
-"""Layers shared by the backbones and the encoder: activations, conv + norm + act, frozen BN."""
+"""Layers shared by the backbones and the encoder: activations, conv + norm + act, frozen BN, and
+folding a BatchNorm into the conv before it."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torchvision.ops import FrozenBatchNorm2d
 __all__ = [
     "ConvNormLayer",
     "FrozenBatchNorm2d",
+    "fold_batch_norm",
     "freeze_batch_norm",
     "get_activation",
 ]
@@ -109,3 +111,31 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
         if replacement is not child:
             setattr(module, name, replacement)
     return module
+
+
+def fold_batch_norm(
+    norm: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of a conv (``weight`` [O, ...], ``bias`` [O] or None) followed by
+    ``norm``, as one conv: norm(conv(x)) == conv'(x). ``norm`` must normalize with running
+    statistics: a BatchNorm2d / SyncBatchNorm in eval mode, or a FrozenBatchNorm2d.
+
+    Raises:
+        ValueError: a BatchNorm in training mode or without running statistics.
+        TypeError: another kind of norm.
+    """
+    if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and (norm.training or not norm.track_running_stats):
+        raise ValueError(
+            f"cannot fold {type(norm).__name__}({norm.num_features}): it normalizes with batch statistics; "
+            "call model.eval() first (or build it with running statistics)"
+        )
+    if not isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)):
+        raise TypeError(f"cannot fold a {type(norm).__name__} into a conv; expected BatchNorm2d or FrozenBatchNorm2d")
+    gain, shift, mean, var = (
+        cast(torch.Tensor, t) for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    )
+    scale = gain * torch.rsqrt(var + norm.eps)
+    folded_bias = shift - mean * scale
+    if bias is not None:
+        folded_bias = folded_bias + bias * scale
+    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), folded_bias

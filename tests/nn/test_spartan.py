@@ -22,15 +22,16 @@ from rtdetr_spartan.nn.backbones.spartan_layers import (
     Block,
     CMixer,
     DropPath,
+    GatedProjection,
     SMixer,
     fold_rotation,
     gated_projection,
+    pair_matrix,
     peak_mix,
-    project,
     rotate_pairs,
 )
-from rtdetr_spartan.nn.backbones.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from rtdetr_spartan.nn.common import FrozenBatchNorm2d
+from rtdetr_spartan.testing.spartan_reference import cmixer_forward, complex_rotate, smixer_forward
 from tests.nn.spartan_helpers import randomize
 from tests.parity_utils import (
     load_expected,
@@ -64,20 +65,25 @@ def test_rotation_folds_into_grouped_conv(per_group: int) -> None:
     torch.testing.assert_close(folded, F.conv2d(rotated, weight, padding=1, groups=groups))
 
 
+def test_pair_matrix_is_the_rotation_of_unit_pairs() -> None:
+    gen = torch.Generator().manual_seed(3)
+    rotation = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    x = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+    by_matrix = torch.einsum("kji,bki->bkj", pair_matrix(rotation), x.view(4, 5, 2)).flatten(1)
+    torch.testing.assert_close(by_matrix, complex_rotate(x, rotation), rtol=1e-12, atol=1e-12)
+
+
 def test_peak_mix_gradients() -> None:
     """The hand-written backward of the CMixer's per-pixel part against finite differences."""
     gen = torch.Generator().manual_seed(2)
-    t = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    mix = tuple(
-        torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
-        for shape in ((8, 6, 1, 1), (8,), (8, 6, 1, 1), (8,))
-    )  # theta weight and bias, w weight and bias
+    t = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64)
+    theta, w = (torch.randn(2, 3, 4, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
     rotation = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(peak_mix, (t, *mix))
-    assert torch.autograd.gradcheck(peak_mix, (t, *mix, rotation))
+    assert torch.autograd.gradcheck(peak_mix, (t, theta, w))
+    assert torch.autograd.gradcheck(peak_mix, (t, theta, w, rotation))
     with torch.no_grad():
-        rotated = rotate_pairs(peak_mix(t, *mix), rotation)
-        torch.testing.assert_close(peak_mix(t, *mix, rotation), rotated)
+        rotated = rotate_pairs(peak_mix(t, theta, w), rotation)
+        torch.testing.assert_close(peak_mix(t, theta, w, rotation), rotated)
 
 
 # ---- every path of the mixers against the reference formulation -----------------------------
@@ -123,21 +129,22 @@ def test_smixer_matches_reference(mode: str, grouped: bool, size: tuple[int, int
 
 @pytest.mark.parametrize("size", [(5, 4), (2, 3)], ids=["gated_weights", "gated_activations"])
 def test_projection_folds_gate_layer_scale_and_drop_path(size: tuple[int, int]) -> None:
-    """``project`` against the plain composition, values and gradients (float64)."""
+    """``GatedProjection`` against the plain composition, values and gradients (float64)."""
     gen = torch.Generator().manual_seed(6)
-    proj = nn.Conv2d(6, 5, 1).double()
+    proj = GatedProjection(6, 5).double()
     t = torch.randn(3, *size, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     gate = torch.rand(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     layer_scale = torch.rand(1, 5, 1, 1, generator=gen, dtype=torch.float64, requires_grad=True)
     sample_scale = torch.tensor([0.0, 1.25, 1.25], dtype=torch.float64)
-    got = project(t, proj, gate, layer_scale, sample_scale)
-    plain = proj((t * gate[:, None, None]).permute(0, 3, 1, 2)) * layer_scale * sample_scale[:, None, None, None]
+    got = proj(t, gate, layer_scale, sample_scale)
+    conv = F.conv2d((t * gate[:, None, None]).permute(0, 3, 1, 2), proj.weight, proj.bias)
+    plain = conv * layer_scale * sample_scale[:, None, None, None]
     torch.testing.assert_close(got, plain)
     assert got.is_contiguous(memory_format=torch.channels_last)
     weight, bias = proj.weight.detach().flatten(1), proj.bias.detach()
     assert torch.autograd.gradcheck(gated_projection, (t, weight.requires_grad_(True), bias, gate))
     assert torch.autograd.gradcheck(
-        lambda t, gate, layer_scale: project(t, proj, gate, layer_scale, sample_scale), (t, gate, layer_scale)
+        lambda t, gate, layer_scale: proj(t, gate, layer_scale, sample_scale), (t, gate, layer_scale)
     )
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
-from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock, convert_for_inference
+from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock
 from rtdetr_spartan.nn.backbones.spartan_layers import Block
 from rtdetr_spartan.nn.compile import compile_regional, compile_units
+from rtdetr_spartan.nn.reparameterize import reparameterize_model
 from tests.nn.spartan_helpers import randomize
 
 # two stages (a depthwise one, a grouped one): each block shape compiles separately, so few shapes
@@ -23,7 +24,7 @@ def test_blocks_are_the_compile_units() -> None:
     backbone = SpaRTAN()
     units = compile_units(backbone)
     assert len(units) == 20 and all(isinstance(u, Block) for u in units)
-    assert all(isinstance(u, InferenceBlock) for u in compile_units(convert_for_inference(backbone)))
+    assert all(isinstance(u, InferenceBlock) for u in compile_units(reparameterize_model(backbone, inplace=False)))
 
 
 @pytest.mark.slow
@@ -44,7 +45,7 @@ def test_compiled_forward_and_training_step_equal_eager() -> None:
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
     torch.testing.assert_close(compiled.state_dict(), eager.state_dict())  # BN statistics alike
     eager.eval()
-    inference = compile_regional(convert_for_inference(eager), dynamic=False)
+    inference = compile_regional(reparameterize_model(eager, inplace=False), dynamic=False)
     with torch.no_grad():
         for a, b in zip(inference(x), eager(x), strict=True):
             assert (a - b).abs().max() < 1e-4

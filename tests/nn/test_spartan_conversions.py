@@ -1,6 +1,6 @@
-"""SpaRTAN's explicit conversions: the inference form (``convert_for_inference``) and the ONNX
-export form (``convert_for_export``) return new modules that compute what the canonical model
-computes, for every conv plan (depthwise, one pair per group, odd and even group sizes)."""
+"""SpaRTAN's conversions through the one walker (``reparameterize_model``): the inference form and
+the ONNX export form (``ExportForm``) compute what the canonical model computes, for every conv
+grouping (depthwise, one pair per group, odd and even group sizes)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rtdetr_spartan.nn.backbones import spartan_inference
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN, SpaRTANClassifier
-from rtdetr_spartan.nn.backbones.spartan_export import ExportBlock, convert_for_export
-from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock, convert_for_inference
+from rtdetr_spartan.nn.backbones.spartan_export import ExportBlock
+from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock
 from rtdetr_spartan.nn.backbones.spartan_layers import Block, ConvNormAct
+from rtdetr_spartan.nn.reparameterize import ExportForm, reparameterize_model
 from tests.nn.spartan_helpers import randomize
 from tests.parity_utils import load_expected, load_spec, synthetic_scenes, synthetic_state_dict
 
@@ -48,7 +49,7 @@ def test_inference_block_matches_canonical(
         monkeypatch.setattr(spartan_inference, "TILE_MIN_ROWS", 3)
     block = _block(16, ratio, grouped, seed=2)
     x = _input(2, 16, 13, 11, seed=3)
-    converted = convert_for_inference(block)
+    converted = reparameterize_model(block, inplace=False)
     assert isinstance(converted, InferenceBlock)
     assert (converted.cmixer._rows(x) < 13) == tiled
     with torch.no_grad():
@@ -64,7 +65,7 @@ def test_export_block_matches_canonical(grouped: bool, ratio: int, fixed: bool) 
     for dim in (16, 10):
         block = _block(dim, ratio, grouped, seed=11)
         x = _input(2, dim, 9, 7, seed=12)
-        converted = convert_for_export(block, fixed_shapes=fixed)
+        converted = reparameterize_model(block, export=ExportForm(fixed), inplace=False)
         assert isinstance(converted, ExportBlock)
         with torch.no_grad():
             want, got = block(x), converted(x.contiguous())
@@ -74,19 +75,24 @@ def test_export_block_matches_canonical(grouped: bool, ratio: int, fixed: bool) 
 def test_conversions_return_new_modules_and_leave_the_model() -> None:
     model = randomize(SpaRTAN(return_idx=(0, 1, 2, 3)), seed=4).train()
     before = copy.deepcopy(model.state_dict())
-    inference = convert_for_inference(model)
-    export = convert_for_export(model, fixed_shapes=False)
+    inference = reparameterize_model(model, inplace=False)
+    export = reparameterize_model(model, export=ExportForm(False), inplace=False)
     assert model.training and all(isinstance(m, Block) for m in model.layers if not isinstance(m, ConvNormAct))
     torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
     for converted in (inference, export):
         assert not converted.training
         assert not any(isinstance(m, (Block, ConvNormAct, nn.BatchNorm2d)) for m in converted.modules())
     assert not any(t.requires_grad for t in inference.state_dict(keep_vars=True).values())
-    again = convert_for_inference(inference)  # nothing left to convert
+    again = reparameterize_model(inference, inplace=False)  # nothing left to convert
     x = synthetic_scenes(1, 96, 64, seed=5)
     with torch.no_grad():
         want = model.eval()(x)
-        for converted in (inference, again, export, convert_for_export(inference, fixed_shapes=True)):
+        for converted in (
+            inference,
+            again,
+            export,
+            reparameterize_model(inference, export=ExportForm(True), inplace=False),
+        ):
             for a, b in zip(converted(x), want, strict=True):
                 assert (a - b).abs().max() < 1e-4
 
@@ -97,7 +103,7 @@ def test_frozen_norms_fold_like_eval_mode_norms() -> None:
     frozen.load_state_dict(model.state_dict(), strict=False)  # FrozenBatchNorm2d: no num_batches_tracked
     x = synthetic_scenes(1, 64, 64, seed=6)
     with torch.no_grad():
-        for a, b in zip(convert_for_inference(frozen)(x), model(x), strict=True):
+        for a, b in zip(reparameterize_model(frozen, inplace=False)(x), model(x), strict=True):
             assert (a - b).abs().max() < 1e-4
 
 
@@ -108,7 +114,7 @@ def test_inference_form_reproduces_the_reference_classifier() -> None:
     expected = load_expected("spartan_t_cls_seed0")
     x = synthetic_scenes(*expected["input_shape"][:1], *expected["input_shape"][2:], seed=0)
     with torch.no_grad():
-        logits = convert_for_inference(model)(x)
+        logits = reparameterize_model(model, inplace=False)(x)
     torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-4)
 
 
@@ -116,13 +122,13 @@ def test_inference_form_follows_dtype_and_counts_flops() -> None:
     """Precomputed weights are buffers: ``.double()`` converts them; FlopCounterMode works."""
     block = _block(24, 2, True, seed=6)
     x = _input(2, 24, 12, 10, seed=7)
-    converted = convert_for_inference(block).double()
+    converted = reparameterize_model(block, inplace=False).double()
     with torch.no_grad():
         got = converted(x.double())
         assert got.dtype == torch.float64
         assert (got - block.double()(x.double())).abs().max() < 1e-4
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        convert_for_inference(SpaRTAN())(torch.rand(1, 3, 64, 64))
+        reparameterize_model(SpaRTAN(), inplace=False)(torch.rand(1, 3, 64, 64))
     assert counter.get_total_flops() > 0
 
 
@@ -150,7 +156,7 @@ def test_export_form_runs_in_onnxruntime(grouped: bool, ratio: int) -> None:
     block = _block(16, ratio, grouped, seed=8)
     x = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(9))
     for fixed in (False, True):
-        data = _onnx(convert_for_export(block, fixed_shapes=fixed), x, dynamic=not fixed)
+        data = _onnx(reparameterize_model(block, export=ExportForm(fixed), inplace=False), x, dynamic=not fixed)
         ops = {node.op_type for node in onnx.load_from_string(data).graph.node}
         assert "Transpose" not in ops and ("Resize" in ops) == fixed
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -10,8 +10,9 @@ import torch
 
 from rtdetr_spartan.core.yaml_config import YAMLConfig
 from rtdetr_spartan.nn.backbones.spartan import SpaRTAN
-from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock, convert_for_inference
+from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock
 from rtdetr_spartan.nn.backbones.spartan_layers import Block, ConvNormAct
+from rtdetr_spartan.nn.reparameterize import reparameterize_model
 from rtdetr_spartan.zoo.rtdetr.rtdetr import RTDETR
 from tests.parity_utils import detector_parity, load_expected, load_spec, state_dict_spec, synthetic_state_dict
 
@@ -44,14 +45,14 @@ def test_spartan_detector_reproduces_reference() -> None:
 def test_deploy_is_the_inference_form_and_training_weights_still_load() -> None:
     """RT-DETR's convention, ``model.deploy()``, swaps SpaRTAN's layers for their inference forms
     in place: no canonical block or conv layer is left, the output equals
-    ``convert_for_inference``'s within 1e-4, and the training state dict saved before deploying
+    ``reparameterize_model``'s copy within 1e-4, and the training state dict saved before deploying
     loads strictly into a fresh training model."""
     entries, _ = load_spec("rtdetr_spartan_t")
     model = build_spartan_detector()
     model.load_state_dict(synthetic_state_dict(entries, 7), strict=True)
     model.eval()
     trained = copy.deepcopy(model.state_dict())
-    converted = convert_for_inference(model)
+    converted = reparameterize_model(model, inplace=False)
     deployed = model.deploy()
     assert deployed is model
     assert not any(isinstance(m, (Block, ConvNormAct)) for m in deployed.modules())

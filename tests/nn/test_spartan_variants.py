@@ -12,9 +12,8 @@ import torch
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig
 from rtdetr_spartan.nn.backbones.spartan import VARIANTS, SpaRTAN, SpaRTANClassifier, SpaRTANVariant
-from rtdetr_spartan.nn.backbones.spartan_export import convert_for_export
-from rtdetr_spartan.nn.backbones.spartan_inference import convert_for_inference
-from rtdetr_spartan.nn.backbones.spartan_reference import ReferenceStyleSpaRTAN
+from rtdetr_spartan.nn.reparameterize import ExportForm, reparameterize_model
+from rtdetr_spartan.testing.spartan_reference import ReferenceStyleSpaRTAN
 from tests.nn.spartan_helpers import randomize
 from tests.parity_utils import load_spec
 
@@ -103,7 +102,10 @@ def test_variant_has_reference_names_and_matches_the_reference(name: str) -> Non
         for a, b in zip(got_maps, want, strict=True):
             assert (a - b).abs().max() < 1e-4
     with torch.no_grad():
-        for converted in (convert_for_inference(backbone), convert_for_export(backbone, fixed_shapes=True)):
+        for converted in (
+            reparameterize_model(backbone, inplace=False),
+            reparameterize_model(backbone, export=ExportForm(True), inplace=False),
+        ):
             for a, b in zip(converted(x), want, strict=True):
                 assert (a - b).abs().max() < 1e-4
 

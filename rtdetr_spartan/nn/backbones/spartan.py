@@ -5,8 +5,9 @@ One module serves both uses with the reference classifier's state-dict names: th
 ``conv.0`` / ``conv.1``, the blocks and the downsample layers of all stages form one flat
 ``layers`` sequence, and the classifier adds ``linear``; reference checkpoints load unchanged.
 Any variant the reference's constructor accepts builds from ``variant`` (``SpaRTANVariant``).
-The blocks live in ``spartan_layers.py``; ``spartan_inference.convert_for_inference`` and
-``spartan_export.convert_for_export`` make the inference and ONNX forms.
+The blocks live in ``spartan_layers.py``; their inference and ONNX forms (``spartan_inference``,
+``spartan_export``) come from ``rtdetr_spartan.nn.reparameterize.reparameterize_model``, which
+``RTDETR.deploy()`` applies too.
 
 Block (stage width C): x += DropPath(scale_1 * SMixer(GN(x))); x += DropPath(scale_2 *
 CMixer(GN(x))), GN = GroupNorm with one group. The network computes in channels_last memory
@@ -27,7 +28,6 @@ from torch import nn
 
 from rtdetr_spartan.core import ConfigError, register
 from rtdetr_spartan.misc.checkpoint import load_model_weights
-from rtdetr_spartan.nn.backbones.spartan_inference import convert_in_place
 from rtdetr_spartan.nn.backbones.spartan_layers import Block, ConvNormAct
 from rtdetr_spartan.nn.common import freeze_batch_norm
 
@@ -236,14 +236,6 @@ class SpaRTAN(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: [B, 3, H, W] -> one map per ``return_idx``: [B, out_channels[i], H/s_i, W/s_i]."""
         return self.forward_stages(x, self.return_idx)
-
-    def convert_to_deploy(self) -> None:
-        """RT-DETR's deploy hook (``RTDETR.deploy()`` calls it): swap the blocks and conv layers
-        for their inference forms in place (``spartan_inference.convert_in_place``), the form
-        that ``convert_for_inference`` returns as a copy. Inference only, and one way: the
-        state dict is in the inference layout afterwards, so a training checkpoint is saved
-        before (and loads into a fresh, unconverted model)."""
-        convert_in_place(self)
 
 
 @register()

@@ -1,7 +1,8 @@
 # Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0).
-"""SpaRTAN's ONNX export form: ``convert_for_export(model, fixed_shapes=...)`` returns a copy of
-``model`` whose SpaRTAN blocks trace to a graph that onnxruntime runs fast (as detectron2 patches
-a model before export). ``rtdetr_spartan.deploy.export`` converts before tracing.
+"""SpaRTAN's ONNX export form: ``reparameterize_model(model, export=ExportForm(fixed_shapes))``
+(``rtdetr_spartan.nn.reparameterize``) gives blocks that trace to a graph that onnxruntime runs
+fast (as detectron2 patches a model before export); an inference block makes its export form
+from its own tensors, passed explicitly. ``rtdetr_spartan.deploy.export`` converts before tracing.
 
 The form computes the canonical math (``spartan_layers``) in plain NCHW ops, no complex dtype.
 The reason is onnxruntime's CPU layout: it runs convs in a blocked channel layout and converts
@@ -9,8 +10,8 @@ to and from plain NCHW around every op outside a short list (channel splits, gat
 broadcast products, Transpose, GroupNorm...). The eager form's token views would become a
 ``Transpose`` pair around every mixer. So the large tensors flow between convs and same-shape
 elementwise ops only:
-  * in the CMixer the real and imaginary channels are separate maps from start to end (planar
-    conv plans), each computed in two channel spans; the argmax channel's theta / proj values
+  * in the CMixer the real and imaginary channels are separate maps from start to end, each
+    computed in two channel spans; the argmax channel's theta / proj values
     are gathered from the first spans instead of from extra C-channel convs;
   * norm_1's affine transform is folded into the SMixer's input projection, each residual add
     into the last conv of its mixer, and GroupNorm is an instance norm of a 5-D view (every
@@ -24,24 +25,19 @@ a trace of the eager code.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdetr_spartan.nn.backbones.spartan_inference import (
-    InferenceBlock,
-    InferenceCMixer,
-    InferenceSMixer,
-    SqueezeGate,
-    convert_for_inference,
-)
-from rtdetr_spartan.nn.backbones.spartan_layers import Block, ConvNormAct, maps, tokens
+from rtdetr_spartan.nn.backbones.spartan_layers import SqueezeExcite
 
-__all__ = ["ExportBlock", "ExportCMixer", "ExportSMixer", "convert_for_export"]
+if TYPE_CHECKING:
+    from rtdetr_spartan.nn.reparameterize import ExportForm
+
+__all__ = ["ExportBlock", "ExportCMixer", "ExportSMixer"]
 
 # onnxruntime's blocked ("NCHWc") conv layout holds 8 (AVX2) or 16 (AVX-512) channels per block;
 # convs whose channel counts are not multiples of it fall back to plain NCHW.
@@ -65,27 +61,28 @@ def _conv_sum(
     return out
 
 
-class _ConvGate(nn.Module):
-    """Squeeze-excite as 1x1 convs on pooled maps for inputs split in parts of ``sizes`` channels;
-    the hidden width padded with zero channels (relu(0) = 0, no weight) to a multiple of
-    LAYOUT_BLOCK, so the gate convs stay in onnxruntime's blocked layout."""
+def _frozen(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor.detach().clone(), requires_grad=False)
 
-    def __init__(self, gate: SqueezeGate, sizes: Sequence[int], fixed_shapes: bool) -> None:
+
+class _ConvGate(nn.Module):
+    """``SqueezeExcite`` laid out for inputs split in parts of ``sizes`` channels: 1x1 convs on
+    the parts' pooled maps, the hidden width padded with zero channels (relu(0) = 0, no weight)
+    to a multiple of LAYOUT_BLOCK, so the gate convs stay in onnxruntime's blocked layout."""
+
+    def __init__(self, gate: SqueezeExcite, sizes: Sequence[int], fixed_shapes: bool) -> None:
         super().__init__()
-        w1, b1, w2, b2 = gate.w1, gate.b1, gate.w2, gate.b2
+        w1, b1 = gate.squeeze.weight.flatten(1), cast(torch.Tensor, gate.squeeze.bias)
+        w2, b2 = gate.expand.weight.flatten(1), cast(torch.Tensor, gate.expand.bias)
         pad = -w1.shape[0] % LAYOUT_BLOCK
         w1 = torch.cat((w1, w1.new_zeros(pad, w1.shape[1])))
         b1 = torch.cat((b1, b1.new_zeros(pad)))
         w2 = torch.cat((w2, w2.new_zeros(w2.shape[0], pad)), dim=1)
         self.sizes, self.fixed_shapes = [int(s) for s in sizes], fixed_shapes
-        self.squeeze = nn.ParameterList(
-            nn.Parameter(w[:, :, None, None].clone(), requires_grad=False) for w in w1.split(self.sizes, 1)
-        )
-        self.expand = nn.ParameterList(
-            nn.Parameter(w[:, :, None, None].clone(), requires_grad=False) for w in w2.split(self.sizes)
-        )
-        self.squeeze_bias = nn.Parameter(b1.clone(), requires_grad=False)
-        self.expand_bias = nn.ParameterList(nn.Parameter(b.clone(), requires_grad=False) for b in b2.split(self.sizes))
+        self.squeeze = nn.ParameterList(_frozen(w[:, :, None, None]) for w in w1.split(self.sizes, 1))
+        self.expand = nn.ParameterList(_frozen(w[:, :, None, None]) for w in w2.split(self.sizes))
+        self.squeeze_bias = _frozen(b1)
+        self.expand_bias = nn.ParameterList(_frozen(b) for b in b2.split(self.sizes))
 
     def forward(self, parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """parts: [B, E_i, H, W] -> the gate of cat(parts), one factor per part: [B, E_i, 1, 1],
@@ -105,25 +102,39 @@ def _expand_like(factor: torch.Tensor, target: torch.Tensor, fixed_shapes: bool)
     return F.interpolate(factor, scale_factor=(float(target.shape[2]), float(target.shape[3])), mode="nearest")
 
 
-def _frozen(tensor: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor.detach().clone(), requires_grad=False)
-
-
 class ExportSMixer(nn.Module):
-    """``InferenceSMixer`` in export form, with the preceding GroupNorm's affine transform
-    ``norm`` folded into its input projection."""
+    """The SMixer with its layer scale, in export form, with the preceding GroupNorm's affine
+    transform (``norm_weight`` / ``norm_bias`` [C]) folded into its input projection.
 
-    def __init__(self, source: InferenceSMixer, norm: nn.GroupNorm, fixed_shapes: bool) -> None:
+    proj_in: [C/2, C] and proj_in_bias [C/2]; gamma [C/2]; h_conv, l_conv: the fused convs;
+    gate: the two squeeze-excites as one (block-diagonal); proj_out [C, C] (layer scale in) and
+    proj_out_bias [C].
+    """
+
+    def __init__(
+        self,
+        *,
+        proj_in: torch.Tensor,
+        proj_in_bias: torch.Tensor,
+        gamma: torch.Tensor,
+        h_conv: nn.Module,
+        l_conv: nn.Module,
+        gate: SqueezeExcite,
+        proj_out: torch.Tensor,
+        proj_out_bias: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        fixed_shapes: bool,
+    ) -> None:
         super().__init__()
-        weight = source.proj_in * norm.weight  # [C/2, C]
-        self.proj_in = _frozen(weight[:, :, None, None])
-        self.proj_in_bias = _frozen(source.proj_in_bias + source.proj_in @ norm.bias)
-        self.gamma = _frozen(source.gamma.view(1, -1, 1, 1))
-        self.h_conv, self.l_conv = source.h_conv, source.l_conv
-        half = source.gamma.shape[0]
-        self.gate = _ConvGate(source.gate, (half, half), fixed_shapes)
-        self.proj_out = nn.ParameterList(_frozen(w[:, :, None, None]) for w in source.proj_out.split(half, 1))
-        self.proj_out_bias = _frozen(source.proj_out_bias)
+        self.proj_in = _frozen((proj_in * norm_weight)[:, :, None, None])
+        self.proj_in_bias = _frozen(proj_in_bias + proj_in @ norm_bias)
+        self.gamma = _frozen(gamma.view(1, -1, 1, 1))
+        self.h_conv, self.l_conv = h_conv, l_conv
+        half = gamma.shape[0]
+        self.gate = _ConvGate(gate, (half, half), fixed_shapes)
+        self.proj_out = nn.ParameterList(_frozen(w[:, :, None, None]) for w in proj_out.split(half, 1))
+        self.proj_out_bias = _frozen(proj_out_bias)
         self.fixed_shapes = fixed_shapes
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -148,74 +159,65 @@ class _Span(nn.Module):
 
 
 class ExportCMixer(nn.Module):
-    """``InferenceCMixer`` in export form.
+    """The CMixer with its layer scale, in export form.
 
-    Planar plans (depthwise conv, or one channel pair per group): separate real / imaginary
-    half maps, each in two channel spans, its first ceil(C/2) pairs (the theta / proj channels
-    below C, which the argmax can pick) and the rest. The argmax channel's product ("peak",
-    [B, 1, H, W]) is gathered from the first spans; being equal on all channels, it passes
-    the rotation and the depthwise conv as one 1-to-E conv with the summed taps. Rotation +
-    depthwise conv: out_re = dw(re, direct) + dw(im, crossed), and with the halves exchanged
-    for out_im. Other plans: the natural channel order, the rotation on token views.
+    The E channels are in planar order (real parts first): separate real / imaginary half maps,
+    each in two channel spans, its first pairs (holding the theta / proj channels below C, which
+    the argmax can pick; rounded up to whole conv groups) and the rest. The argmax channel's
+    product ("peak", [B, 1, H, W]) is gathered from the first spans; being equal on all
+    channels, it passes the rotation and the 3x3 conv as one 1-to-E conv with the summed taps.
+    The rotation is in the taps: out_re = conv(re, direct) + conv(im, crossed), and with the
+    halves exchanged for out_im.
+
+    theta, proj: [E, C] and their biases [E], planar rows; direct, crossed: [E, q, 3, 3] taps of
+    a conv with groups of q channels (crossed: output row j reads the other half); conv_bias
+    [E]; gate: the squeeze-excite on planar channels; proj_out [C, E] (planar columns, layer
+    scale in) and proj_out_bias [C].
     """
 
-    def __init__(self, source: InferenceCMixer, fixed_shapes: bool) -> None:
+    def __init__(
+        self,
+        *,
+        theta: torch.Tensor,
+        theta_bias: torch.Tensor,
+        proj: torch.Tensor,
+        proj_bias: torch.Tensor,
+        direct: torch.Tensor,
+        crossed: torch.Tensor,
+        conv_bias: torch.Tensor,
+        gate: SqueezeExcite,
+        proj_out: torch.Tensor,
+        proj_out_bias: torch.Tensor,
+        fixed_shapes: bool,
+    ) -> None:
         super().__init__()
-        e = source.mix.shape[0] // 2
-        c = source.mix.shape[1]
-        self.planar = source.order is not None
-        self.source = source
-        if not self.planar:
-            self.gate = _ConvGate(source.gate, (e,), fixed_shapes)
-            self.proj_out = nn.ParameterList([_frozen(source.proj_out[:, :, None, None])])
-            self.proj_out_bias = _frozen(source.proj_out_bias)
-            return
-        n, first = e // 2, (c + 1) // 2  # pairs; pairs holding channels < C
+        e, c, per_group = theta.shape[0], theta.shape[1], direct.shape[1]
+        n = e // 2  # pairs
+        first = min(n, -(-((c + 1) // 2) // per_group) * per_group)  # pairs holding channels < C
         self.spans = [(lo, hi) for lo, hi in ((0, first), (first, n)) if hi > lo]
-        direct, crossed = source.conv_weight, source.crossed
-        if crossed is None:  # depthwise conv after the rotation: its taps take the rotation
-            assert source.rotation is not None
-            re, im = source.rotation[:, 0], source.rotation[:, 1]
-            direct, crossed = (
-                direct * torch.cat((re, re)).view(-1, 1, 1, 1),
-                direct * torch.cat((-im, im)).view(-1, 1, 1, 1),
-            )
-        else:
-            crossed = torch.cat(crossed.chunk(2)[::-1])  # taps whose output halves were swapped
-        spread = direct + crossed  # the peak, equal on all channels
-        theta, proj = source.mix[:e, :, None, None], source.mix[e:, :, None, None]
-        theta_b, proj_b = source.mix_bias[:e], source.mix_bias[e:]
+        spread = direct.sum(1, keepdim=True) + crossed.sum(1, keepdim=True)  # the peak, equal on all channels
+        theta, proj = theta[:, :, None, None], proj[:, :, None, None]
         names = []
         for j in (0, 1):  # real, imaginary
             for lo, hi in self.spans:
-                rows = out = slice(j * n + lo, j * n + hi)
+                rows = slice(j * n + lo, j * n + hi)
                 names.append(
                     {
                         "theta": theta[rows],
-                        "theta_b": theta_b[rows],
+                        "theta_b": theta_bias[rows],
                         "proj": proj[rows],
-                        "proj_b": proj_b[rows],
-                        "direct": direct[out],
-                        "crossed": crossed[out],
-                        "spread": spread[out],
-                        "bias": source.conv_bias[out],
+                        "proj_b": proj_bias[rows],
+                        "direct": direct[rows],
+                        "crossed": crossed[rows],
+                        "spread": spread[rows],
+                        "bias": conv_bias[rows],
                     }
                 )
         self.parts = nn.ModuleList(_Span(**tensors) for tensors in names)
         sizes = [hi - lo for _ in (0, 1) for lo, hi in self.spans]
-        self.gate = _ConvGate(source.gate, sizes, fixed_shapes)
-        self.proj_out = nn.ParameterList(_frozen(w[:, :, None, None]) for w in source.proj_out.split(sizes, 1))
-        self.proj_out_bias = _frozen(source.proj_out_bias)
-
-    def _natural(self, x: torch.Tensor) -> list[torch.Tensor]:
-        s = self.source
-        e = s.mix.shape[0] // 2
-        both = F.conv2d(x, s.mix[:, :, None, None], s.mix_bias)
-        theta, weight = both[:, :e], both[:, e:]
-        index = x.argmax(dim=1, keepdim=True)  # [B, 1, H, W]
-        peak = F.gelu(theta.gather(1, index)) * weight.gather(1, index)
-        feat = maps(s.rotate(tokens(F.gelu(theta) * weight + peak)))
-        return [s.conv(feat)]
+        self.gate = _ConvGate(gate, sizes, fixed_shapes)
+        self.proj_out = nn.ParameterList(_frozen(w[:, :, None, None]) for w in proj_out.split(sizes, 1))
+        self.proj_out_bias = _frozen(proj_out_bias)
 
     def _halves(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, firsts = [], []
@@ -233,7 +235,7 @@ class ExportCMixer(nn.Module):
         spans, outs = len(self.spans), []
         for k, part in enumerate(parts):
             other = feats[(k + spans) % (2 * spans)]  # the same span of the other half
-            groups = part.direct.shape[0]
+            groups = part.direct.shape[0] // part.direct.shape[1]
             out = (
                 F.conv2d(feats[k], part.direct, part.bias, padding=1, groups=groups)
                 + F.conv2d(other, part.crossed, None, padding=1, groups=groups)
@@ -244,7 +246,7 @@ class ExportCMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W]; residual [B, C, H, W] -> residual + out_scale * CMixer(x)."""
-        parts = self._halves(x) if self.planar else self._natural(x)
+        parts = self._halves(x)
         gated = [part * gate for part, gate in zip(parts, self.gate(parts))]
         return _conv_sum(gated, list(self.proj_out), self.proj_out_bias, residual)
 
@@ -258,15 +260,16 @@ def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class ExportBlock(nn.Module):
-    """``InferenceBlock`` in export form (see the module docstring)."""
+    """The block in export form (see the module docstring): the mixers' export forms and the
+    two GroupNorms (norm_1's affine transform is in ``smixer``)."""
 
-    def __init__(self, source: InferenceBlock, fixed_shapes: bool) -> None:
+    def __init__(self, smixer: ExportSMixer, cmixer: ExportCMixer, norm_1: nn.GroupNorm, norm_2: nn.GroupNorm) -> None:
         super().__init__()
-        self.eps_1, self.eps_2 = source.norm_1.eps, source.norm_2.eps
-        self.smixer = ExportSMixer(source.smixer, source.norm_1, fixed_shapes)
-        self.norm_2_weight = _frozen(source.norm_2.weight.view(-1, 1, 1))
-        self.norm_2_bias = _frozen(source.norm_2.bias.view(-1, 1, 1))
-        self.cmixer = ExportCMixer(source.cmixer, fixed_shapes)
+        self.eps_1, self.eps_2 = norm_1.eps, norm_2.eps
+        self.smixer = smixer
+        self.norm_2_weight = _frozen(norm_2.weight.view(-1, 1, 1))
+        self.norm_2_bias = _frozen(norm_2.bias.view(-1, 1, 1))
+        self.cmixer = cmixer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W]."""
@@ -274,27 +277,6 @@ class ExportBlock(nn.Module):
         normed = _normalize(x, self.eps_2) * self.norm_2_weight + self.norm_2_bias
         return self.cmixer(normed, residual=x)
 
-
-def _replace(module: nn.Module, fixed_shapes: bool) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, InferenceBlock):
-            setattr(module, name, ExportBlock(child, fixed_shapes))
-        else:
-            _replace(child, fixed_shapes)
-
-
-@torch.no_grad()
-def convert_for_export(model: nn.Module, *, fixed_shapes: bool) -> nn.Module:
-    """A copy of ``model`` in eval mode with every SpaRTAN block in ONNX export form.
-
-    ``model`` may hold canonical blocks (converted by ``convert_for_inference`` first) or
-    inference-form ones. ``fixed_shapes``: the export has no dynamic axes, so the form may
-    expand broadcast factors to full maps (faster in onnxruntime; the graph then serves only
-    the traced input size)."""
-    if any(isinstance(m, (Block, ConvNormAct)) for m in model.modules()):
-        model = convert_for_inference(model)
-    converted = copy.deepcopy(model).eval()
-    if isinstance(converted, InferenceBlock):
-        return ExportBlock(converted, fixed_shapes).eval()
-    _replace(converted, fixed_shapes)
-    return converted
+    def reparameterize(self, export: ExportForm | None = None) -> nn.Module:
+        """Already in its last form (``nn.reparameterize``)."""
+        return self

@@ -1,58 +1,59 @@
 # Follows the design of SpaRTAN (henry-pay/SpaRTAN, Apache-2.0).
-"""SpaRTAN's eager inference form: ``convert_for_inference(model)`` returns a copy of ``model``
-whose SpaRTAN layers compute the canonical math (``spartan_layers``) faster, for CPU and GPU
-inference (as timm's ``reparameterize_model``). The original is left untouched.
+"""SpaRTAN's eager inference form, what ``Block.reparameterize()`` / ``ConvNormAct.reparameterize()``
+return (``rtdetr_spartan.nn.reparameterize.reparameterize_model`` applies them, as timm's
+``reparameterize_model``): the canonical math (``spartan_layers``) computed faster, for CPU and
+GPU inference. It calls the canonical functions and modules (``SqueezeExcite``,
+``GatedProjection``, ``pixel_mix``, ``pair_matrix``, ``fold_rotation``, ``fold_batch_norm``) on
+precomputed tensors; an inference block makes its ONNX export form (``spartan_export``) from
+those tensors, passed explicitly.
 
 What the conversion does, once (all exact up to float rounding):
   * every BatchNorm (eval statistics, or frozen) is folded into the conv before it;
   * the layer scales and the squeeze-excite layers are in the output projections' form; theta
     and proj are one linear layer; the SMixer's two squeeze-excites one block-diagonal pair:
     about 45 ops per block instead of 90, which is what limits a GPU at small batches;
-  * the CMixer's E channels between its 1x1 convs are reordered so that the rotation is cheap
-    (``_ConvPlan``): with a depthwise conv, "planar" order (real parts first), where the rotation
-    is two contiguous ops; with one pair per group, the rotation goes into the taps and the conv
-    runs as two depthwise convs (oneDNN's 2-channel grouped conv is about twice as slow); with
-    other groupings the natural order, the rotation in the taps (even group size) or on the
-    activations (odd group size, where pairs straddle groups);
-  * on the CPU, large CMixer maps run in row tiles (``tile_rows``): temporaries stay in cache and
-    the allocator does not return and re-fault memory on every block.
+  * the CMixer's E channels between its 1x1 convs are in "planar" order (real parts first), so
+    that the rotation is cheap. Two conv plans: with a depthwise conv the rotation is two
+    contiguous ops on the activations; with a grouped conv the rotation goes into the taps and
+    the conv runs as two convs with groups of half the size, "direct" (each half map from
+    itself) and "crossed" (from the other half; oneDNN's 2-channel grouped conv is about twice
+    as slow as the two depthwise convs of SpaRTAN-T). Groups of odd size, whose pairs straddle
+    groups, are merged in twos first (zero taps between them);
+  * on the CPU, large CMixer maps run in row tiles: temporaries stay in cache and the allocator
+    does not return and re-fault memory on every block.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
+from rtdetr_spartan.nn.backbones.spartan_export import ExportBlock, ExportCMixer, ExportSMixer
 from rtdetr_spartan.nn.backbones.spartan_layers import (
     Activation,
     Block,
     CMixer,
     ConvNormAct,
+    GatedProjection,
     SMixer,
     SqueezeExcite,
-    conv_bias,
     fold_rotation,
-    gated_projection,
     maps,
+    pair_matrix,
+    pixel_mix,
     tokens,
 )
+from rtdetr_spartan.nn.common import fold_batch_norm
 
-__all__ = [
-    "FusedConvAct",
-    "SqueezeGate",
-    "folded_conv",
-    "planar_order",
-    "InferenceBlock",
-    "InferenceCMixer",
-    "InferenceSMixer",
-    "convert_for_inference",
-    "convert_in_place",
-]
+if TYPE_CHECKING:
+    from rtdetr_spartan.nn.reparameterize import ExportForm
+
+__all__ = ["FusedConvAct", "InferenceBlock", "InferenceCMixer", "InferenceSMixer", "planar_order", "planar_taps"]
 
 # CPU tiles: a CMixer map of at least TILE_MIN_COUNT * TILE_ELEMENTS elements is processed in row
 # tiles of about TILE_ELEMENTS (fp32: 1 MiB per temporary, which stays in L2) and at least
@@ -61,23 +62,50 @@ TILE_ELEMENTS = 1 << 18
 TILE_MIN_ROWS = 8
 TILE_MIN_COUNT = 4
 
+M = TypeVar("M", bound=nn.Module)
 
-def folded_conv(module: ConvNormAct, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The conv weight (``weight`` if given) and bias with the module's norm folded in. The norm
-    must normalize with running statistics: a BatchNorm in eval mode or a FrozenBatchNorm2d."""
-    w, bias = (module.conv.weight if weight is None else weight), None
-    norm = module.norm
-    if isinstance(norm, nn.Identity):
-        return w, bias
-    if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and (norm.training or not norm.track_running_stats):
-        raise ValueError("convert_for_inference: a BatchNorm normalizes with batch statistics; call model.eval()")
-    if not isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)):
-        raise TypeError(f"convert_for_inference: cannot fold a {type(norm).__name__}")
-    weight, bias, mean, var = (
-        cast(torch.Tensor, t) for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+
+def _holding(build: Callable[[], M], **tensors: torch.Tensor) -> M:
+    """``build()``'s module (built without initializing it) holding ``tensors`` as frozen
+    parameters, by dotted name (``squeeze.weight``)."""
+    with torch.device("meta"):
+        module = build()
+    for name, tensor in tensors.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(owner), attr, nn.Parameter(tensor.detach().clone(), requires_grad=False))
+    return module
+
+
+def _excite(
+    squeeze: torch.Tensor, squeeze_bias: torch.Tensor, expand: torch.Tensor, expand_bias: torch.Tensor
+) -> SqueezeExcite:
+    """A ``SqueezeExcite`` with weights squeeze [S, E], expand [E, S] and their biases."""
+    return _holding(
+        lambda: SqueezeExcite(expand.shape[0], squeeze.shape[0]),
+        **{"squeeze.weight": squeeze[:, :, None, None], "squeeze.bias": squeeze_bias},
+        **{"expand.weight": expand[:, :, None, None], "expand.bias": expand_bias},
     )
-    scale = weight * torch.rsqrt(var + norm.eps)
-    return w * scale.view(-1, 1, 1, 1), bias - mean * scale
+
+
+def _excite_tensors(se: SqueezeExcite) -> tuple[torch.Tensor, ...]:
+    return (
+        se.squeeze.weight.flatten(1),
+        cast(torch.Tensor, se.squeeze.bias),
+        se.expand.weight.flatten(1),
+        cast(torch.Tensor, se.expand.bias),
+    )
+
+
+def _projection(weight: torch.Tensor, bias: torch.Tensor) -> GatedProjection:
+    """A ``GatedProjection`` with weight [C, E] (layer scale folded in) and bias [C]."""
+    return _holding(
+        lambda: GatedProjection(weight.shape[1], weight.shape[0]), weight=weight[:, :, None, None], bias=bias
+    )
+
+
+def _conv_bias(conv: nn.Conv2d) -> torch.Tensor:
+    assert conv.bias is not None
+    return conv.bias
 
 
 class FusedConvAct(nn.Module):
@@ -89,85 +117,66 @@ class FusedConvAct(nn.Module):
         self.act = act
 
     @classmethod
-    def fuse(
-        cls, module: ConvNormAct, weight: torch.Tensor | None = None, order: torch.Tensor | None = None
-    ) -> FusedConvAct:
-        """``module`` with its norm folded in; ``weight`` replaces its conv weight, ``order``
-        permutes a depthwise conv's channels."""
-        w, b = folded_conv(module, weight)
-        src = module.conv
-        if b is None:
-            b = w.new_zeros(w.shape[0])
-        if order is not None:
-            w, b = w.index_select(0, order), b.index_select(0, order)
-        conv = copy.deepcopy(src)
-        conv.weight, conv.bias = nn.Parameter(w.detach().clone()), nn.Parameter(b.detach().clone())
-        return cls(conv, module.act)
+    def of(cls, module: ConvNormAct) -> FusedConvAct:
+        """``module`` with its norm folded in (frozen)."""
+        src, w = module.conv, module.conv.weight
+        w, b = (w, w.new_zeros(w.shape[0])) if isinstance(module.norm, nn.Identity) else fold_batch_norm(module.norm, w)
+        shape = (src.in_channels, src.out_channels, src.kernel_size, src.stride, src.padding, src.dilation, src.groups)
+        conv = _holding(lambda: nn.Conv2d(*shape), weight=w, bias=b)  # type: ignore[arg-type]  # src's own tuples
+        return cls(conv, module.act).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in, H, W] -> [B, out, H', W']."""
         x = self.conv(x)
         return x if self.act is None else self.act(x)
 
-
-def _buffers(module: nn.Module, **tensors: torch.Tensor | None) -> None:
-    for name, tensor in tensors.items():
-        module.register_buffer(name, None if tensor is None else tensor.detach().clone())
-
-
-class SqueezeGate(nn.Module):
-    """Squeeze-excite as two linear layers on pooled means: sigmoid(w2 relu(w1 p + b1) + b2)."""
-
-    w1: torch.Tensor  # [S, E]
-    b1: torch.Tensor  # [S]
-    w2: torch.Tensor  # [E, S]
-    b2: torch.Tensor  # [E]
-
-    def __init__(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> None:
-        super().__init__()
-        _buffers(self, w1=w1, b1=b1, w2=w2, b2=b2)
-
-    @classmethod
-    def of(cls, se: SqueezeExcite, order: torch.Tensor | None = None) -> SqueezeGate:
-        """``se``'s layers with the channels in ``order`` (None: natural)."""
-        w1, w2, b2 = se.squeeze.weight.flatten(1), se.expand.weight.flatten(1), conv_bias(se.expand)
-        if order is not None:
-            w1, w2, b2 = w1.index_select(1, order), w2.index_select(0, order), b2.index_select(0, order)
-        return cls(w1, conv_bias(se.squeeze), w2, b2)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """pooled: [B, E] -> gate [B, E]."""
-        return torch.sigmoid(F.linear(F.relu(F.linear(pooled, self.w1, self.b1)), self.w2, self.b2))
+    def reparameterize(self, export: ExportForm | None = None) -> nn.Module:
+        """Already in its last form (``nn.reparameterize``); the export form uses it as it is."""
+        return self
 
 
 class InferenceSMixer(nn.Module):
-    """``SMixer`` with its layer scale, for inference (see the module docstring)."""
+    """``SMixer`` with its layer scale, for inference (see the module docstring): proj_in [C/2, C]
+    and its bias [C/2], gamma [C/2], the fused convs, the two squeeze-excites as one
+    (block-diagonal) and the output projection with the layer scale in."""
 
-    proj_in: torch.Tensor  # [C/2, C]
-    proj_in_bias: torch.Tensor  # [C/2]
-    gamma: torch.Tensor  # [C/2]
-    proj_out: torch.Tensor  # [C, C], out_scale folded in
-    proj_out_bias: torch.Tensor  # [C]
+    proj_in: torch.Tensor
+    proj_in_bias: torch.Tensor
+    gamma: torch.Tensor
 
-    def __init__(self, source: SMixer, out_scale: torch.Tensor) -> None:
+    def __init__(
+        self,
+        proj_in: torch.Tensor,
+        proj_in_bias: torch.Tensor,
+        gamma: torch.Tensor,
+        h_conv: FusedConvAct,
+        l_conv: nn.Sequential,
+        gate: SqueezeExcite,
+        proj_out: GatedProjection,
+    ) -> None:
         super().__init__()
+        for name, tensor in (("proj_in", proj_in), ("proj_in_bias", proj_in_bias), ("gamma", gamma)):
+            self.register_buffer(name, tensor.detach().clone())
+        self.h_conv, self.l_conv, self.gate, self.proj_out = h_conv, l_conv, gate, proj_out
+
+    @classmethod
+    def of(cls, source: SMixer, out_scale: torch.Tensor) -> InferenceSMixer:
+        """``source`` with the layer scale ``out_scale`` [1, C, 1, 1] folded in."""
+        hi, lo = _excite_tensors(source.h_attn), _excite_tensors(source.l_attn)
         scale = out_scale.view(-1)
-        _buffers(
-            self,
-            proj_in=source.proj_in.weight.flatten(1),
-            proj_in_bias=conv_bias(source.proj_in),
-            gamma=source.gamma.view(-1),
-            proj_out=source.proj_out.weight.flatten(1) * scale[:, None],
-            proj_out_bias=conv_bias(source.proj_out) * scale,
-        )
-        self.h_conv = FusedConvAct.fuse(source.h_conv)
-        self.l_conv = nn.Sequential(*(FusedConvAct.fuse(m) for m in source.l_conv))  # type: ignore[arg-type]
-        hi, lo = SqueezeGate.of(source.h_attn), SqueezeGate.of(source.l_attn)
-        self.gate = SqueezeGate(
-            torch.block_diag(hi.w1, lo.w1),
-            torch.cat((hi.b1, lo.b1)),
-            torch.block_diag(hi.w2, lo.w2),
-            torch.cat((hi.b2, lo.b2)),
+        return cls(
+            source.proj_in.weight.flatten(1),
+            _conv_bias(source.proj_in),
+            source.gamma.view(-1),
+            FusedConvAct.of(source.h_conv),
+            nn.Sequential(*(FusedConvAct.of(cast(ConvNormAct, m)) for m in source.l_conv)),
+            _excite(
+                torch.block_diag(hi[0], lo[0]),
+                torch.cat((hi[1], lo[1])),
+                torch.block_diag(hi[2], lo[2]),
+                torch.cat((hi[3], lo[3])),
+            ),
+            _projection(source.proj_out.weight.flatten(1) * scale[:, None], _conv_bias(source.proj_out) * scale),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +185,24 @@ class InferenceSMixer(nn.Module):
         shift = torch.addcmul(self.proj_in_bias, y.mean((1, 2), keepdim=True), -self.gamma)
         y = maps(torch.addcmul(shift, y, 1.0 + self.gamma))
         both = torch.cat((tokens(self.h_conv(y)), tokens(self.l_conv(y))), dim=-1)
-        return gated_projection(both, self.proj_out, self.proj_out_bias, self.gate(both.mean((1, 2))))
+        return self.proj_out(both, self.gate(both.mean((1, 2))))
+
+    def export_form(self, norm: nn.GroupNorm, fixed_shapes: bool) -> ExportSMixer:
+        """The export form, with the affine transform of the GroupNorm before it folded in."""
+        weight, bias = self.proj_out.weight.flatten(1), _conv_bias(self.proj_out)
+        return ExportSMixer(
+            proj_in=self.proj_in,
+            proj_in_bias=self.proj_in_bias,
+            gamma=self.gamma,
+            h_conv=self.h_conv,
+            l_conv=self.l_conv,
+            gate=self.gate,
+            proj_out=weight,
+            proj_out_bias=bias,
+            norm_weight=norm.weight,
+            norm_bias=norm.bias,
+            fixed_shapes=fixed_shapes,
+        )
 
 
 def planar_order(channels: int) -> torch.Tensor:
@@ -184,120 +210,136 @@ def planar_order(channels: int) -> torch.Tensor:
     return torch.cat((torch.arange(0, channels, 2), torch.arange(1, channels, 2)))
 
 
+def _pair_groups(weight: torch.Tensor) -> torch.Tensor:
+    """A grouped conv's weight [E, E / groups, k, k] as the same conv with groups that hold
+    whole channel pairs: groups of odd size (a depthwise conv's single channels included) merged
+    in twos, with zero taps between the merged groups."""
+    e, per_group, kh, kw = weight.shape
+    if per_group % 2 == 0:
+        return weight
+    w = weight.view(-1, 2, per_group, per_group, kh, kw)  # [merged group, member, out, in, k, k]
+    out = weight.new_zeros(w.shape[0], 2, per_group, 2, per_group, kh, kw)
+    for member in (0, 1):
+        out[:, member, :, member] = w[:, member]
+    return out.view(e, 2 * per_group, kh, kw)
+
+
+def planar_taps(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv whose groups hold whole channel pairs (weight [E, p, k, k], p even), on planar
+    maps: taps (direct, crossed), each [E, p/2, k, k] in planar row order for a conv with groups
+    of p/2 channels; output half j is conv(half j, direct) + conv(half 1 - j, crossed)."""
+    e, per_group, kh, kw = weight.shape
+    q = per_group // 2
+    w = weight.view(e // per_group, q, 2, q, 2, kh, kw)  # [group, out pair, out part, in pair, in part]
+    direct = torch.stack([w[:, :, j, :, j] for j in (0, 1)])
+    crossed = torch.stack([w[:, :, j, :, 1 - j] for j in (0, 1)])
+    return direct.reshape(e, q, kh, kw), crossed.reshape(e, q, kh, kw)
+
+
 class InferenceCMixer(nn.Module):
     """``CMixer`` with its layer scale, for inference (see the module docstring).
 
-    Buffers hold the E channels between the 1x1 convs in ``order`` (None: natural): ``mix`` is
-    theta and proj as one linear layer, ``rotation`` the rotation left to apply to the
-    activations (None: in the conv taps), ``conv_weight`` the 3x3 conv (norm folded in) and
-    ``crossed`` its second depthwise weight in the one-pair-per-group plan.
+    The E channels between the 1x1 convs are in planar order. ``mix`` is theta and proj as one
+    linear layer; ``rotation`` the planar rotation factors (depthwise plan; None: the rotation
+    is in the taps); ``conv_weight`` the 3x3 conv (norm folded in), with groups of
+    ``group_size`` channels, and ``crossed`` its taps from the other half map (grouped plan).
     """
 
-    mix: torch.Tensor  # [2E, C]: theta rows, then proj rows, each in `order`
+    mix: torch.Tensor  # [2E, C]: theta rows, then proj rows, each planar
     mix_bias: torch.Tensor  # [2E]
     peak_index: torch.Tensor  # [C, 2]: positions of input channel c's theta and proj outputs
-    order: torch.Tensor | None  # [E]
-    rotation: torch.Tensor | None  # [E/2, 2]
-    rotation_factors: torch.Tensor | None  # ``rotate``'s factors: [2, E] natural, [2, 2, E/2] planar
-    conv_weight: torch.Tensor  # [E, E / groups, 3, 3]
+    rotation: torch.Tensor | None  # [2 (input half), 2 (output half), E/2]
+    conv_weight: torch.Tensor  # [E, group_size, 3, 3]
     conv_bias: torch.Tensor  # [E]
-    crossed: torch.Tensor | None  # [E, 1, 3, 3]: taps whose output halves are swapped
-    proj_out: torch.Tensor  # [C, E], scale folded in
-    proj_out_bias: torch.Tensor  # [C]
+    crossed: torch.Tensor | None  # [E, group_size, 3, 3], rows in the order of the half they read
 
-    def __init__(self, source: CMixer, out_scale: torch.Tensor, tile_rows: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        mix: torch.Tensor,
+        mix_bias: torch.Tensor,
+        rotation: torch.Tensor | None,
+        conv_weight: torch.Tensor,
+        conv_bias: torch.Tensor,
+        crossed: torch.Tensor | None,
+        act: Activation | None,
+        gate: SqueezeExcite,
+        proj_out: GatedProjection,
+    ) -> None:
         super().__init__()
+        e, c = mix.shape[0] // 2, mix.shape[1]
+        planar = planar_order(e).to(mix.device)
+        position = torch.empty_like(planar).scatter_(0, planar, torch.arange(e, device=mix.device))[:c]
+        tensors: dict[str, torch.Tensor | None] = {"mix": mix, "mix_bias": mix_bias, "rotation": rotation}
+        tensors |= {"peak_index": torch.stack((position, position + e), dim=1), "crossed": crossed}
+        tensors |= {"conv_weight": conv_weight, "conv_bias": conv_bias}
+        for name, tensor in tensors.items():
+            self.register_buffer(name, None if tensor is None else tensor.detach().clone())
+        self.act, self.gate, self.proj_out = act, gate, proj_out
+
+    @classmethod
+    def of(cls, source: CMixer, out_scale: torch.Tensor) -> InferenceCMixer:
+        """``source`` with the layer scale ``out_scale`` [1, C, 1, 1] folded in."""
         conv = source.conv.conv
-        e, per_group = conv.in_channels, conv.in_channels // conv.groups
-        rotation = source.complex.view(-1, 2)
-        self.groups, self.tile_rows, self.act = conv.groups, tile_rows, source.conv.act
-        order, crossed, rest = None, None, None
-        if per_group == 1:  # depthwise: planar order, rotation on the activations
-            order, rest = planar_order(e), rotation
-            weight, bias = folded_conv(source.conv)
-            weight, bias = weight.index_select(0, order), bias.index_select(0, order)  # type: ignore[union-attr]
-        elif per_group % 2:  # pairs straddle groups: natural order, rotation on the activations
-            rest = rotation
-            weight, bias = folded_conv(source.conv)
+        e, rotation = conv.in_channels, source.complex.view(-1, 2)
+        order = planar_order(e).to(rotation.device)
+        weight, bias = fold_batch_norm(source.conv.norm, conv.weight)
+        factors, crossed = None, None
+        if conv.groups == e:  # depthwise: rotation on the activations, [input half, output half, pair]
+            factors, weight = pair_matrix(rotation).permute(2, 1, 0), weight[order]
         else:
-            weight, bias = folded_conv(source.conv, fold_rotation(conv.weight, rotation))
-            if per_group == 2:
-                # One pair per group: in planar order, channel j*E/2 + k feeds output j*E/2 + k
-                # ("direct" taps) and output (1-j)*E/2 + k ("crossed" taps, hence the half swap).
-                order = planar_order(e)
-                taps = weight.view(-1, 2, 2, *weight.shape[2:])  # [pair, out, in, k, k]
-                weight = torch.cat((taps[:, 0, 0], taps[:, 1, 1]))[:, None]
-                crossed = torch.cat((taps[:, 1, 0], taps[:, 0, 1]))[:, None]
-                bias = bias.index_select(0, order)  # type: ignore[union-attr]
-                self.groups = e
-        assert bias is not None
-        factors = None
-        if rest is not None:  # out = x * factors[0] + swap(x) * factors[1]
-            re, im = rest[:, 0], rest[:, 1]
-            if order is None:
-                factors = torch.stack((re.repeat_interleave(2), torch.stack((-im, im), 1).flatten()))
-            else:  # [[re], [im]] times the real parts plus [[-im], [re]] times the imaginary ones
-                factors = torch.stack((torch.stack((re, im)), torch.stack((-im, re))))
+            weight, crossed = planar_taps(fold_rotation(_pair_groups(weight), rotation))
+            crossed = torch.cat(crossed.chunk(2)[::-1])  # rows by the half they read
+        squeeze, squeeze_bias, expand, expand_bias = _excite_tensors(source.attn)
         scale = out_scale.view(-1)
-        proj_out = source.proj_out.weight.flatten(1) * scale[:, None]
-        mix = torch.cat((source.theta.weight.flatten(1), source.proj.weight.flatten(1)))
-        mix_bias = torch.cat((conv_bias(source.theta), conv_bias(source.proj)))
-        position = torch.arange(e, device=mix.device)
-        if order is not None:
-            both = torch.cat((order, order + e))
-            mix, mix_bias, proj_out = mix.index_select(0, both), mix_bias.index_select(0, both), proj_out[:, order]
-            position = torch.empty_like(order).scatter_(0, order, position)
-        position = position[: source.theta.in_channels]
-        _buffers(
-            self,
-            mix=mix,
-            mix_bias=mix_bias,
-            peak_index=torch.stack((position, position + e), dim=1),
-            order=order,
-            rotation=rest,
-            rotation_factors=factors,
+        both = torch.cat((order, order + e))
+        return cls(
+            mix=torch.cat((source.theta.weight.flatten(1), source.proj.weight.flatten(1)))[both],
+            mix_bias=torch.cat((_conv_bias(source.theta), _conv_bias(source.proj)))[both],
+            rotation=factors,
             conv_weight=weight,
-            conv_bias=bias,
+            conv_bias=bias[order],
             crossed=crossed,
-            proj_out=proj_out,
-            proj_out_bias=conv_bias(source.proj_out) * scale,
+            act=source.conv.act,
+            gate=_excite(squeeze[:, order], squeeze_bias, expand[order], expand_bias[order]),
+            proj_out=_projection(
+                (source.proj_out.weight.flatten(1) * scale[:, None])[:, order], _conv_bias(source.proj_out) * scale
+            ),
         )
-        self.gate = SqueezeGate.of(source.attn, order)
 
     def rotate(self, t: torch.Tensor) -> torch.Tensor:
-        """t: [B, H, W, E] tokens in ``order`` -> rotated tokens (as they are if the rotation is
-        in the taps)."""
-        if self.rotation_factors is None:
+        """t: [B, H, W, E] planar tokens -> rotated tokens (as they are if the rotation is in the
+        taps): two contiguous broadcast ops, no swap."""
+        if self.rotation is None:
             return t
-        f = self.rotation_factors.to(t.dtype)
-        if self.order is None:  # interleaved pairs: out = t * f0 + (t with neighbours swapped) * f1
-            return torch.addcmul(t * f[0], t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2), f[1])
-        parts = t.unflatten(-1, (2, -1))  # planar: two contiguous broadcast ops, no swap
+        f = self.rotation.to(t.dtype)
+        parts = t.unflatten(-1, (2, -1))
         return torch.addcmul(parts[..., :1, :] * f[0], parts[..., 1:, :], f[1]).flatten(-2)
 
     def conv(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, E, H, W] -> act(conv3x3(x)) [B, E, H, W]."""
-        out = F.conv2d(x, self.conv_weight, self.conv_bias, padding=1, groups=self.groups)
+        groups = x.shape[1] // self.conv_weight.shape[1]
+        out = F.conv2d(x, self.conv_weight, self.conv_bias, padding=1, groups=groups)
         if self.crossed is not None:
-            crossed = F.conv2d(x, self.crossed, None, padding=1, groups=self.groups)
+            crossed = F.conv2d(x, self.crossed, None, padding=1, groups=groups)
             out = out + crossed.roll(out.shape[1] // 2, 1)
         return out if self.act is None else self.act(out)
 
     def _rows(self, x: torch.Tensor) -> int:
-        """Rows per tile: all rows off the CPU, without ``tile_rows`` or for small maps."""
+        """Rows per tile: all rows off the CPU and for small maps."""
         b, _, h, w = x.shape
         row = b * w * self.mix.shape[0] // 2
-        if not self.tile_rows or x.device.type != "cpu" or row * h < TILE_MIN_COUNT * TILE_ELEMENTS:
+        if x.device.type != "cpu" or row * h < TILE_MIN_COUNT * TILE_ELEMENTS:
             return h
         return max(TILE_MIN_ROWS, TILE_ELEMENTS // row)
 
     def _mix(self, t: torch.Tensor) -> torch.Tensor:
-        """t: [B, h, W, C] -> w * gelu(theta) + w[m] * gelu(theta[m]): [B, h, W, E] in ``order``."""
+        """t: [B, h, W, C] -> w * gelu(theta) + w[m] * gelu(theta[m]): [B, h, W, E] planar."""
         e = self.mix.shape[0] // 2
         index = t.max(dim=-1).indices  # [B, h, W]
         both = F.linear(t, self.mix, self.mix_bias)
         peak = both.gather(-1, self.peak_index[index])  # [B, h, W, 2]
-        return torch.addcmul(F.gelu(peak[..., :1]) * peak[..., 1:], F.gelu(both[..., :e]), both[..., e:])
+        return pixel_mix(F.gelu(both[..., :e]), both[..., e:], F.gelu(peak[..., :1]), peak[..., 1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> out_scale * CMixer(x): [B, C, H, W].
@@ -317,8 +359,34 @@ class InferenceCMixer(nn.Module):
         else:
             pooled = torch.stack([tile.sum((1, 2)) for tile in tiles]).sum(0) / (h * t.shape[2])
         gate = self.gate(pooled)
-        out = [gated_projection(tile, self.proj_out, self.proj_out_bias, gate) for tile in tiles]
+        out = [self.proj_out(tile, gate) for tile in tiles]
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+    def export_form(self, fixed_shapes: bool) -> ExportCMixer:
+        """The export form: rotation in the taps, crossed taps by the half they write."""
+        e = self.mix.shape[0] // 2
+        direct, crossed = self.conv_weight, self.crossed
+        if crossed is None:  # depthwise: the taps take the planar rotation factors
+            f = cast(torch.Tensor, self.rotation)
+            direct, crossed = (
+                direct * torch.cat((f[0, 0], f[1, 1])).view(-1, 1, 1, 1),
+                direct * torch.cat((f[1, 0], f[0, 1])).view(-1, 1, 1, 1),
+            )
+        else:
+            crossed = torch.cat(crossed.chunk(2)[::-1])
+        return ExportCMixer(
+            theta=self.mix[:e],
+            theta_bias=self.mix_bias[:e],
+            proj=self.mix[e:],
+            proj_bias=self.mix_bias[e:],
+            direct=direct,
+            crossed=crossed,
+            conv_bias=self.conv_bias,
+            gate=self.gate,
+            proj_out=self.proj_out.weight.flatten(1),
+            proj_out_bias=_conv_bias(self.proj_out),
+            fixed_shapes=fixed_shapes,
+        )
 
 
 class InferenceBlock(nn.Module):
@@ -326,59 +394,29 @@ class InferenceBlock(nn.Module):
 
     compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile: the repeated unit
 
-    def __init__(self, source: Block, tile_rows: bool = True) -> None:
+    def __init__(
+        self, norm_1: nn.GroupNorm, norm_2: nn.GroupNorm, smixer: InferenceSMixer, cmixer: InferenceCMixer
+    ) -> None:
         super().__init__()
-        self.norm_1 = copy.deepcopy(source.norm_1)
-        self.norm_2 = copy.deepcopy(source.norm_2)
-        self.smixer = InferenceSMixer(source.smixer, source.scale_1)
-        self.cmixer = InferenceCMixer(source.cmixer, source.scale_2, tile_rows)
+        self.norm_1, self.norm_2, self.smixer, self.cmixer = norm_1, norm_2, smixer, cmixer
+
+    @classmethod
+    def of(cls, source: Block) -> InferenceBlock:
+        """``source``'s inference form (frozen, eval mode); ``source`` is left as it is."""
+        norm_1, norm_2 = copy.deepcopy(source.norm_1), copy.deepcopy(source.norm_2)
+        smixer = InferenceSMixer.of(source.smixer, source.scale_1)
+        cmixer = InferenceCMixer.of(source.cmixer, source.scale_2)
+        return cls(norm_1, norm_2, smixer, cmixer).eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> [B, C, H, W] channels_last."""
         x = x + self.smixer(self.norm_1(x))
         return x + self.cmixer(self.norm_2(x))
 
-
-def _converted(module: nn.Module, tile_rows: bool) -> nn.Module | None:
-    """``module``'s inference form (frozen), or None when it has none."""
-    if isinstance(module, Block):
-        return InferenceBlock(module, tile_rows).eval().requires_grad_(False)
-    if isinstance(module, ConvNormAct):
-        return FusedConvAct.fuse(module).eval().requires_grad_(False)
-    return None
-
-
-def _replace(module: nn.Module, tile_rows: bool) -> None:
-    for name, child in module.named_children():
-        converted = _converted(child, tile_rows)
-        if converted is None:
-            _replace(child, tile_rows)
-        else:
-            setattr(module, name, converted)
-
-
-@torch.no_grad()
-def convert_in_place(model: nn.Module, *, tile_rows: bool = True) -> nn.Module:
-    """Replace every SpaRTAN ``Block`` and ``ConvNormAct`` below ``model`` by its inference form,
-    in place (RT-DETR's ``deploy()`` / ``convert_to_deploy`` convention); returns ``model``, in
-    eval mode. ``model`` itself must not be a ``Block`` or ``ConvNormAct`` (it cannot replace
-    itself: use :func:`convert_for_inference`). Afterwards ``model.state_dict()`` is in the
-    inference layout: save training weights before converting."""
-    model.eval()
-    _replace(model, tile_rows)
-    return model
-
-
-@torch.no_grad()
-def convert_for_inference(model: nn.Module, *, tile_rows: bool = True) -> nn.Module:
-    """A copy of ``model`` in eval mode with every SpaRTAN ``Block`` and ``ConvNormAct`` in
-    it replaced by its inference form (``model`` may be a SpaRTAN, a detector holding one, or
-    any module; other layers are copied as they are). Inference only: the converted layers
-    hold no trainable parameters. ``tile_rows``: process large CMixer maps in row tiles on the
-    CPU. A second conversion of a converted model changes nothing.
-    """
-    converted = copy.deepcopy(model).eval()
-    whole = _converted(converted, tile_rows)
-    if whole is not None:
-        return whole
-    return convert_in_place(converted, tile_rows=tile_rows)
+    def reparameterize(self, export: ExportForm | None = None) -> nn.Module:
+        """Itself (nothing left to fold), or with ``export`` its ONNX export form."""
+        if export is None:
+            return self
+        smixer = self.smixer.export_form(self.norm_1, export.fixed_shapes)
+        cmixer = self.cmixer.export_form(export.fixed_shapes)
+        return ExportBlock(smixer, cmixer, self.norm_1, self.norm_2).eval()

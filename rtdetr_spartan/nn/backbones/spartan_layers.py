@@ -2,20 +2,22 @@
 """SpaRTAN's layers in their one canonical form: conv + norm + act, squeeze-excite, the spatial
 and channel mixers and the residual block. State-dict names are the reference's.
 
-This is the form that trains and evaluates. Faster inference-only forms are made from it by
-explicit conversions that return new modules: ``spartan_inference.convert_for_inference``
-(norms folded, mixer weights precomputed) and ``spartan_export.convert_for_export`` (the ONNX
-graph). Nothing here looks at global state.
+This is the form that trains and evaluates, and each piece of the block's math is written here
+once: the channel rotation (``rotate_pairs``; ``pair_matrix`` and ``fold_rotation`` derive the
+other forms' factors from it), squeeze-excite (``SqueezeExcite``), the CMixer's per-pixel part
+(``pixel_mix``) and the gated output projection (``GatedProjection``); BatchNorm folding is
+``nn.common.fold_batch_norm``. The inference and ONNX forms (``spartan_inference``,
+``spartan_export``) call these and differ only in what they precompute and in layout; a block
+produces them with ``reparameterize()`` (``rtdetr_spartan.nn.reparameterize``). Every module
+that holds parameters is called in the forward, so hooks, profilers and summaries see it.
 
 Two choices keep the reference's math but not its ops (both exact up to float rounding):
   * the CMixer's complex channel rotation is a product of complex views of real (re, im)
-    channel pairs (``rotate_pairs``), or folded into the grouped 3x3 conv where its groups hold
-    whole pairs (``fold_rotation``): parameters and module outputs stay real, so autocast needs
-    no special case (the ONNX form, ``spartan_export``, rotates in real arithmetic);
+    channel pairs, or folded into the grouped 3x3 conv where its groups hold whole pairs:
+    parameters and module outputs stay real, so autocast needs no special case;
   * the mixers compute in channels_last memory on "token" views [B, H, W, C] (free permutes),
-    so their 1x1 projections are matrix products, and each mixer's squeeze-excite gate, the block's
-    layer scale and its drop path are folded into its output projection (``project``): passes
-    over the activations fewer.
+    and each mixer's squeeze-excite gate, the block's layer scale and its drop path are folded
+    into its output projection: passes over the activations fewer.
 
 Training cost drove the rest (``benchmarks/train_speed.py``; README, "SpaRTAN: conversions,
 training speed, compilation"): the CMixer's per-pixel part is one autograd function
@@ -26,29 +28,34 @@ a view, and the projection gates whichever of weights and activations is smaller
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from rtdetr_spartan.nn.reparameterize import ExportForm
 
 __all__ = [
     "Block",
     "CMixer",
     "ConvNormAct",
     "DropPath",
-    "conv_bias",
+    "GatedProjection",
     "NORM_EPS",
+    "RotatedConv",
     "SMixer",
     "SqueezeExcite",
     "fold_rotation",
     "gated_projection",
+    "maps",
+    "pair_matrix",
+    "peak_mix",
+    "pixel_mix",
     "rotate_pairs",
     "spatial_mean",
     "tokens",
-    "maps",
-    "peak_mix",
-    "project",
 ]
 
 NORM_EPS = 1e-6  # the reference uses eps 1e-6 for every BatchNorm and GroupNorm
@@ -63,6 +70,9 @@ def tokens(x: torch.Tensor) -> torch.Tensor:
 def maps(t: torch.Tensor) -> torch.Tensor:
     """[B, H, W, C] -> [B, C, H, W] (channels_last when t is contiguous)."""
     return t.permute(0, 3, 1, 2)
+
+
+# ---- the channel rotation ----------------------------------------------------------------------
 
 
 def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -89,23 +99,24 @@ def _real_pairs(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.view_as_real(z).flatten(-2).to(dtype)
 
 
+def pair_matrix(rotation: torch.Tensor) -> torch.Tensor:
+    """The rotation as real 2x2 matrices, ``rotate_pairs`` applied to unit pairs:
+    R [E/2, 2, 2] with rotate_pairs(x)[2k + j] = sum_i R[k, j, i] x[2k + i]."""
+    units = torch.eye(2, dtype=rotation.dtype, device=rotation.device).repeat(1, rotation.shape[0])  # [i, E]
+    return rotate_pairs(units, rotation).view(2, -1, 2).permute(1, 2, 0)
+
+
 def fold_rotation(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Weights W' with conv(x, W') == conv(rotate_pairs(x), W) for a grouped conv whose groups
     hold whole channel pairs. weight: [O, G_in, k, k] (G_in even); rotation: [E/2, 2]."""
     out_ch, per_group, kh, kw = weight.shape
     groups = rotation.shape[0] * 2 // per_group
-    rot = rotation.view(groups, 1, per_group // 2, 2, 1, 1)
-    re, im = rot[:, :, :, :1], rot[:, :, :, 1:]
-    w = weight.view(groups, out_ch // groups, per_group // 2, 2, kh, kw)
-    w_re, w_im = w[:, :, :, :1], w[:, :, :, 1:]  # taps reading out[2k] and out[2k+1]
-    folded = torch.cat((w_re * re + w_im * im, w_im * re - w_re * im), dim=3)
-    return folded.view(out_ch, per_group, kh, kw)
+    r = pair_matrix(rotation).view(groups, 1, per_group // 2, 2, 2, 1, 1)  # [g, 1, pair, j, i, 1, 1]
+    w = weight.view(groups, out_ch // groups, per_group // 2, 2, 1, kh, kw)  # taps reading channel j
+    return (w * r).sum(3).view(out_ch, per_group, kh, kw)
 
 
-def conv_bias(conv: nn.Conv2d) -> torch.Tensor:
-    """The bias of a conv built with one."""
-    assert conv.bias is not None
-    return conv.bias
+# ---- squeeze-excite, the projection, the per-pixel part -----------------------------------------
 
 
 def spatial_mean(t: torch.Tensor) -> torch.Tensor:
@@ -115,6 +126,22 @@ def spatial_mean(t: torch.Tensor) -> torch.Tensor:
     and so writes a full-size map (one pass over the activations fewer per squeeze-excite).
     """
     return t.sum((1, 2)) * (1.0 / (t.shape[1] * t.shape[2]))
+
+
+class SqueezeExcite(nn.Module):
+    """The gate of squeeze-excite, sigmoid(expand(relu(squeeze(mean_hw(x))))), from the spatial
+    means; the mixers fold it into their output projection. The reference's parameter names
+    (``squeeze`` / ``expand``; torchvision's SqueezeExcitation names them fc1 / fc2)."""
+
+    def __init__(self, channels: int, squeeze_channels: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(channels, squeeze_channels, 1)
+        self.expand = nn.Conv2d(squeeze_channels, channels, 1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled: [B, C] spatial means -> gate [B, C] in (0, 1)."""
+        hidden = F.relu(self.squeeze(pooled[:, :, None, None]))
+        return torch.sigmoid(self.expand(hidden)).flatten(1)
 
 
 def gated_projection(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -136,71 +163,68 @@ def gated_projection(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return maps(out.unflatten(1, (h, w)))
 
 
-def project(
-    t: torch.Tensor,
-    proj: nn.Conv2d,
-    gate: torch.Tensor,
-    layer_scale: torch.Tensor,
-    sample_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """sample_scale * layer_scale * proj(t * gate), folded into one ``gated_projection``: the
-    layer scale into the weights, the per-sample drop-path factors into the gate.
+class GatedProjection(nn.Conv2d):
+    """A mixer's output 1x1 conv (weight [C, E, 1, 1], bias [C]) applied to gated tokens:
+    sample_scale * layer_scale * proj(t * gate), folded into one ``gated_projection``: the
+    layer scale into the weights, the per-sample drop-path factors into the gate."""
 
-    t: [B, H, W, E] tokens; gate: [B, E]; layer_scale: [1, C, 1, 1]; sample_scale: [B] or None
-    -> [B, C, H, W] channels_last.
-    """
-    scale = layer_scale.flatten()
-    weight, bias = proj.weight.flatten(1) * scale[:, None], conv_bias(proj) * scale
-    if sample_scale is not None:
-        gate, bias = gate * sample_scale[:, None], bias * sample_scale[:, None]
-    return gated_projection(t, weight, bias, gate)
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(  # type: ignore[override]
+        self,
+        t: torch.Tensor,
+        gate: torch.Tensor,
+        layer_scale: torch.Tensor | None = None,
+        sample_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """t: [B, H, W, E] tokens; gate: [B, E]; layer_scale: [1, C, 1, 1] or None;
+        sample_scale: [B] or None -> [B, C, H, W] channels_last."""
+        weight, bias = self.weight.flatten(1), cast(torch.Tensor, self.bias)
+        if layer_scale is not None:
+            scale = layer_scale.flatten()
+            weight, bias = weight * scale[:, None], bias * scale
+        if sample_scale is not None:
+            gate, bias = gate * sample_scale[:, None], bias * sample_scale[:, None]
+        return gated_projection(t, weight, bias, gate)
+
+
+def pixel_mix(gelu_theta: torch.Tensor, w: torch.Tensor, gelu_theta_m: torch.Tensor, w_m: torch.Tensor) -> torch.Tensor:
+    """The CMixer's per-pixel product w * gelu(theta) + w[m] * gelu(theta[m]), from gelu(theta)
+    and w ([..., E]) and their values at the argmax channel m ([..., 1], broadcast)."""
+    return torch.addcmul(gelu_theta_m * w_m, gelu_theta, w)
 
 
 class _PeakMix(torch.autograd.Function):
     """The CMixer's per-pixel part, optionally with the rotation (``peak_mix`` gives the math).
 
-    theta and w come from two 1x1 convs on the channels_last map (oneDNN's kernel is faster
-    than a matrix product for so few input channels) and stay separate contiguous maps
-    (elementwise kernels on a strided half of one map run up to 2x slower on the CPU). The
-    backward keeps gelu(theta) (and the unrotated product) from the forward, writes the
+    The backward keeps gelu(theta) (and the unrotated product) from the forward, writes the
     gradients of theta and w directly instead of autograd's zero-filled slice and gather
-    gradients, gets each weight and bias gradient from one matrix product, and rotates by one
-    complex product per pass.
+    gradients, and rotates by one complex product per pass.
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        t: torch.Tensor,
-        theta_weight: torch.Tensor,
-        theta_bias: torch.Tensor,
-        w_weight: torch.Tensor,
-        w_bias: torch.Tensor,
-        rotation: torch.Tensor | None,
+        ctx: Any, t: torch.Tensor, theta: torch.Tensor, w: torch.Tensor, rotation: torch.Tensor | None
     ) -> torch.Tensor:
-        x = maps(t)
-        theta = tokens(F.conv2d(x, theta_weight, theta_bias))  # [B, H, W, E]
-        w = tokens(F.conv2d(x, w_weight, w_bias))
         index = t.max(dim=-1, keepdim=True).indices  # argmax's first maximum, faster on CPU
         theta_m, w_m = theta.gather(-1, index), w.gather(-1, index)  # [B, H, W, 1]
         gelu_theta, gelu_theta_m = F.gelu(theta), F.gelu(theta_m)
-        feat = torch.addcmul(gelu_theta_m * w_m, gelu_theta, w)
+        feat = pixel_mix(gelu_theta, w, gelu_theta_m, w_m)
         peak = (index, theta_m, w_m, gelu_theta_m)
         if rotation is None:
-            ctx.save_for_backward(t, theta_weight, w_weight, theta, w, gelu_theta, *peak, None, None)
+            ctx.save_for_backward(theta, w, gelu_theta, *peak, None, None)
             return feat
-        ctx.save_for_backward(t, theta_weight, w_weight, theta, w, gelu_theta, *peak, rotation, feat)
+        ctx.save_for_backward(theta, w, gelu_theta, *peak, rotation, feat)
         return rotate_pairs(feat, rotation)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        t, theta_weight, w_weight, theta, w, gelu_theta, index, theta_m, w_m, gelu_theta_m, rotation, feat = (
-            ctx.saved_tensors
-        )
+        theta, w, gelu_theta, index, theta_m, w_m, gelu_theta_m, rotation, feat = ctx.saved_tensors
         grad_rotation = None
         if rotation is not None:
             grad_pairs = _complex_pairs(grad)
-            if ctx.needs_input_grad[5]:  # d rotation[k] = sum over pixels of grad_k * conj(feat_k)
+            if ctx.needs_input_grad[3]:  # d rotation[k] = sum over pixels of grad_k * conj(feat_k)
                 pairs = torch.linalg.vecdot(_complex_pairs(feat).flatten(0, -2), grad_pairs.flatten(0, -2), dim=0)
                 grad_rotation = torch.view_as_real(pairs).to(rotation.dtype)
             grad = _real_pairs(grad_pairs * _complex_pairs(rotation.flatten()).conj(), theta.dtype)
@@ -212,43 +236,37 @@ class _PeakMix(torch.autograd.Function):
         total = grad.sum(-1, keepdim=True)
         g_theta.scatter_add_(-1, index, torch.ops.aten.gelu_backward(total * w_m, theta_m))
         g_w.scatter_add_(-1, index, total * gelu_theta_m)
-        g_theta, g_w = g_theta.flatten(0, -2), g_w.flatten(0, -2)  # [N, E]
-        grad_t = None
-        if ctx.needs_input_grad[0]:
-            mix_theta, mix_w = theta_weight.flatten(1).to(theta.dtype), w_weight.flatten(1).to(theta.dtype)
-            grad_t = torch.addmm(g_theta @ mix_theta, g_w, mix_w).view(t.shape).to(t.dtype)
-        grads: list[torch.Tensor | None] = [None] * 4  # theta weight and bias, w weight and bias
-        if any(ctx.needs_input_grad[1:5]):
-            rows = t.to(theta.dtype).flatten(0, -2)
-            rows = torch.cat((rows, rows.new_ones(rows.shape[0], 1)), dim=1)  # the ones column gives d bias
-            for i, (g, weight) in enumerate(((g_theta, theta_weight), (g_w, w_weight))):
-                both = (g.t() @ rows).to(weight.dtype)  # [E, C + 1]
-                grads[2 * i], grads[2 * i + 1] = both[:, :-1].reshape(weight.shape), both[:, -1]
-        return grad_t, *grads, grad_rotation
+        return None, g_theta, g_w, grad_rotation
 
 
 def peak_mix(
-    t: torch.Tensor,
-    theta_weight: torch.Tensor,
-    theta_bias: torch.Tensor,
-    w_weight: torch.Tensor,
-    w_bias: torch.Tensor,
-    rotation: torch.Tensor | None = None,
+    t: torch.Tensor, theta: torch.Tensor, w: torch.Tensor, rotation: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The CMixer's per-pixel part: w * gelu(theta) + w[m] * gelu(theta[m]), where theta and w
-    are 1x1 convs of t and m = argmax of t over channels; then, if given, ``rotate_pairs`` by
-    ``rotation``.
+    """The CMixer's per-pixel part: ``pixel_mix`` of theta and w at every channel and at
+    m = argmax of t over channels; then, if given, ``rotate_pairs`` by ``rotation``.
 
-    t: [B, H, W, C]; theta_weight, w_weight: [E, C, 1, 1]; theta_bias, w_bias: [E];
-    rotation: [E/2, 2] -> [B, H, W, E]. Its backward (``_PeakMix``) keeps gelu(theta) (and the unrotated product)
-    from the forward and writes the gradients of theta and w without the zero-filled slice and
-    gather gradients that autograd would build and add.
+    t: [B, H, W, C]; theta, w: [B, H, W, E] (the two 1x1 convs of t, E >= C); rotation:
+    [E/2, 2] -> [B, H, W, E]. The argmax passes no gradient to t.
     """
-    return _PeakMix.apply(t, theta_weight, theta_bias, w_weight, w_bias, rotation)
+    return _PeakMix.apply(t, theta, w, rotation)
+
+
+# ---- layers ------------------------------------------------------------------------------------
+
+
+class RotatedConv(nn.Conv2d):
+    """A grouped conv whose groups hold whole channel pairs; given a rotation, it convolves the
+    input with its pairs rotated, conv(rotate_pairs(x), W), as conv(x, fold_rotation(W))."""
+
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, in, H, W]; rotation: [in/2, 2] or None -> [B, out, H', W']."""
+        weight = self.weight if rotation is None else fold_rotation(self.weight, rotation)
+        return self._conv_forward(x, weight, self.bias)
 
 
 class ConvNormAct(nn.Module):
-    """act(norm(conv(x))): Conv2d without bias, BatchNorm2d (eps 1e-6) or none, activation or none."""
+    """act(norm(conv(x))): Conv2d without bias, BatchNorm2d (eps 1e-6) or none, activation or
+    none. ``rotated``: the conv is a ``RotatedConv`` (its forward takes a rotation)."""
 
     def __init__(
         self,
@@ -262,38 +280,25 @@ class ConvNormAct(nn.Module):
         groups: int = 1,
         norm: bool = True,
         act: Activation | None = F.gelu,
+        rotated: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
+        conv = RotatedConv if rotated else nn.Conv2d
+        self.conv = conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
         self.norm: nn.Module = nn.BatchNorm2d(out_channels, eps=NORM_EPS) if norm else nn.Identity()
         self.act = act
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, in, H, W] -> [B, out, H', W']; ``weight`` replaces the conv weight if given."""
-        conv = self.conv
-        w = conv.weight if weight is None else weight
-        x = self.norm(F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups))
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, in, H, W] -> [B, out, H', W']; ``rotation`` (a ``rotated`` conv only): rotate
+        the input's channel pairs first."""
+        x = self.norm(self.conv(x) if rotation is None else self.conv(x, rotation))
         return x if self.act is None else self.act(x)
 
+    def reparameterize(self, export: ExportForm | None = None) -> nn.Module:
+        """The inference form (``nn.reparameterize``): the norm folded into the conv."""
+        from rtdetr_spartan.nn.backbones.spartan_inference import FusedConvAct
 
-class SqueezeExcite(nn.Module):
-    """x * sigmoid(expand(relu(squeeze(mean_hw(x))))), with the reference's parameter names
-    (``squeeze`` / ``expand``; torchvision's SqueezeExcitation names them fc1 / fc2). The mixers
-    call ``gate`` and fold it into their output projection."""
-
-    def __init__(self, channels: int, squeeze_channels: int) -> None:
-        super().__init__()
-        self.squeeze = nn.Conv2d(channels, squeeze_channels, 1)
-        self.expand = nn.Conv2d(squeeze_channels, channels, 1)
-
-    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
-        """pooled: [B, C] spatial means -> gate [B, C] in (0, 1)."""
-        hidden = F.relu(F.linear(pooled, self.squeeze.weight.flatten(1), self.squeeze.bias))
-        return torch.sigmoid(F.linear(hidden, self.expand.weight.flatten(1), self.expand.bias))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, H, W] -> [B, C, H, W]."""
-        return x * self.gate(x.mean((2, 3)))[:, :, None, None]
+        return FusedConvAct.of(self)
 
 
 class SMixer(nn.Module):
@@ -315,20 +320,20 @@ class SMixer(nn.Module):
         )
         self.h_attn = SqueezeExcite(half, half // 4)
         self.l_attn = SqueezeExcite(half, half // 4)
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.proj_out = GatedProjection(dim, dim)
 
     def forward(
         self, x: torch.Tensor, layer_scale: torch.Tensor, sample_scale: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> sample_scale [B] * layer_scale [1, C, 1, 1] * SMixer(x):
         [B, C, H, W]."""
-        y = F.linear(tokens(x), self.proj_in.weight.flatten(1), self.proj_in.bias)  # [B, H, W, C/2]
+        y = tokens(self.proj_in(x))  # [B, H, W, C/2]
         gamma = self.gamma.view(-1)
         # y + gamma (y - mean y) == (1 + gamma) y - gamma mean y: one pass
         y = maps(torch.addcmul(-gamma * spatial_mean(y)[:, None, None], y, 1.0 + gamma))
         short, long = tokens(self.h_conv(y)), tokens(self.l_conv(y))
-        gate = torch.cat((self.h_attn.gate(spatial_mean(short)), self.l_attn.gate(spatial_mean(long))), dim=1)
-        return project(torch.cat((short, long), dim=-1), self.proj_out, gate, layer_scale, sample_scale)
+        gate = torch.cat((self.h_attn(spatial_mean(short)), self.l_attn(spatial_mean(long))), dim=1)
+        return self.proj_out(torch.cat((short, long), dim=-1), gate, layer_scale, sample_scale)
 
 
 class CMixer(nn.Module):
@@ -348,24 +353,25 @@ class CMixer(nn.Module):
         self.complex = nn.Parameter(torch.randn(1, 1, 1, neck // 2, 2))
         self.theta = nn.Conv2d(dim, neck, 1)
         self.proj = nn.Conv2d(dim, neck, 1)
-        self.conv = ConvNormAct(neck, neck, 3, padding=1, groups=dim if grouped else neck)
+        # groups of even size hold whole pairs: the rotation goes into the taps
+        self.rotate_taps = grouped and expand_ratio % 2 == 0
+        self.conv = ConvNormAct(neck, neck, 3, padding=1, groups=dim if grouped else neck, rotated=self.rotate_taps)
         self.attn = SqueezeExcite(neck, dim // 4)
-        self.proj_out = nn.Conv2d(neck, dim, 1)
+        self.proj_out = GatedProjection(neck, dim)
 
     def forward(
         self, x: torch.Tensor, layer_scale: torch.Tensor, sample_scale: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> sample_scale [B] * layer_scale [1, C, 1, 1] * CMixer(x):
         [B, C, H, W]."""
-        mix = (self.theta.weight, conv_bias(self.theta), self.proj.weight, conv_bias(self.proj))
+        theta, w = tokens(self.theta(x)), tokens(self.proj(x))  # [B, H, W, E]
         rotation = self.complex.view(-1, 2)
-        conv = self.conv.conv
-        if (conv.in_channels // conv.groups) % 2 == 0:  # groups hold whole pairs: rotate the taps
-            feat = self.conv(maps(peak_mix(tokens(x), *mix)), fold_rotation(conv.weight, rotation))
-        else:  # pairs straddle groups (depthwise conv): rotate the activations
-            feat = self.conv(maps(peak_mix(tokens(x), *mix, rotation)))
+        if self.rotate_taps:
+            feat = self.conv(maps(peak_mix(tokens(x), theta, w)), rotation)
+        else:  # pairs straddle groups (depthwise or odd group size): rotate the activations
+            feat = self.conv(maps(peak_mix(tokens(x), theta, w, rotation)))
         t = tokens(feat)
-        return project(t, self.proj_out, self.attn.gate(spatial_mean(t)), layer_scale, sample_scale)
+        return self.proj_out(t, self.attn(spatial_mean(t)), layer_scale, sample_scale)
 
 
 class DropPath(nn.Module):
@@ -415,3 +421,10 @@ class Block(nn.Module):
         batch = x.shape[0]
         x = x + self.smixer(self.norm_1(x), self.scale_1, self.drop_path_1.factors(batch, x))
         return x + self.cmixer(self.norm_2(x), self.scale_2, self.drop_path_2.factors(batch, x))
+
+    def reparameterize(self, export: ExportForm | None = None) -> nn.Module:
+        """The inference form (``nn.reparameterize``; with ``export``, the ONNX export form):
+        eval-mode norms folded, layer scales and squeeze-excites in the projections."""
+        from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock
+
+        return InferenceBlock.of(self).reparameterize(export)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.core import register
-from rtdetr_spartan.nn.common import ConvNormLayer, get_activation
+from rtdetr_spartan.nn.common import ConvNormLayer, fold_batch_norm, get_activation
 from rtdetr_spartan.nn.tracing import is_tracing
+
+if TYPE_CHECKING:
+    from rtdetr_spartan.nn.reparameterize import ExportForm
 
 __all__ = [
     "HybridEncoder",
@@ -57,7 +60,7 @@ def build_2d_sincos_position_embedding(
 
 
 class RepVggBlock(nn.Module):
-    """3x3 conv-BN + 1x1 conv-BN summed, then activation; ``convert_to_deploy`` fuses both."""
+    """3x3 conv-BN + 1x1 conv-BN summed, then activation; ``reparameterize`` fuses both."""
 
     def __init__(self, ch_in: int, ch_out: int, act: str | None = "relu") -> None:
         super().__init__()
@@ -73,35 +76,22 @@ class RepVggBlock(nn.Module):
             return self.act(self.conv(x))
         return self.act(self.conv1(x) + self.conv2(x))
 
-    @staticmethod
-    def _fuse_conv_norm(branch: ConvNormLayer) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kernel and bias of one conv followed by its BN in eval mode."""
-        norm = branch.norm
-        if norm.running_var is None or norm.running_mean is None:
-            raise ValueError("RepVggBlock fusion needs BatchNorm running statistics")
-        std = (norm.running_var + norm.eps).sqrt()
-        scale = norm.weight / std
-        bias = norm.bias - norm.running_mean * scale
-        if branch.conv.bias is not None:
-            bias = bias + branch.conv.bias * scale
-        return branch.conv.weight * scale.reshape(-1, 1, 1, 1), bias
-
     @torch.no_grad()
-    def convert_to_deploy(self) -> None:
-        """Replace both branches by one equivalent 3x3 conv (``self.conv``, with bias).
-
-        The two branches are removed afterwards; calling again is a no-op.
-        """
+    def reparameterize(self, export: ExportForm | None = None) -> RepVggBlock:
+        """Fuse both branches into one equivalent 3x3 conv (``self.conv``, with bias), in place
+        (``nn.reparameterize``; the export form is the same). The BatchNorms must be in eval
+        mode. The two branches are removed afterwards; calling again is a no-op."""
         if hasattr(self, "conv"):
-            return
-        kernel3, bias3 = self._fuse_conv_norm(self.conv1)
-        kernel1, bias1 = self._fuse_conv_norm(self.conv2)
+            return self
+        kernel3, bias3 = fold_batch_norm(self.conv1.norm, self.conv1.conv.weight, self.conv1.conv.bias)
+        kernel1, bias1 = fold_batch_norm(self.conv2.norm, self.conv2.conv.weight, self.conv2.conv.bias)
         conv = nn.Conv2d(self.ch_in, self.ch_out, 3, 1, padding=1, bias=True)
         conv = conv.to(device=kernel3.device, dtype=kernel3.dtype)
         conv.weight.copy_(kernel3 + F.pad(kernel1, [1, 1, 1, 1]))
         cast(torch.Tensor, conv.bias).copy_(bias3 + bias1)
         self.conv = conv
         del self.conv1, self.conv2
+        return self
 
 
 class CSPRepLayer(nn.Module):

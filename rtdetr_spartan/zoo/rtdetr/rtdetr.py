@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.core import ConfigError, register
+from rtdetr_spartan.nn.reparameterize import reparameterize_model
 
 __all__ = ["RTDETR"]
 
@@ -69,15 +70,10 @@ class RTDETR(nn.Module):
         return self.decoder(self.encoder(self.backbone(x)), targets)
 
     def deploy(self) -> RTDETR:
-        """Eval mode, with every submodule that can fuse itself for inference converted in place
-        (``convert_to_deploy``): the encoder's RepVGG blocks fuse their branches and a SpaRTAN
-        backbone swaps its layers for their inference forms, so this is the fast model (the
-        same as ``convert_for_inference``, without the copy). One way: the state dict is in the
-        inference layout afterwards; save training weights before deploying (they load into a
-        fresh model, which can then be deployed)."""
-        self.eval()
-        for module in list(self.modules()):
-            convert = getattr(module, "convert_to_deploy", None)
-            if module is not self and callable(convert):
-                convert()
+        """Eval mode, with every block that has a faster inference form converted in place by
+        the one walker (``nn.reparameterize.reparameterize_model``): the encoder's RepVGG blocks
+        fuse their branches and a SpaRTAN backbone's layers become their inference forms. One
+        way: the state dict is in the inference layout afterwards; save training weights before
+        deploying (they load into a fresh model, which can then be deployed)."""
+        reparameterize_model(self)
         return self

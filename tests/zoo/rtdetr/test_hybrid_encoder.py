@@ -128,18 +128,18 @@ def _randomize_norms(module: nn.Module, seed: int) -> None:
                 m.running_var.uniform_(0.5, 1.5, generator=gen)
 
 
-def test_repvgg_convert_to_deploy_is_equivalent() -> None:
+def test_repvgg_reparameterize_is_equivalent() -> None:
     block = RepVggBlock(8, 12, act="silu")
     _randomize_norms(block, seed=0)
     block.eval()
     x = torch.randn(2, 8, 11, 13)
     with torch.no_grad():
         before = block(x)
-        block.convert_to_deploy()
+        block.reparameterize()
         after = block(x)
     assert list(block.state_dict()) == ["conv.weight", "conv.bias"]
     assert (after - before).abs().max().item() <= 1e-4
-    block.convert_to_deploy()  # second call keeps the fused conv
+    block.reparameterize()  # second call keeps the fused conv
     with torch.no_grad():
         torch.testing.assert_close(block(x), after, rtol=0, atol=0)
 
@@ -153,7 +153,7 @@ def test_encoder_with_fused_blocks_is_equivalent() -> None:
         before = encoder(feats)
         for module in encoder.modules():
             if isinstance(module, RepVggBlock):
-                module.convert_to_deploy()
+                module.reparameterize()
         after = encoder(feats)
     for a, b in zip(after, before):
         assert ((a - b).abs() / (1 + b.abs())).max().item() <= 1e-4

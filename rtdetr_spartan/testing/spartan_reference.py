@@ -3,8 +3,9 @@
 and weights: NCHW maps, separate BatchNorm and squeeze-excite passes, argmax + gather, the channel
 rotation through torch's complex dtype between permute/contiguous copies.
 
-Not used by the model. It is the oracle the canonical layers (``spartan_layers``) and their
-conversions are tested against, and the "reference-style" speed baseline of ``benchmarks/spartan_latency.py``.
+Not used by the model. It is the oracle the canonical layers (``nn/backbones/spartan_layers``)
+and their conversions are tested against, written independently of them (its own rotation and
+squeeze-excite), and the "reference-style" speed baseline of ``benchmarks/spartan_latency.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def conv_norm_act(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if layer.act is None else layer.act(x)
 
 
+def _conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A plain 1x1 conv with ``conv``'s weights (the output projections' forward takes tokens)."""
+    return F.conv2d(x, conv.weight, conv.bias)
+
+
 def squeeze_excite(se: SqueezeExcite, x: torch.Tensor) -> torch.Tensor:
     """x: [B, C, H, W] -> x * sigmoid(expand(relu(squeeze(mean_hw x))))."""
     return x * torch.sigmoid(se.expand(F.relu(se.squeeze(F.adaptive_avg_pool2d(x, 1)))))
@@ -50,7 +56,7 @@ def smixer_forward(m: SMixer, x: torch.Tensor) -> torch.Tensor:
     y = y + m.gamma * (y - F.adaptive_avg_pool2d(y, 1))
     short = squeeze_excite(m.h_attn, conv_norm_act(m.h_conv, y))
     long = squeeze_excite(m.l_attn, conv_norm_act(m.l_conv[1], conv_norm_act(m.l_conv[0], y)))
-    return m.proj_out(torch.cat((short, long), dim=1))
+    return _conv1x1(m.proj_out, torch.cat((short, long), dim=1))
 
 
 def cmixer_forward(m: CMixer, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +66,7 @@ def cmixer_forward(m: CMixer, x: torch.Tensor) -> torch.Tensor:
     weight = m.proj(x)
     feat = weight * theta + weight.gather(1, index) * theta.gather(1, index)
     feat = complex_rotate(feat.permute(0, 2, 3, 1), m.complex.view(-1, 2)).permute(0, 3, 1, 2)
-    return m.proj_out(squeeze_excite(m.attn, conv_norm_act(m.conv, feat.contiguous())))
+    return _conv1x1(m.proj_out, squeeze_excite(m.attn, conv_norm_act(m.conv, feat.contiguous())))
 
 
 class ReferenceStyleSpaRTAN(nn.Module):
