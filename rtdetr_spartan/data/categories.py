@@ -8,6 +8,9 @@ predict a contiguous label 0..79 and results are reported with the category id.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 __all__ = [
@@ -17,6 +20,7 @@ __all__ = [
     "MSCOCO_LABEL_TO_CATEGORY",
     "MSCOCO_LABEL_TO_NAME",
     "contiguous_mapping",
+    "file_categories",
     "label_to_category_table",
 ]
 
@@ -127,3 +131,15 @@ def contiguous_mapping(category_ids: list[int] | tuple[int, ...]) -> tuple[dict[
     category_to_label = {cid: label for label, cid in enumerate(ids)}
     label_to_category = {label: cid for cid, label in category_to_label.items()}
     return category_to_label, label_to_category
+
+
+def file_categories(ann_file: str | Path) -> dict[int, str]:
+    """``{category id: name}`` of a dataset's annotation file: a COCO JSON file's ``categories``,
+    or a YOLO ``data.yaml``'s ``names`` (category id = class id)."""
+    ann_file = Path(ann_file)
+    if ann_file.suffix.lower() in (".yaml", ".yml"):
+        from rtdetr_spartan.data.yolo import read_data_yaml  # yolo imports coco, which imports this module
+
+        return dict(enumerate(read_data_yaml(ann_file, required=("names",)).names))
+    categories = json.loads(ann_file.read_text()).get("categories", [])
+    return {int(c["id"]): str(c.get("name", c["id"])) for c in categories}

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 import torchvision
 from PIL import Image
+from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
@@ -27,13 +28,22 @@ from rtdetr_spartan.data.categories import (
 from rtdetr_spartan.data.coco_validation import check_coco_structure, structure_error
 from rtdetr_spartan.data.image_io import read_rgb
 
-__all__ = ["CocoDetection", "ImageReadError"]
+__all__ = ["CocoDetection", "ImageReadError", "in_memory_coco"]
 
 logger = logging.getLogger(__name__)
 
 
 class ImageReadError(OSError):
     """An image listed in the annotation file is missing or cannot be decoded."""
+
+
+def in_memory_coco(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` over an annotation dict (no file), indexed as if read from one."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    return coco
 
 
 @register()
@@ -98,6 +108,29 @@ class CocoDetection(torchvision.datasets.CocoDetection):
             raise
         logger.debug("%s", captured.getvalue().strip())
         check_coco_structure(self.coco.dataset, self.ann_file)
+        self._configure(return_masks, remap_mscoco_category, num_classes, check_images)
+
+    def _setup(
+        self,
+        coco: COCO,
+        transforms: Callable[..., Any] | None,
+        return_masks: bool,
+        remap_mscoco_category: bool,
+        num_classes: int | None,
+        check_images: bool,
+    ) -> None:
+        """Initialise from a COCO object already in memory (``img_folder`` and ``ann_file`` set):
+        what a subclass whose annotations are not a COCO file (``data.yolo``) calls instead of
+        ``__init__``."""
+        torchvision.datasets.VisionDataset.__init__(self, str(self.img_folder), transforms=transforms)
+        self.coco = coco
+        self.ids = sorted(coco.imgs.keys())
+        self._configure(return_masks, remap_mscoco_category, num_classes, check_images)
+
+    def _configure(
+        self, return_masks: bool, remap_mscoco_category: bool, num_classes: int | None, check_images: bool
+    ) -> None:
+        """The category mapping and the checks, once ``self.coco`` is loaded."""
         self.return_masks = return_masks
         self.remap_mscoco_category = remap_mscoco_category
         self.num_classes = num_classes

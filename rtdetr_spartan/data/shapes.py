@@ -2,7 +2,8 @@
 
 Detection mode writes ``out/{train,val}/NNNNNN.jpg`` (or .png) and COCO files
 ``out/annotations/instances_{train,val}.json`` with NON-contiguous category ids (so the
-dataset's label mapping is exercised); classification mode writes an ImageFolder tree
+dataset's label mapping is exercised), or the same images in the YOLO layout
+(``make_yolo_dataset``: ``out/images/<split>/``, ``out/labels/<split>/``, ``out/data.yaml``); classification mode writes an ImageFolder tree
 ``out/{train,val}/<class>/NNNNNN.jpg``. Output is a pure function of the arguments: every image
 draws from its own generator seeded with ``(seed, split, index)``.
 """
@@ -14,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,6 +24,7 @@ __all__ = [
     "SHAPE_CATEGORIES",
     "ShapeObject",
     "make_detection_dataset",
+    "make_yolo_dataset",
     "make_classification_dataset",
     "render_detection_image",
     "render_classification_image",
@@ -221,15 +223,23 @@ def _coco_annotation(ann_id: int, image_id: int, obj: ShapeObject) -> dict[str, 
     }
 
 
+def _detection_samples(
+    split: str, count: int, size: int, seed: int, max_objects: int
+) -> Iterator[tuple[int, Image.Image, list[ShapeObject]]]:
+    """``(index, image, objects)`` of each image of a split; the same for every output layout."""
+    for index in range(count):
+        rng = _image_rng(seed, split, index)
+        num_objects = 0 if index % EMPTY_EVERY == 3 else int(rng.integers(1, max_objects + 1))
+        image, objects = render_detection_image(rng, size, num_objects)
+        yield index, image, objects
+
+
 def _write_detection_split(
     out: Path, split: str, count: int, size: int, seed: int, image_format: str, max_objects: int
 ) -> Path:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for index in range(count):
-        rng = _image_rng(seed, split, index)
-        num_objects = 0 if index % EMPTY_EVERY == 3 else int(rng.integers(1, max_objects + 1))
-        image, objects = render_detection_image(rng, size, num_objects)
+    for index, image, objects in _detection_samples(split, count, size, seed, max_objects):
         file_name = f"{index:06d}.{image_format}"
         _save(image, out / split / file_name, image_format)
         image_id = index + 1
@@ -268,6 +278,49 @@ def make_detection_dataset(
         split: _write_detection_split(out, split, n, size, seed, image_format, max_objects)
         for split, n in counts.items()
     }
+
+
+def _yolo_line(obj: ShapeObject, size: int) -> str:
+    x0, y0, x1, y1 = obj.box
+    class_id = [cid for cid, _ in SHAPE_CATEGORIES].index(obj.category_id)
+    cx, cy, w, h = (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size
+    return f"{class_id} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
+
+
+def make_yolo_dataset(
+    out: str | Path,
+    train: int,
+    val: int,
+    size: int = 256,
+    seed: int = 0,
+    image_format: str = "jpg",
+    max_objects: int = 4,
+) -> Path:
+    """Write the detection dataset (the same images and objects as :func:`make_detection_dataset`)
+    in the YOLO layout: ``out/images/{train,val}/``, ``out/labels/{train,val}/*.txt`` (``class cx
+    cy w h`` normalized; class = index in ``SHAPE_CATEGORIES``; empty files for images without
+    objects) and ``out/data.yaml``; returns the data.yaml path."""
+    counts = {"train": train, "val": val}
+    _check_args(size, image_format, counts)
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    out = Path(out)
+    for split, count in counts.items():
+        labels = out / "labels" / split
+        labels.mkdir(parents=True, exist_ok=True)
+        objects_written = 0
+        for index, image, objects in _detection_samples(split, count, size, seed, max_objects):
+            _save(image, out / "images" / split / f"{index:06d}.{image_format}", image_format)
+            lines = [_yolo_line(obj, size) for obj in objects]
+            (labels / f"{index:06d}.txt").write_text("".join(line + "\n" for line in lines))
+            objects_written += len(lines)
+        logger.info("%s: %d images, %d objects -> %s", split, count, objects_written, labels)
+    names = "\n".join(f"  {i}: {name}" for i, (_, name) in enumerate(SHAPE_CATEGORIES))
+    data_yaml = out / "data.yaml"
+    data_yaml.write_text(
+        f"# generated shapes, seed {seed}\npath: .\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
+    )
+    return data_yaml
 
 
 def make_classification_dataset(

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rtdetr_spartan import __version__
-from rtdetr_spartan.data.categories import MSCOCO_CATEGORY_TO_NAME, MSCOCO_LABEL_TO_CATEGORY, contiguous_mapping
+from rtdetr_spartan.data.categories import (
+    MSCOCO_CATEGORY_TO_NAME,
+    MSCOCO_LABEL_TO_CATEGORY,
+    contiguous_mapping,
+    file_categories,
+)
 
 __all__ = ["ModelInfo", "categories_from_config", "input_size_from_config"]
 
@@ -104,9 +109,7 @@ def categories_from_config(cfg: Mapping[str, Any]) -> tuple[dict[int, int], dict
         return dict(MSCOCO_LABEL_TO_CATEGORY), names
     ann_file = _val_ann_file(cfg)
     if ann_file is not None and ann_file.is_file():
-        categories = {
-            int(c["id"]): str(c.get("name", c["id"])) for c in json.loads(ann_file.read_text()).get("categories", [])
-        }
+        categories = file_categories(ann_file)  # COCO JSON, or a YOLO data.yaml
         if 0 < len(categories) <= num_classes:
             _, label_to_category = contiguous_mapping(list(categories))
             return label_to_category, {k: categories[v] for k, v in label_to_category.items()}
