@@ -22,7 +22,7 @@ from rtdetr_spartan.deploy.export import DeployModel
 from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
 from rtdetr_spartan.deploy.loading import load_predictor
 from rtdetr_spartan.deploy.torch_predictor import TorchPredictor
-from rtdetr_spartan.solver.det_engine import evaluate
+from rtdetr_spartan.solver.det_solver import coco_evaluate
 from tests.deploy.deploy_utils import R18_CONFIG
 from tools.eval_onnx import main as eval_onnx_main
 from tools.export_onnx import main as export_main
@@ -111,7 +111,7 @@ def _torch_stats(
     dataset = validation_dataset(ann or setup["ann"], setup["images"], (SIZE, SIZE))
     loader = DataLoader(dataset, batch_size=2, collate_fn=default_collate_fn)
     evaluator = CocoEvaluator(dataset.coco, backend=backend)
-    summary = evaluate(
+    summary = coco_evaluate(
         setup["model"],
         setup["cfg"].build("postprocessor"),
         loader,
