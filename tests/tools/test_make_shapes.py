@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rtdetr_spartan.data.layouts import detect_layout
 from tools.make_shapes import get_args_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,3 +37,21 @@ def test_script_entry_point_classification(tmp_path: Path, monkeypatch: pytest.M
     classes = sorted(p.name for p in (tmp_path / "train").iterdir())
     assert classes == ["circle", "square", "star", "triangle"]
     assert sum(1 for _ in (tmp_path / "val").rglob("*.jpg")) == 4
+
+
+def test_main_writes_yolo_layout(tmp_path: Path) -> None:
+    argv = ["--out", str(tmp_path), "--layout", "yolo", "--train", "4", "--val", "2", "--size", "64", "--format", "png"]
+    assert main(argv) == 0
+    layout = detect_layout(tmp_path)
+    assert (layout.kind, layout.names) == ("yolo", ["square", "circle", "triangle", "star"])
+    assert len(list((tmp_path / "images" / "train").glob("*.png"))) == 4
+    labels = sorted((tmp_path / "labels" / "val").glob("*.txt"))
+    assert [p.stem for p in labels] == ["000000", "000001"]
+    first = labels[0].read_text().splitlines()
+    assert first and all(len(line.split()) == 5 for line in first)
+
+
+def test_layout_with_classification_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(tmp_path), "--classification", "--layout", "yolo"])
+    assert info.value.code == 2
