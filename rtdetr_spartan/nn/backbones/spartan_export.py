@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdetr_spartan.nn.backbones.spartan_layers import SqueezeExcite
+from rtdetr_spartan.nn.backbones.spartan_layers import GatedProjection, SqueezeExcite
 
 if TYPE_CHECKING:
     from rtdetr_spartan.nn.reparameterize import ExportForm
@@ -103,38 +103,33 @@ def _expand_like(factor: torch.Tensor, target: torch.Tensor, fixed_shapes: bool)
 
 
 class ExportSMixer(nn.Module):
-    """The SMixer with its layer scale, in export form, with the preceding GroupNorm's affine
-    transform (``norm_weight`` / ``norm_bias`` [C]) folded into its input projection.
+    """The SMixer with its layer scale, in export form, with the affine transform of the
+    GroupNorm ``norm`` before it folded into its input projection.
 
-    proj_in: [C/2, C] and proj_in_bias [C/2]; gamma [C/2]; h_conv, l_conv: the fused convs;
-    gate: the two squeeze-excites as one (block-diagonal); proj_out [C, C] (layer scale in) and
-    proj_out_bias [C].
+    proj_in: [C/2, C] and proj_in_bias [C/2]; gamma [C/2]; convs: the fused h_conv and l_conv;
+    gate: the two squeeze-excites as one (block-diagonal); proj_out: layer scale in.
     """
 
     def __init__(
         self,
-        *,
         proj_in: torch.Tensor,
         proj_in_bias: torch.Tensor,
         gamma: torch.Tensor,
-        h_conv: nn.Module,
-        l_conv: nn.Module,
+        convs: tuple[nn.Module, nn.Module],
         gate: SqueezeExcite,
-        proj_out: torch.Tensor,
-        proj_out_bias: torch.Tensor,
-        norm_weight: torch.Tensor,
-        norm_bias: torch.Tensor,
+        proj_out: GatedProjection,
+        norm: nn.GroupNorm,
         fixed_shapes: bool,
     ) -> None:
         super().__init__()
-        self.proj_in = _frozen((proj_in * norm_weight)[:, :, None, None])
-        self.proj_in_bias = _frozen(proj_in_bias + proj_in @ norm_bias)
+        self.proj_in = _frozen((proj_in * norm.weight)[:, :, None, None])
+        self.proj_in_bias = _frozen(proj_in_bias + proj_in @ norm.bias)
         self.gamma = _frozen(gamma.view(1, -1, 1, 1))
-        self.h_conv, self.l_conv = h_conv, l_conv
+        self.h_conv, self.l_conv = convs
         half = gamma.shape[0]
         self.gate = _ConvGate(gate, (half, half), fixed_shapes)
-        self.proj_out = nn.ParameterList(_frozen(w[:, :, None, None]) for w in proj_out.split(half, 1))
-        self.proj_out_bias = _frozen(proj_out_bias)
+        self.proj_out = nn.ParameterList(_frozen(w) for w in proj_out.weight.split(half, 1))
+        self.proj_out_bias = _frozen(cast(torch.Tensor, proj_out.bias))
         self.fixed_shapes = fixed_shapes
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -169,28 +164,25 @@ class ExportCMixer(nn.Module):
     The rotation is in the taps: out_re = conv(re, direct) + conv(im, crossed), and with the
     halves exchanged for out_im.
 
-    theta, proj: [E, C] and their biases [E], planar rows; direct, crossed: [E, q, 3, 3] taps of
-    a conv with groups of q channels (crossed: output row j reads the other half); conv_bias
-    [E]; gate: the squeeze-excite on planar channels; proj_out [C, E] (planar columns, layer
-    scale in) and proj_out_bias [C].
+    mix: theta and proj rows [2E, C] (each planar) and mix_bias [2E]; taps: direct, crossed
+    [E, q, 3, 3] of a conv with groups of q channels (crossed: output row j reads the other
+    half) and its bias [E]; gate: the squeeze-excite on planar channels; proj_out: planar
+    input channels, layer scale in.
     """
 
     def __init__(
         self,
-        *,
-        theta: torch.Tensor,
-        theta_bias: torch.Tensor,
-        proj: torch.Tensor,
-        proj_bias: torch.Tensor,
-        direct: torch.Tensor,
-        crossed: torch.Tensor,
-        conv_bias: torch.Tensor,
+        mix: torch.Tensor,
+        mix_bias: torch.Tensor,
+        taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         gate: SqueezeExcite,
-        proj_out: torch.Tensor,
-        proj_out_bias: torch.Tensor,
+        proj_out: GatedProjection,
         fixed_shapes: bool,
     ) -> None:
         super().__init__()
+        direct, crossed, conv_bias = taps
+        theta, proj = mix.chunk(2)
+        theta_bias, proj_bias = mix_bias.chunk(2)
         e, c, per_group = theta.shape[0], theta.shape[1], direct.shape[1]
         n = e // 2  # pairs
         first = min(n, -(-((c + 1) // 2) // per_group) * per_group)  # pairs holding channels < C
@@ -216,8 +208,8 @@ class ExportCMixer(nn.Module):
         self.parts = nn.ModuleList(_Span(**tensors) for tensors in names)
         sizes = [hi - lo for _ in (0, 1) for lo, hi in self.spans]
         self.gate = _ConvGate(gate, sizes, fixed_shapes)
-        self.proj_out = nn.ParameterList(_frozen(w[:, :, None, None]) for w in proj_out.split(sizes, 1))
-        self.proj_out_bias = _frozen(proj_out_bias)
+        self.proj_out = nn.ParameterList(_frozen(w) for w in proj_out.weight.split(sizes, 1))
+        self.proj_out_bias = _frozen(cast(torch.Tensor, proj_out.bias))
 
     def _halves(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, firsts = [], []

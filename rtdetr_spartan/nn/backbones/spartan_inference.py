@@ -96,10 +96,15 @@ def _excite_tensors(se: SqueezeExcite) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _projection(weight: torch.Tensor, bias: torch.Tensor) -> GatedProjection:
-    """A ``GatedProjection`` with weight [C, E] (layer scale folded in) and bias [C]."""
+def _projection(source: GatedProjection, out_scale: torch.Tensor, order: torch.Tensor | None = None) -> GatedProjection:
+    """``source`` with the layer scale ``out_scale`` [1, C, 1, 1] folded in and its input
+    channels in ``order`` (None: as they are)."""
+    scale = out_scale.view(-1, 1, 1, 1)
+    weight = source.weight * scale if order is None else (source.weight * scale)[:, order]
     return _holding(
-        lambda: GatedProjection(weight.shape[1], weight.shape[0]), weight=weight[:, :, None, None], bias=bias
+        lambda: GatedProjection(weight.shape[1], weight.shape[0]),
+        weight=weight,
+        bias=_conv_bias(source) * scale.flatten(),
     )
 
 
@@ -144,40 +149,17 @@ class InferenceSMixer(nn.Module):
     proj_in_bias: torch.Tensor
     gamma: torch.Tensor
 
-    def __init__(
-        self,
-        proj_in: torch.Tensor,
-        proj_in_bias: torch.Tensor,
-        gamma: torch.Tensor,
-        h_conv: FusedConvAct,
-        l_conv: nn.Sequential,
-        gate: SqueezeExcite,
-        proj_out: GatedProjection,
-    ) -> None:
+    def __init__(self, source: SMixer, out_scale: torch.Tensor) -> None:
         super().__init__()
-        for name, tensor in (("proj_in", proj_in), ("proj_in_bias", proj_in_bias), ("gamma", gamma)):
-            self.register_buffer(name, tensor.detach().clone())
-        self.h_conv, self.l_conv, self.gate, self.proj_out = h_conv, l_conv, gate, proj_out
-
-    @classmethod
-    def of(cls, source: SMixer, out_scale: torch.Tensor) -> InferenceSMixer:
-        """``source`` with the layer scale ``out_scale`` [1, C, 1, 1] folded in."""
+        self.register_buffer("proj_in", source.proj_in.weight.detach().flatten(1).clone())
+        self.register_buffer("proj_in_bias", _conv_bias(source.proj_in).detach().clone())
+        self.register_buffer("gamma", source.gamma.detach().view(-1).clone())
+        self.h_conv = FusedConvAct.of(source.h_conv)
+        self.l_conv = nn.Sequential(*(FusedConvAct.of(cast(ConvNormAct, m)) for m in source.l_conv))
         hi, lo = _excite_tensors(source.h_attn), _excite_tensors(source.l_attn)
-        scale = out_scale.view(-1)
-        return cls(
-            source.proj_in.weight.flatten(1),
-            _conv_bias(source.proj_in),
-            source.gamma.view(-1),
-            FusedConvAct.of(source.h_conv),
-            nn.Sequential(*(FusedConvAct.of(cast(ConvNormAct, m)) for m in source.l_conv)),
-            _excite(
-                torch.block_diag(hi[0], lo[0]),
-                torch.cat((hi[1], lo[1])),
-                torch.block_diag(hi[2], lo[2]),
-                torch.cat((hi[3], lo[3])),
-            ),
-            _projection(source.proj_out.weight.flatten(1) * scale[:, None], _conv_bias(source.proj_out) * scale),
-        )
+        merged = (torch.block_diag(hi[0], lo[0]), torch.cat((hi[1], lo[1])), torch.block_diag(hi[2], lo[2]))
+        self.gate = _excite(*merged, torch.cat((hi[3], lo[3])))
+        self.proj_out = _projection(source.proj_out, out_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> out_scale * SMixer(x): [B, C, H, W]."""
@@ -189,19 +171,9 @@ class InferenceSMixer(nn.Module):
 
     def export_form(self, norm: nn.GroupNorm, fixed_shapes: bool) -> ExportSMixer:
         """The export form, with the affine transform of the GroupNorm before it folded in."""
-        weight, bias = self.proj_out.weight.flatten(1), _conv_bias(self.proj_out)
+        convs = (self.h_conv, self.l_conv)
         return ExportSMixer(
-            proj_in=self.proj_in,
-            proj_in_bias=self.proj_in_bias,
-            gamma=self.gamma,
-            h_conv=self.h_conv,
-            l_conv=self.l_conv,
-            gate=self.gate,
-            proj_out=weight,
-            proj_out_bias=bias,
-            norm_weight=norm.weight,
-            norm_bias=norm.bias,
-            fixed_shapes=fixed_shapes,
+            self.proj_in, self.proj_in_bias, self.gamma, convs, self.gate, self.proj_out, norm, fixed_shapes
         )
 
 
@@ -253,35 +225,10 @@ class InferenceCMixer(nn.Module):
     conv_bias: torch.Tensor  # [E]
     crossed: torch.Tensor | None  # [E, group_size, 3, 3], rows in the order of the half they read
 
-    def __init__(
-        self,
-        *,
-        mix: torch.Tensor,
-        mix_bias: torch.Tensor,
-        rotation: torch.Tensor | None,
-        conv_weight: torch.Tensor,
-        conv_bias: torch.Tensor,
-        crossed: torch.Tensor | None,
-        act: Activation | None,
-        gate: SqueezeExcite,
-        proj_out: GatedProjection,
-    ) -> None:
+    def __init__(self, source: CMixer, out_scale: torch.Tensor) -> None:
         super().__init__()
-        e, c = mix.shape[0] // 2, mix.shape[1]
-        planar = planar_order(e).to(mix.device)
-        position = torch.empty_like(planar).scatter_(0, planar, torch.arange(e, device=mix.device))[:c]
-        tensors: dict[str, torch.Tensor | None] = {"mix": mix, "mix_bias": mix_bias, "rotation": rotation}
-        tensors |= {"peak_index": torch.stack((position, position + e), dim=1), "crossed": crossed}
-        tensors |= {"conv_weight": conv_weight, "conv_bias": conv_bias}
-        for name, tensor in tensors.items():
-            self.register_buffer(name, None if tensor is None else tensor.detach().clone())
-        self.act, self.gate, self.proj_out = act, gate, proj_out
-
-    @classmethod
-    def of(cls, source: CMixer, out_scale: torch.Tensor) -> InferenceCMixer:
-        """``source`` with the layer scale ``out_scale`` [1, C, 1, 1] folded in."""
         conv = source.conv.conv
-        e, rotation = conv.in_channels, source.complex.view(-1, 2)
+        e, c, rotation = conv.in_channels, source.theta.in_channels, source.complex.view(-1, 2)
         order = planar_order(e).to(rotation.device)
         weight, bias = fold_batch_norm(source.conv.norm, conv.weight)
         factors, crossed = None, None
@@ -290,22 +237,23 @@ class InferenceCMixer(nn.Module):
         else:
             weight, crossed = planar_taps(fold_rotation(_pair_groups(weight), rotation))
             crossed = torch.cat(crossed.chunk(2)[::-1])  # rows by the half they read
-        squeeze, squeeze_bias, expand, expand_bias = _excite_tensors(source.attn)
-        scale = out_scale.view(-1)
         both = torch.cat((order, order + e))
-        return cls(
-            mix=torch.cat((source.theta.weight.flatten(1), source.proj.weight.flatten(1)))[both],
-            mix_bias=torch.cat((_conv_bias(source.theta), _conv_bias(source.proj)))[both],
-            rotation=factors,
-            conv_weight=weight,
-            conv_bias=bias[order],
-            crossed=crossed,
-            act=source.conv.act,
-            gate=_excite(squeeze[:, order], squeeze_bias, expand[order], expand_bias[order]),
-            proj_out=_projection(
-                (source.proj_out.weight.flatten(1) * scale[:, None])[:, order], _conv_bias(source.proj_out) * scale
-            ),
-        )
+        mix = torch.cat((source.theta.weight.flatten(1), source.proj.weight.flatten(1)))[both]
+        mix_bias = torch.cat((_conv_bias(source.theta), _conv_bias(source.proj)))[both]
+        position = torch.empty_like(order).scatter_(0, order, torch.arange(e, device=order.device))[:c]
+        tensors = {"mix": mix, "mix_bias": mix_bias, "peak_index": torch.stack((position, position + e), dim=1)}
+        for name, tensor in {
+            **tensors,
+            "rotation": factors,
+            "conv_weight": weight,
+            "conv_bias": bias[order],
+            "crossed": crossed,
+        }.items():
+            self.register_buffer(name, None if tensor is None else tensor.detach().clone())
+        squeeze, squeeze_bias, expand, expand_bias = _excite_tensors(source.attn)
+        self.act = source.conv.act
+        self.gate = _excite(squeeze[:, order], squeeze_bias, expand[order], expand_bias[order])
+        self.proj_out = _projection(source.proj_out, out_scale, order)
 
     def rotate(self, t: torch.Tensor) -> torch.Tensor:
         """t: [B, H, W, E] planar tokens -> rotated tokens (as they are if the rotation is in the
@@ -364,7 +312,6 @@ class InferenceCMixer(nn.Module):
 
     def export_form(self, fixed_shapes: bool) -> ExportCMixer:
         """The export form: rotation in the taps, crossed taps by the half they write."""
-        e = self.mix.shape[0] // 2
         direct, crossed = self.conv_weight, self.crossed
         if crossed is None:  # depthwise: the taps take the planar rotation factors
             f = cast(torch.Tensor, self.rotation)
@@ -375,17 +322,7 @@ class InferenceCMixer(nn.Module):
         else:
             crossed = torch.cat(crossed.chunk(2)[::-1])
         return ExportCMixer(
-            theta=self.mix[:e],
-            theta_bias=self.mix_bias[:e],
-            proj=self.mix[e:],
-            proj_bias=self.mix_bias[e:],
-            direct=direct,
-            crossed=crossed,
-            conv_bias=self.conv_bias,
-            gate=self.gate,
-            proj_out=self.proj_out.weight.flatten(1),
-            proj_out_bias=_conv_bias(self.proj_out),
-            fixed_shapes=fixed_shapes,
+            self.mix, self.mix_bias, (direct, crossed, self.conv_bias), self.gate, self.proj_out, fixed_shapes
         )
 
 
@@ -404,8 +341,8 @@ class InferenceBlock(nn.Module):
     def of(cls, source: Block) -> InferenceBlock:
         """``source``'s inference form (frozen, eval mode); ``source`` is left as it is."""
         norm_1, norm_2 = copy.deepcopy(source.norm_1), copy.deepcopy(source.norm_2)
-        smixer = InferenceSMixer.of(source.smixer, source.scale_1)
-        cmixer = InferenceCMixer.of(source.cmixer, source.scale_2)
+        smixer = InferenceSMixer(source.smixer, source.scale_1)
+        cmixer = InferenceCMixer(source.cmixer, source.scale_2)
         return cls(norm_1, norm_2, smixer, cmixer).eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
