@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.data.shapes import make_detection_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,17 @@ def dataset_overrides(root: Path, train_ann: Path | None = None) -> dict[str, An
         },
         "val_dataloader": {"dataset": {"img_folder": str(root / "val"), "ann_file": str(ann / "instances_val.json")}},
     }
+
+
+def tiny_cfg(data_root: Path, output_dir: Path, config: Path = TINY_CONFIG, **overrides: Any) -> YAMLConfig:
+    """The tiny detection config on the dataset in ``data_root``: CPU, batch 2, ``overrides`` on top."""
+    base = {
+        **dataset_overrides(data_root),
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "train_dataloader": {**dataset_overrides(data_root)["train_dataloader"], "batch_size": 2},
+    }
+    return YAMLConfig(config, **{**base, **overrides})
 
 
 def as_cli_updates(overrides: dict[str, Any], prefix: str = "") -> list[str]:

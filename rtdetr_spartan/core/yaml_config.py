@@ -3,7 +3,10 @@
 Follows RT-DETR's ``YAMLConfig`` (lyuwenyu/RT-DETR, Apache-2.0): the same keys
 (``model``, ``criterion``, ``postprocessor``, ``optimizer``, ``lr_scheduler``, ``ema``,
 ``scaler``, ``train_dataloader``, ``val_dataloader``, ...) and keyword overrides deep-merged into
-the loaded file, e.g. ``YAMLConfig(path, PResNet={'pretrained': False})``.
+the loaded file, e.g. ``YAMLConfig(path, PResNet={'pretrained': False})``. The model, criterion,
+postprocessor and loaders are cached properties; components built on runtime arguments (the EMA
+of the model, the optimizer on its parameters, the scaler) are built by the solver with
+:meth:`YAMLConfig.build`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 # Reference key names still accepted, with a warning.
 DEPRECATED_KEYS = {"epoches": "epochs"}
+# Keys that are no longer read, and what replaced them.
+MOVED_KEYS = {
+    "cam_logging": "the CAM hook is a registered hook now: 'hooks: [CamLoggingHook]' with its settings "
+    "(every_n_epochs, images, max_images, layers, method, class_names) under a 'CamLoggingHook:' section",
+}
 
 # Top-level keys that are settings rather than registered sections.
 RUNTIME_KEYS = frozenset(
@@ -74,7 +82,6 @@ RUNTIME_KEYS = frozenset(
         "compile",
         "overwrite",
         "hooks",
-        "cam_logging",
     }
 )
 
@@ -139,9 +146,12 @@ def _rename_deprecated(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _check_top_level(cfg: dict[str, Any], path: Path) -> None:
-    """A top-level key close to a known name but not one is almost always a typo."""
+    """A top-level key close to a known name but not one is almost always a typo; a key that
+    moved is an error naming its replacement."""
     known = set(RUNTIME_KEYS) | set(registered_names())
     for key in cfg:
+        if key in MOVED_KEYS:
+            raise ConfigError(f"{path}: top-level key '{key}' is no longer read: {MOVED_KEYS[key]}")
         if key in known:
             continue
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
@@ -212,18 +222,6 @@ class YAMLConfig:
     @cached_property
     def postprocessor(self) -> torch.nn.Module:
         return self.build("postprocessor")
-
-    @cached_property
-    def ema(self) -> Any:
-        if not self.use_ema:
-            return None
-        return self.build("ema", model=self.model)
-
-    @cached_property
-    def scaler(self) -> Any:
-        if "scaler" not in self.yaml_cfg:
-            return None
-        return self.build("scaler")
 
     @cached_property
     def train_dataloader(self) -> Any:

@@ -18,9 +18,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.distributed as tdist
+from torch import nn
 
 __all__ = [
     "all_gather_object",
+    "all_reduce_batchnorm_stats",
     "any_rank",
     "barrier",
     "cleanup",
@@ -33,6 +35,7 @@ __all__ = [
     "is_main_process",
     "reduce_dict",
     "seed_everything",
+    "wrap_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,3 +172,45 @@ def seed_everything(seed: int, per_rank: bool = True) -> int:
     np.random.seed(used % 2**32)
     torch.manual_seed(used)
     return used
+
+
+def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False, find_unused: bool = False) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when distributed (first converted to
+    ``SyncBatchNorm`` with ``sync_bn`` on CUDA); ``model`` itself in one process."""
+    if not is_dist_initialized():
+        return model
+    if sync_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif sync_bn:
+        logger.warning("sync_bn: SyncBatchNorm needs CUDA; BatchNorm stays per process on %s", device)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+
+
+@torch.no_grad()
+def all_reduce_batchnorm_stats(module: nn.Module) -> int:
+    """Average the running mean/var of every BatchNorm layer of ``module`` over all ranks.
+
+    Each rank's BatchNorm statistics drift apart (different data, no SyncBatchNorm on the CPU);
+    averaging them after an epoch makes every rank evaluate and save the same model (SpaRTAN's
+    recipe). Returns the number of tensors averaged (0 in one process).
+    """
+    if get_world_size() < 2:
+        return 0
+    tensors = [
+        buf
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buf in (m.running_mean, m.running_var)
+        if buf is not None
+    ]
+    if not tensors:
+        return 0
+    flat = torch.cat([t.reshape(-1).float() for t in tensors]).to(collective_device())
+    tdist.all_reduce(flat)
+    flat /= get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return len(tensors)

@@ -8,13 +8,17 @@ runs in one process) never duplicates lines; ``close_logging`` removes them.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rtdetr_spartan.misc.dist import get_rank
 
-__all__ = ["LOG_FILE_NAME", "close_logging", "setup_logging"]
+__all__ = ["LOG_FILE_NAME", "append_json_line", "close_logging", "setup_logging"]
 
 LOG_FILE_NAME = "train.log"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -65,3 +69,21 @@ def setup_logging(
         root.addHandler(_tagged(logging.FileHandler(path, encoding="utf-8")))
     logging.captureWarnings(True)
     return root
+
+
+def _json_safe(value: Any) -> Any:
+    """Floats that JSON cannot hold (NaN, inf) become ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def append_json_line(path: str | Path, record: Mapping[str, Any]) -> None:
+    """``record`` as one JSON line at the end of ``path`` (a run's ``log.txt``); NaN and inf
+    are written as ``null``."""
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(_json_safe(record)) + "\n")

@@ -116,7 +116,7 @@ def pretrain_backbone(settings: QuickstartSettings) -> PretrainResult:
     if cfg.task != "classification":
         raise ValueError(f"{settings.pretrain_config}: task is '{cfg.task}', pretraining needs classification")
     _fresh(cfg.output_dir)
-    best = build_solver(cfg).fit()
+    best = build_solver(cfg).fit()["best"]
     checkpoint = cfg.output_dir / "best.pth"
     if not checkpoint.is_file():
         raise RuntimeError(f"pretraining finished without writing {checkpoint}")
@@ -180,7 +180,7 @@ def train_detector(settings: QuickstartSettings, pretrained: Path | None) -> Det
     if cfg.task != "detection":
         raise ValueError(f"{settings.detection_config}: task is '{cfg.task}', expected detection")
     _fresh(cfg.output_dir)
-    best = build_solver(cfg).fit()
+    best = build_solver(cfg).fit()["best"]
     checkpoint = cfg.output_dir / "last.pth"
     summary_path = cfg.output_dir / "eval" / "summary.json"
     if not checkpoint.is_file() or not summary_path.is_file():

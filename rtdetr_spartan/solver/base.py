@@ -11,51 +11,44 @@ checkpoint to continue from, or ``auto``: ``OUTPUT_DIR/last.pth`` when it exists
 (start a fresh run in a folder that holds one), ``tuning`` (a checkpoint whose matching weights
 initialise the model) and ``hooks`` (registered :class:`SolverHook` s).
 
-Each epoch of :meth:`BaseSolver.fit`: the task trains (:meth:`train_one_epoch`), ``last.pth`` is
-written, the task evaluates (:meth:`evaluate`) and names its metric (:meth:`metric`); a new best
+Each epoch of :meth:`BaseSolver.fit`: the one epoch loop (:mod:`rtdetr_spartan.solver.loop`) runs
+the task's :meth:`~BaseSolver.train_step`, ``last.pth`` is written, the task evaluates (:meth:`evaluate`) and names its metric (:meth:`metric`); a new best
 rewrites ``last.pth`` and links ``best.pth`` to it; ``checkpointNNNN.pth`` every
 ``checkpoint_freq`` epochs; then ``log.txt``, TensorBoard and the hooks. A failure in evaluation
 or logging never loses the trained epoch. Checkpoints hold model, EMA, optimizer, scheduler and
 scaler states, the epoch, the best metric, every rank's RNG states, the task, the package
 version and the resolved config, so a resumed run continues exactly as an uninterrupted one.
-They load as data only (``misc.checkpoint.load_checkpoint``). A resumed run must have the
-checkpoint's settings except ``epochs``, which extends it (:mod:`rtdetr_spartan.solver.resume`).
+They load as data only (``misc.checkpoint.load_checkpoint``); :mod:`rtdetr_spartan.solver.checkpointing`
+writes and restores them. A resumed run must have the checkpoint's settings except ``epochs``,
+which extends it (:mod:`rtdetr_spartan.solver.resume`).
 """
 
 from __future__ import annotations
 
-import copy
-import datetime
-import json
 import logging
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-import rtdetr_spartan
 from rtdetr_spartan.core import ConfigError, YAMLConfig, create
 from rtdetr_spartan.data.dataloader import set_epoch
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.allocator import retain_freed_memory
-from rtdetr_spartan.misc.checkpoint import (
-    extract_state_dict,
-    load_model_weights,
-    publish_link,
-    remove_stale_temp_files,
-    save_atomic,
-)
+from rtdetr_spartan.misc.checkpoint import load_model_weights, publish_link, remove_stale_temp_files, save_atomic
+from rtdetr_spartan.misc.logger import append_json_line
 from rtdetr_spartan.nn.compile import compile_regional
+from rtdetr_spartan.solver.checkpointing import restore_state, training_checkpoint
 from rtdetr_spartan.solver.device import resolve_amp_dtype, select_device
 from rtdetr_spartan.solver.loaders import check_batch_sizes, prepare_eval_loader, prepare_train_loader
-from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler, check_learning_rates, rebuild_scheduler
+from rtdetr_spartan.solver.loop import LoopSettings, TrainStep, train_one_epoch, write_epoch_scalars
+from rtdetr_spartan.solver.optimization import build_optimizer, build_scheduler, check_learning_rates
 from rtdetr_spartan.solver.resume import read_resume_checkpoint, resume_source, summary_dir
-from rtdetr_spartan.solver.rng import preserved_rng, rng_state, set_rng_state
-from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainEpochFn, TrainState
+from rtdetr_spartan.solver.rng import preserved_rng, set_rng_state
+from rtdetr_spartan.solver.state import EpochResult, EvalState, SolverHook, TrainState
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -67,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 class BaseSolver:
     """The training loop and the run's checkpointed state; a task subclass supplies
-    :meth:`train_one_epoch`, :meth:`evaluate`, :meth:`metric` and the epoch's log fields.
+    :meth:`train_step`, :meth:`evaluate`, :meth:`metric` and the epoch's log fields.
 
     ``last_epoch`` is the index of the last finished epoch (``-1`` before training); training
     continues at ``last_epoch + 1``.
@@ -103,27 +96,9 @@ class BaseSolver:
         self._pending_rng: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------- task interface
-    # The task's epoch function (``solver.det_engine.train_one_epoch``, ``solver.cls_engine.train_one_epoch``).
-    train_epoch: ClassVar[TrainEpochFn]
-
-    def train_one_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> dict[str, float]:
-        """Train one epoch with the task's ``train_epoch`` (the scheduler is stepped by the loop
-        unless it steps per iteration); returns rank-averaged statistics."""
-        return type(self).train_epoch(
-            state.model,
-            state.criterion,
-            state.train_loader,
-            state.optimizer,
-            self.device,
-            epoch,
-            lr_scheduler=state.iteration_scheduler,
-            clip_max_norm=self.cfg.clip_max_norm,
-            ema=state.ema,
-            scaler=state.scaler,
-            amp_dtype=self.amp_dtype,
-            print_freq=self.print_freq,
-            writer=writer,
-        )
+    def train_step(self, state: TrainState) -> TrainStep:
+        """The task's ``batch -> outputs`` and ``outputs, batch -> named losses`` on ``state``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement train_step()")
 
     def evaluate(self, state: EvalState) -> dict[str, Any]:
         """Evaluate ``state.eval_module`` on the validation set; the same result on every rank."""
@@ -149,7 +124,7 @@ class BaseSolver:
         return f"{self.metric_name} {self.metric(eval_stats):.4f}"
 
     def val(self) -> dict[str, Any]:
-        """Evaluate only (``--test-only``)."""
+        """Evaluate only (``--test-only``); returns the task's metrics (:meth:`evaluate`)."""
         stats = self.evaluate(self.setup_eval())
         logger.info("%s", self.describe(stats))
         return stats
@@ -159,9 +134,13 @@ class BaseSolver:
         self.hooks.append(hook)
 
     def fit(self) -> dict[str, Any]:
-        """Train from ``last_epoch + 1`` (0, or after the resumed epoch) to ``epochs``; returns
-        the best-metric record ``{"metric", "value", "epoch"}``."""
+        """Train from ``last_epoch + 1`` (0, or after the resumed epoch) to ``epochs``.
+
+        Returns ``{"final": the last epoch's evaluation metrics (as :meth:`evaluate`; empty when
+        no epoch was left to train), "best": the best-metric record {"metric", "value", "epoch"}}``.
+        """
         state = self.setup_train()
+        final: dict[str, Any] = {}
         first = self.last_epoch + 1
         if first >= self.epochs:
             logger.warning("nothing to train: %d of epochs=%d already done", first, self.epochs)
@@ -171,19 +150,20 @@ class BaseSolver:
             for hook in self.hooks:
                 hook.before_train(self, state)
             for epoch in range(first, self.epochs):
-                self.run_epoch(state, epoch, writer)
+                final = self.run_epoch(state, epoch, writer).eval_stats
             for hook in self.hooks:
                 hook.after_train(self, state)
         finally:
             if writer is not None:
                 writer.close()
-        return dict(self.best)
+        return {"final": final, "best": dict(self.best)}
 
     def run_epoch(self, state: TrainState, epoch: int, writer: SummaryWriter | None) -> EpochResult:
         """Train, checkpoint, evaluate, publish best/periodic checkpoints, log and run the hooks."""
         start = time.perf_counter()
         set_epoch(state.train_loader, epoch)
-        train_stats = self.train_one_epoch(state, epoch, writer)
+        settings = LoopSettings(self.device, self.amp_dtype, self.cfg.clip_max_norm, self.print_freq)
+        train_stats = train_one_epoch(state, self.train_step(state), epoch, settings, writer)
         if state.lr_scheduler is not None and state.iteration_scheduler is None:
             state.lr_scheduler.step()
         self.after_train_epoch(state)
@@ -234,11 +214,7 @@ class BaseSolver:
             result.seconds,
         )
         if writer is not None:
-            for key, value in result.train_stats.items():
-                writer.add_scalar(f"Train/{key}", value, result.epoch)
-            for key, value in self.epoch_scalars(result.eval_stats).items():
-                writer.add_scalar(f"Test/{key}", value, result.epoch)
-            writer.flush()
+            write_epoch_scalars(writer, result.epoch, result.train_stats, self.epoch_scalars(result.eval_stats))
 
     def open_summary_writer(self) -> SummaryWriter | None:
         """A TensorBoard ``SummaryWriter`` on rank 0 (in :attr:`summary_dir`)."""
@@ -290,10 +266,11 @@ class BaseSolver:
         ema = self.cfg.build("ema", model=model) if self.cfg.use_ema else None
         if self.cfg.get("compile", False):
             compile_regional(model)  # after the EMA deep copy, which must stay an eager module
+        sync_bn, find_unused = bool(self.cfg.get("sync_bn", False)), bool(self.cfg.get("find_unused_parameters", False))
         state = EvalState(
-            model=self._wrap_distributed(model),
+            model=dist.wrap_model(model, self.device, sync_bn, find_unused),
             criterion=self.cfg.criterion.to(self.device),
-            postprocessor=self.cfg.postprocessor.to(self.device),
+            postprocessor=self.cfg.postprocessor.to(self.device) if self.cfg.get("postprocessor") else None,
             ema=ema,
             val_loader=prepare_eval_loader(self.cfg.val_dataloader),
         )
@@ -307,19 +284,6 @@ class BaseSolver:
             bool(self.cfg.get("compile", False)),
         )
         return state
-
-    def _wrap_distributed(self, model: nn.Module) -> nn.Module:
-        if not dist.is_dist_initialized():
-            return model
-        if self.cfg.get("sync_bn", False):
-            if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            else:
-                logger.warning("sync_bn: SyncBatchNorm needs CUDA; BatchNorm stays per process on %s", self.device)
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, find_unused_parameters=bool(self.cfg.get("find_unused_parameters", False))
-        )
 
     def setup_train(self) -> TrainState:
         """Everything :meth:`fit` needs; with ``resume`` set, the full state of that checkpoint."""
@@ -373,95 +337,19 @@ class BaseSolver:
         logger.info("resumed after epoch %d (best %s %s)", self.last_epoch, self.best["metric"], self.best["value"])
 
     # ------------------------------------------------------------------------- state
-    @staticmethod
-    def _stateful(state: EvalState) -> dict[str, Any]:
-        """The components whose ``state_dict`` a checkpoint holds (besides the model)."""
-        parts: dict[str, Any] = {"ema": state.ema}
-        if isinstance(state, TrainState):
-            parts.update(optimizer=state.optimizer, lr_scheduler=state.lr_scheduler, scaler=state.scaler)
-        return {name: part for name, part in parts.items() if part is not None}
-
     def state_dict(self, state: TrainState) -> dict[str, Any]:
-        """The full training state. Collective in distributed runs (gathers every rank's RNG)."""
-        checkpoint: dict[str, Any] = {
-            "model": state.module.state_dict(),
-            "epoch": self.last_epoch,
-            "best": dict(self.best),
-            "rng": dist.all_gather_object(rng_state(self.device, state.train_loader.generator)),
-            "task": self.cfg.task,
-            "config": copy.deepcopy(self.cfg.yaml_cfg),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "version": rtdetr_spartan.__version__,
-        }
-        for name, part in self._stateful(state).items():
-            checkpoint[name] = part.state_dict()
-        return checkpoint
+        """The full training state (:func:`~rtdetr_spartan.solver.checkpointing.training_checkpoint`);
+        collective in distributed runs."""
+        return training_checkpoint(self.cfg, state, self.device, self.last_epoch, self.best)
 
     def load_state_dict(self, state: EvalState, checkpoint: Mapping[str, Any], source: str = "checkpoint") -> None:
-        """Restore what ``checkpoint`` holds into ``state``.
-
-        The model must match exactly (use tuning to load partially). A file without a ``model``
-        entry (published RT-DETR weights: ``{'ema': {'module': ...}}``) loads its EMA weights
-        into the model. Components the file lacks start fresh (an EMA restarts from the loaded
-        model). RNG states are kept for :meth:`restore_rng`. A checkpoint of a run planned for
-        another number of ``epochs`` gets a schedule rebuilt for this config's ``epochs``.
-        """
-        weights = checkpoint["model"] if "model" in checkpoint else extract_state_dict(checkpoint)
-        load_model_weights(state.module, {"model": weights}, strict=True)
-        # Reference RT-DETR checkpoints call the finished epoch 'last_epoch'.
-        self.last_epoch = int(checkpoint.get("epoch", checkpoint.get("last_epoch", -1)))
-        planned = self._planned_epochs(checkpoint)
-        for name, part in self._stateful(state).items():
-            if name == "lr_scheduler" and name in checkpoint and planned != self.epochs:
-                continue  # rebuilt below, after the optimizer's state
-            if name in checkpoint:
-                part.load_state_dict(checkpoint[name])
-                continue
-            logger.warning("%s: no '%s' state; %s starts fresh", source, name, name)
-            if name == "ema":
-                state.ema = self.cfg.build("ema", model=state.module)
-        if isinstance(state, TrainState) and "lr_scheduler" in checkpoint and planned != self.epochs:
-            self._extend_schedule(state, int(checkpoint["lr_scheduler"].get("last_epoch", 0)), planned, source)
-        self.best = dict(checkpoint.get("best") or self.best)
-        self._pending_rng = self._rng_for_this_rank(checkpoint.get("rng"), source)
-
-    def _planned_epochs(self, checkpoint: Mapping[str, Any]) -> int:
-        """The ``epochs`` of the run that wrote ``checkpoint`` (this config's when it stores none)."""
-        config = checkpoint.get("config")
-        return int(config.get("epochs", self.epochs)) if isinstance(config, Mapping) else self.epochs
-
-    def _extend_schedule(self, state: TrainState, steps: int, planned: int, source: str) -> None:
-        """Replace the schedule of a run planned for ``planned`` epochs by this config's, advanced
-        by the ``steps`` the resumed scheduler had taken."""
-        if state.lr_scheduler is None:
-            return
-        state.lr_scheduler = rebuild_scheduler(self.cfg, state.optimizer, state.train_loader, steps)
-        logger.warning(
-            "%s: run planned for %d epochs, continued for epochs=%d: the lr schedule is rebuilt for %d epochs "
-            "and advanced past %d finished epochs (%d scheduler steps)",
-            source,
-            planned,
-            self.epochs,
-            self.epochs,
-            self.last_epoch + 1,
-            steps,
-        )
-
-    def _rng_for_this_rank(self, saved: Any, source: str) -> dict[str, Any] | None:
-        if not saved:
-            return None
-        if len(saved) != dist.get_world_size():
-            logger.warning(
-                "%s: saved by %d processes, resumed with %d; random streams are reseeded "
-                "(data order and augmentation differ from an uninterrupted run)",
-                source,
-                len(saved),
-                dist.get_world_size(),
-            )
-            dist.seed_everything(self.seed + self.last_epoch + 1)
-            return None
-        state: dict[str, Any] = saved[dist.get_rank()]
-        return state
+        """Restore what ``checkpoint`` holds into ``state`` and this run's epoch and best record
+        (:func:`~rtdetr_spartan.solver.checkpointing.restore_state`); RNG states are kept for
+        :meth:`restore_rng`."""
+        restored = restore_state(self.cfg, state, checkpoint, source, self.seed)
+        self.last_epoch = restored.last_epoch
+        self.best = restored.best or self.best
+        self._pending_rng = restored.rng
 
     def restore_rng(self, state: TrainState) -> None:
         """Apply the RNG states read by :meth:`load_state_dict` (including the data generator)."""
@@ -493,16 +381,4 @@ class BaseSolver:
     def append_log(self, record: Mapping[str, Any]) -> None:
         """One JSON line in ``OUTPUT_DIR/log.txt`` (rank 0)."""
         if self.is_main:
-            with (self.output_dir / "log.txt").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(_json_safe(record)) + "\n")
-
-
-def _json_safe(value: Any) -> Any:
-    """Floats that JSON cannot hold (NaN, inf) become ``None``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+            append_json_line(self.output_dir / "log.txt", record)

@@ -69,7 +69,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_solver(cfg: Any, test_only: bool) -> dict[str, Any] | None:
     """Build the config's solver and evaluate (``test_only``) or train; returns ``fit``'s
-    record of the best epoch when training."""
+    result (``{"final": metrics, "best": record}``) when training."""
     solver = build_solver(cfg)
     if test_only:
         solver.val()
@@ -107,8 +107,9 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
         if removed:
             logger.warning("overwrite: removed the earlier run's %s", describe_removed(removed, cfg.output_dir))
         logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
-        best = run_solver(cfg, args.test_only)
-        if best is not None:
+        result = run_solver(cfg, args.test_only)
+        if result is not None:
+            best = result["best"]
             logger.info(
                 "best %s %s at epoch %s; checkpoints in %s",
                 best.get("metric"),
@@ -116,7 +117,7 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
                 best.get("epoch"),
                 cfg.output_dir,
             )
-        return best
+        return result
     finally:
         close_logging()
         dist.cleanup()

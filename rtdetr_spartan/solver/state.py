@@ -8,7 +8,7 @@ state to the task's methods, so nothing downstream checks for a missing componen
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,16 +22,17 @@ if TYPE_CHECKING:
 
     from rtdetr_spartan.solver.base import BaseSolver
 
-__all__ = ["EpochResult", "EvalState", "SolverHook", "TrainEpochFn", "TrainState"]
+__all__ = ["EpochResult", "EvalState", "SolverHook", "TrainState"]
 
 
 @dataclass
 class EvalState:
-    """What evaluation needs. ``model`` is the model as trained (DDP-wrapped in distributed runs)."""
+    """What evaluation needs. ``model`` is the model as trained (DDP-wrapped in distributed runs);
+    ``postprocessor`` is the config's, ``None`` when it declares none (classification needs none)."""
 
     model: nn.Module
     criterion: nn.Module
-    postprocessor: nn.Module
+    postprocessor: nn.Module | None
     ema: ModelEMA | None
     val_loader: DataLoader[Any]
 
@@ -97,25 +98,3 @@ class SolverHook:
 
     def after_train(self, solver: BaseSolver, state: TrainState) -> None:
         """Called once after the last epoch (not when training raised)."""
-
-
-class TrainEpochFn(Protocol):
-    """A task's epoch function: one pass over ``data_loader``, returning rank-averaged statistics."""
-
-    def __call__(
-        self,
-        model: nn.Module,
-        criterion: nn.Module,
-        data_loader: DataLoader[Any],
-        optimizer: torch.optim.Optimizer,
-        device: torch.device,
-        epoch: int,
-        *,
-        lr_scheduler: LRScheduler | None = None,
-        clip_max_norm: float = 0.0,
-        ema: ModelEMA | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-        amp_dtype: torch.dtype | None = None,
-        print_freq: int = 50,
-        writer: SummaryWriter | None = None,
-    ) -> dict[str, float]: ...

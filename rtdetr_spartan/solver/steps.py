@@ -1,6 +1,6 @@
-"""Pieces every training loop shares: the rank-0 progress bar, autocast, the finite-loss check,
-the per-iteration log line, the optimizer step, and a test-only fault point for the
-elastic-restart test."""
+"""The pieces of the epoch loop (:mod:`rtdetr_spartan.solver.loop`): the rank-0 progress bar,
+autocast, the finite-loss check, the per-iteration log line, the optimizer step, and a test-only
+fault point for the elastic-restart test."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULT_ENV",
+    "LOSS_TAG",
+    "LR_TAG",
     "autocast",
     "backward_and_step",
     "check_finite_loss",
@@ -39,6 +41,10 @@ logger = logging.getLogger(__name__)
 FAULT_ENV = "RTDETR_SPARTAN_TEST_EXIT_AT"
 FAULT_EXIT_CODE = 75
 
+# The per-iteration TensorBoard tags of every task (RT-DETR's names).
+LOSS_TAG = "Loss/total"
+LR_TAG = "Lr/pg_0"
+
 
 def progress(iterable: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
     """A tqdm bar (with ETA) on rank 0; the plain iterable elsewhere."""
@@ -52,36 +58,23 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextMana
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
-def check_finite_loss(
-    reduced: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor], epoch: int, iteration: int
-) -> float:
-    """The total of the rank-averaged losses; every rank raises together when it is not finite."""
+def check_finite_loss(reduced: Mapping[str, torch.Tensor], local: Mapping[str, torch.Tensor]) -> float:
+    """The total of the rank-averaged losses; every rank raises together when it is not finite
+    (the epoch loop adds where)."""
     total = float(sum(v.item() for v in reduced.values()))
     if not math.isfinite(total):
         shown = {k: float(v.item()) for k, v in local.items()}
-        raise FloatingPointError(
-            f"non-finite loss {total} at epoch {epoch}, iteration {iteration}; "
-            f"losses of rank {dist.get_rank()}: {shown}"
-        )
+        raise FloatingPointError(f"non-finite loss {total}; losses of rank {dist.get_rank()}: {shown}")
     return total
 
 
-def log_iteration(
-    epoch: int,
-    iteration: int,
-    total: int,
-    loss: float,
-    lr: float,
-    writer: SummaryWriter | None,
-    *,
-    loss_tag: str,
-) -> None:
-    """One progress line in the log and, with a writer, the loss (as ``loss_tag``) and lr."""
+def log_iteration(epoch: int, iteration: int, total: int, loss: float, lr: float, writer: SummaryWriter | None) -> None:
+    """One progress line in the log and, with a writer, the loss and lr (``LOSS_TAG``, ``LR_TAG``)."""
     logger.info("epoch %d [%d/%d] loss %.4f lr %.3e", epoch, iteration + 1, total, loss, lr)
     if writer is not None:
         step = epoch * total + iteration
-        writer.add_scalar(loss_tag, loss, step)
-        writer.add_scalar("Lr/pg_0", lr, step)
+        writer.add_scalar(LOSS_TAG, loss, step)
+        writer.add_scalar(LR_TAG, lr, step)
 
 
 def backward_and_step(

@@ -1,37 +1,24 @@
 """Log CAMs of a few fixed validation images to TensorBoard every N epochs of pretraining.
 
-Proposed config key (off by default)::
-
-    cam_logging:
-      every_n_epochs: 0     # N > 0: after every N-th epoch (epochs N-1, 2N-1, ... counted from 0)
-      images: []            # image files, or one folder (its first max_images images)
-      max_images: 4
-      layers: ~             # default: classifier_layers(model)
-      method: gradcam       # gradcam | gradcam++ | eigencam
-
-The training loop calls ``logger(model, writer, epoch)`` after each epoch's evaluation; it does
-nothing on other epochs, and leaves the model's train/eval mode and gradients as they were.
+A training run attaches it with the ``CamLoggingHook`` hook (:mod:`rtdetr_spartan.solver.hooks`,
+``hooks: [CamLoggingHook]`` and a ``CamLoggingHook:`` section holding :meth:`CamLogger.from_config`'s
+settings), which
+calls ``logger(model, writer, epoch)`` after each epoch's evaluation; it does nothing on other
+epochs, and leaves the model's train/eval mode and gradients as they were.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
-
-    from rtdetr_spartan.solver.base import BaseSolver
-
-from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.data.image_io import read_rgb
-from rtdetr_spartan.solver.state import EpochResult, SolverHook, TrainState
 from rtdetr_spartan.visualize.cam import METHODS
 from rtdetr_spartan.visualize.layers import classifier_layers
 
@@ -39,7 +26,7 @@ __all__ = ["CONFIG_KEY", "CamLogger"]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_KEY = "cam_logging"
+CONFIG_KEY = "CamLoggingHook"  # the config section named in error messages
 
 
 class CamLogger:
@@ -105,7 +92,8 @@ class CamLogger:
     def from_config(
         cls, settings: Mapping[str, Any] | None, transform: Callable[[Image.Image], torch.Tensor]
     ) -> CamLogger | None:
-        """The logger the ``cam_logging`` section asks for, or None when it is absent or off."""
+        """The logger the ``CamLoggingHook`` section asks for (``every_n_epochs``, ``images``,
+        ``max_images``, ``layers``, ``method``, ``class_names``), or None when it is absent or off."""
         if not settings or not int(settings.get("every_n_epochs", 0)):
             return None
         unknown = set(settings) - {"every_n_epochs", "images", "max_images", "layers", "method", "class_names"}
@@ -134,29 +122,3 @@ def _spread(folder: Path, count: int) -> list[Path]:
         raise FileNotFoundError(f"{CONFIG_KEY}.images: no images in {folder}")
     picks = np.linspace(0, len(found) - 1, num=min(count, len(found))).round().astype(int)
     return [found[i] for i in sorted(set(picks.tolist()))]
-
-
-class CamLoggingHook(SolverHook):
-    """The loop's hook for the ``cam_logging`` config section: after every ``every_n_epochs``-th
-    epoch, rank 0 writes the CAM figures of the evaluated weights (EMA when on) to TensorBoard."""
-
-    def __init__(self, cam_logger: CamLogger) -> None:
-        self.cam_logger = cam_logger
-
-    @classmethod
-    def from_config(cls, cfg: YAMLConfig) -> CamLoggingHook | None:
-        """The hook the config's ``cam_logging`` section asks for (None when absent or off);
-        images are preprocessed with the config's validation transform."""
-        settings = cfg.get(CONFIG_KEY)
-        if not settings or not int(settings.get("every_n_epochs", 0)):
-            return None
-        from rtdetr_spartan.visualize.run import classifier_transform
-
-        cam_logger = CamLogger.from_config(settings, classifier_transform(cfg))
-        return cls(cam_logger) if cam_logger is not None else None
-
-    def after_epoch(
-        self, solver: BaseSolver, state: TrainState, result: EpochResult, writer: SummaryWriter | None
-    ) -> None:
-        if writer is not None:  # rank 0 only; the figures need no collective
-            self.cam_logger(state.eval_module, writer, result.epoch)

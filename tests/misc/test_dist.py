@@ -6,15 +6,15 @@ import multiprocessing as mp
 import os
 import queue
 import random
-import socket
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as tdist
 
 from rtdetr_spartan.misc import dist
-from rtdetr_spartan.misc.meters import MetricLogger, SmoothedValue
+from rtdetr_spartan.misc.meters import MetricLogger
 
 SPAWN_TIMEOUT_S = 120
 
@@ -47,33 +47,16 @@ def test_seed_everything_seeds_every_generator() -> None:
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 
-def test_smoothed_value_and_metric_logger() -> None:
-    meter = SmoothedValue(window_size=2)
-    for value in (1.0, 2.0, 6.0):
-        meter.update(value)
-    assert (meter.value, meter.avg, meter.median, meter.max, meter.global_avg) == (6.0, 4.0, 2.0, 6.0, 3.0)
-    logger = MetricLogger()
-    logger.update({"loss": torch.tensor(2.0)}, lr=0.1)
-    logger.update(loss=4.0, lr=0.2)
-    logger.synchronize_between_processes()  # a no-op in one process
-    assert logger.global_averages() == pytest.approx({"loss": 3.0, "lr": 0.15})
-    assert logger.latest() == {"loss": 4.0, "lr": 0.2}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _worker(rank: int, port: int, results: Any) -> None:
-    """One rank of a 2-process gloo group; puts ``(rank, findings)`` or ``(rank, error)``."""
+    """One rank of a 2-process gloo group joined through torchrun's variables, as a client of
+    the parent's store (as torchrun's agent serves it); puts ``(rank, findings)`` or ``(rank, error)``."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE="2",
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
+        TORCHELASTIC_USE_AGENT_STORE="True",
         OMP_NUM_THREADS="1",
     )
     try:
@@ -107,8 +90,10 @@ def _worker(rank: int, port: int, results: Any) -> None:
 def test_two_gloo_processes() -> None:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, port, results)) for rank in range(2)]
+    # The parent holds the rendezvous store on a port the system picked (port 0): nothing can
+    # take it between choosing and binding.
+    store = tdist.TCPStore("127.0.0.1", 0, world_size=2, is_master=True, wait_for_workers=False)
+    procs = [ctx.Process(target=_worker, args=(rank, store.port, results)) for rank in range(2)]
     for proc in procs:
         proc.start()
     found: dict[int, Any] = {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,12 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from rtdetr_spartan.core import YAMLConfig, merge_dict
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
+from rtdetr_spartan.misc.dist import all_reduce_batchnorm_stats
 from rtdetr_spartan.nn.criterion import SoftTargetCrossEntropy
 from rtdetr_spartan.nn.postprocessor import ClassificationPostProcessor
 from rtdetr_spartan.optim.param_groups import scaled_lr
 from rtdetr_spartan.solver import TASKS
-from rtdetr_spartan.solver.cls_engine import all_reduce_batchnorm_stats, evaluate
-from rtdetr_spartan.solver.cls_solver import ClsSolver
+from rtdetr_spartan.solver.cls_solver import ClsSolver, topk_evaluate
 from rtdetr_spartan.solver.loaders import ShardSampler
 from tests.cls_utils import SHAPES_CLS_CONFIG, make_tiny_cls_dataset, tiny_overrides
 from tests.train_utils import read_json_lines
@@ -89,12 +87,6 @@ def test_resume_continues_like_an_uninterrupted_run(cls_data: Path, tmp_path: Pa
 
 
 # ----------------------------------------------------------------------------- two gloo ranks
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _eval_setup() -> tuple[nn.Module, TensorDataset]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7))
@@ -102,9 +94,9 @@ def _eval_setup() -> tuple[nn.Module, TensorDataset]:
     return model, data
 
 
-def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    tdist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank_worker(rank: int, world: int, out: str) -> None:
+    # A file rendezvous in the test's folder: no port to guess, none another process can take.
+    tdist.init_process_group("gloo", init_method=f"file://{Path(out) / 'rendezvous'}", rank=rank, world_size=world)
     try:
         bn = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.BatchNorm1d(2))
         bn[1].running_mean.fill_(rank + 1.0)
@@ -113,7 +105,7 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
         count = all_reduce_batchnorm_stats(bn)
         model, data = _eval_setup()
         loader = DataLoader(data, batch_size=4, sampler=ShardSampler(data))
-        stats = evaluate(model, loader, torch.device("cpu"), topk=(1, 5))
+        stats = topk_evaluate(model, loader, torch.device("cpu"), topk=(1, 5))
         torch.save({"count": count, "bn": bn.state_dict(), "stats": stats}, Path(out) / f"rank{rank}.pt")
     finally:
         tdist.destroy_process_group()
@@ -122,7 +114,7 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_batchnorm_stats_and_accuracy_are_reduced_across_ranks(tmp_path: Path) -> None:
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for result in ranks:
         assert result["count"] == 4
@@ -130,7 +122,7 @@ def test_batchnorm_stats_and_accuracy_are_reduced_across_ranks(tmp_path: Path) -
         assert torch.allclose(result["bn"]["1.running_var"], torch.full((4,), 2.0))
         assert torch.allclose(result["bn"]["2.running_mean"], torch.full((2,), -1.5))
     model, data = _eval_setup()
-    single = evaluate(model, DataLoader(data, batch_size=4), torch.device("cpu"), topk=(1, 5))
+    single = topk_evaluate(model, DataLoader(data, batch_size=4), torch.device("cpu"), topk=(1, 5))
     logits, labels = model(data.tensors[0]), data.tensors[1]
     assert single["top1"] == pytest.approx(100.0 * (logits.argmax(-1) == labels).float().mean().item())
     assert single["num_images"] == 11

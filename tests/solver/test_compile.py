@@ -7,8 +7,7 @@ from pathlib import Path
 
 from rtdetr_spartan.nn.compile import compile_units
 from rtdetr_spartan.solver import DetSolver
-from tests.solver.test_det_solver import tiny_cfg
-from tests.train_utils import make_tiny_dataset
+from tests.train_utils import make_tiny_dataset, tiny_cfg
 
 
 def _compiled(module: object) -> bool:

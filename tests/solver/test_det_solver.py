@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,27 +12,18 @@ import pytest
 import torch
 from torchvision.ops import box_convert
 
-from rtdetr_spartan.core import ConfigError, YAMLConfig
+from rtdetr_spartan.core import ConfigError
 from rtdetr_spartan.data import ImageReadError
+from rtdetr_spartan.data.coco_eval import STAT_NAMES
 from rtdetr_spartan.misc.checkpoint import load_checkpoint
 from rtdetr_spartan.solver import TASKS, DetSolver, EpochResult, SolverHook, TrainState, build_solver
-from rtdetr_spartan.solver.det_solver import prediction_categories
-from tests.train_utils import TINY_CONFIG, TINY_SPARTAN_CONFIG, dataset_overrides, make_tiny_dataset, read_json_lines
+from rtdetr_spartan.solver.det_solver import check_finite_outputs, prediction_categories
+from tests.train_utils import TINY_SPARTAN_CONFIG, dataset_overrides, make_tiny_dataset, read_json_lines, tiny_cfg
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("shapes"), train=4, val=3)
-
-
-def tiny_cfg(data_root: Path, output_dir: Path, config: Path = TINY_CONFIG, **overrides: Any) -> YAMLConfig:
-    base = {
-        **dataset_overrides(data_root),
-        "output_dir": str(output_dir),
-        "device": "cpu",
-        "train_dataloader": {**dataset_overrides(data_root)["train_dataloader"], "batch_size": 2},
-    }
-    return YAMLConfig(config, **{**base, **overrides})
 
 
 class RecordingHook(SolverHook):
@@ -53,14 +45,14 @@ class RecordingHook(SolverHook):
 
 @pytest.fixture(scope="module")
 def one_epoch(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """A 1-epoch run; returns its output dir and fit()'s best record (a RecordingHook's calls
+    """A 1-epoch run; returns its output dir and fit()'s result (a RecordingHook's calls
     under ``"hook_calls"``)."""
     out = tmp_path_factory.mktemp("run1")
     solver = DetSolver(tiny_cfg(shapes, out))
     hook = RecordingHook()
     solver.register_hook(hook)
-    best = solver.fit()
-    return out, {**best, "hook_calls": hook.calls}
+    result = solver.fit()
+    return out, {**result, "hook_calls": hook.calls}
 
 
 def test_tasks_registry_and_unknown_task(shapes: Path, tmp_path: Path) -> None:
@@ -76,8 +68,11 @@ def test_fit_writes_checkpoints_log_and_eval_files(one_epoch: tuple[Path, dict[s
     assert not list(out.glob("checkpoint*.pth"))  # checkpoint_freq 0 in the tiny config
     (record,) = read_json_lines(out / "log.txt")
     assert record["epoch"] == 0 and len(record["test_coco_eval_bbox"]) == 12
-    best = {k: v for k, v in best.items() if k != "hook_calls"}
-    assert best == {"metric": "AP", "value": record["test_coco_eval_bbox"][0], "epoch": 0}
+    assert best["best"] == {"metric": "AP", "value": record["test_coco_eval_bbox"][0], "epoch": 0}
+    # fit() returns the last epoch's metrics: the 12 COCO statistics by name, per class
+    final = best["final"]
+    assert [final[name] for name in STAT_NAMES] == record["test_coco_eval_bbox"]
+    assert final["num_images"] == 3 and {row["category_id"] for row in final["per_class"]} == {3, 7, 11, 20}
     # the logged total is the sum of the weighted criterion terms (main, auxiliary, denoising)
     terms = [v for k, v in record.items() if k.startswith("train_loss_")]
     assert len(terms) > 10 and record["train_loss"] == pytest.approx(sum(terms), rel=1e-5)
@@ -89,7 +84,7 @@ def test_fit_writes_checkpoints_log_and_eval_files(one_epoch: tuple[Path, dict[s
 @pytest.mark.slow
 def test_fit_with_the_spartan_backbone(shapes: Path, tmp_path: Path) -> None:
     solver = DetSolver(tiny_cfg(shapes, tmp_path, config=TINY_SPARTAN_CONFIG))
-    best = solver.fit()
+    best = solver.fit()["best"]
     assert type(solver.module.backbone).__name__ == "SpaRTAN" and best["epoch"] == 0
     (record,) = read_json_lines(tmp_path / "log.txt")
     terms = [v for k, v in record.items() if k.startswith("train_loss_")]
@@ -198,6 +193,18 @@ def test_resume_and_tuning_together_is_a_config_error(shapes: Path, tmp_path: Pa
         DetSolver(tiny_cfg(shapes, tmp_path, resume="a.pth", tuning="b.pth"))
 
 
+def test_non_finite_outputs_name_the_tensor() -> None:
+    outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_boxes": torch.full((1, 2, 4), math.nan)}
+    with pytest.raises(FloatingPointError, match=r"non-finite model outputs \(rank 0: pred_boxes\)"):
+        check_finite_outputs(outputs)
+    check_finite_outputs({"pred_logits": torch.zeros(1, 2, 3), "pred_boxes": torch.zeros(1, 2, 4)})
+
+
+def test_detection_needs_a_postprocessor(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="detection needs a 'postprocessor'"):
+        DetSolver(tiny_cfg(shapes, tmp_path, postprocessor=None)).val()
+
+
 def test_nan_loss_raises_naming_epoch_and_iteration(shapes: Path, tmp_path: Path) -> None:
     # An absurd learning rate blows the weights up after the first step.
     cfg = tiny_cfg(shapes, tmp_path, optimizer={"lr": 1e30}, clip_max_norm=0.0)
@@ -216,19 +223,20 @@ def test_corrupt_image_error_names_the_file(shapes: Path, tmp_path: Path) -> Non
 
 
 def test_val_only_writes_eval_files(shapes: Path, tmp_path: Path) -> None:
-    summary = DetSolver(tiny_cfg(shapes, tmp_path)).val()
-    assert len(summary["stats"]) == 12
-    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["stats"] == summary["stats"]
+    metrics = DetSolver(tiny_cfg(shapes, tmp_path)).val()
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert [metrics[name] for name in STAT_NAMES] == summary["stats"] and len(summary["stats"]) == 12
+    assert metrics["per_class"] == summary["per_class"] and metrics["num_images"] == summary["num_images"] == 3
     assert isinstance(json.loads((tmp_path / "eval" / "results.json").read_text()), list)
     assert not (tmp_path / "last.pth").exists()
 
 
 def test_hooks_run_around_the_epochs(one_epoch: tuple[Path, dict[str, Any]]) -> None:
-    _, best = one_epoch
-    before, (name, (epoch, is_best, metric, on_disk, has_writer)), after = best["hook_calls"]
+    _, result = one_epoch
+    before, (name, (epoch, is_best, metric, on_disk, has_writer)), after = result["hook_calls"]
     assert before == ("before_train", -1) and after == ("after_train", 0)
     assert name == "after_epoch" and (epoch, is_best, on_disk, has_writer) == (0, True, 0, True)
-    assert metric == best["value"]
+    assert metric == result["best"]["value"] == result["final"]["AP"]
 
 
 def test_failing_evaluation_keeps_the_trained_epoch(shapes: Path, tmp_path: Path) -> None:
@@ -265,7 +273,7 @@ def test_overwrite_replaces_the_earlier_run(shapes: Path, tmp_path: Path) -> Non
 @pytest.mark.slow  # a training run
 def test_auto_resume_starts_fresh_then_continues(shapes: Path, tmp_path: Path) -> None:
     first = DetSolver(tiny_cfg(shapes, tmp_path, resume="auto", epochs=1))
-    assert first.fit()["epoch"] == 0 and first.last_epoch == 0
+    assert first.fit()["best"]["epoch"] == 0 and first.last_epoch == 0
     (tmp_path / ".last.pth.killed.tmp").write_bytes(b"partial")  # a kill during a save
     second = DetSolver(tiny_cfg(shapes, tmp_path, resume="auto", epochs=2))
     second.fit()
