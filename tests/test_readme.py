@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rtdetr_spartan.data.shapes import make_classification_dataset, make_detection_dataset
+from rtdetr_spartan.data.shapes import make_classification_dataset, make_detection_dataset, make_yolo_dataset
 from rtdetr_spartan.deploy.video import VideoWriter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +33,13 @@ BLOCK_TIMEOUT_S = 600
 # README text -> what runs here. Longer keys are replaced first (a path before its folder).
 SUBSTITUTIONS = {
     "configs/rtdetr/rtdetr_spartan_t_6x_coco.yml": "configs/rtdetr/rtdetr_spartan_t_shapes.yml",
+    "configs/rtdetr/rtdetr_r18vd_6x_coco.yml": "configs/rtdetr/rtdetr_spartan_t_shapes.yml",
     "configs/spartan/spartan_t_imagenet.yml": "configs/spartan/spartan_t_shapes_cls.yml",
     "dataset/coco/annotations/instances_val2017.json": "data/shapes/annotations/instances_val.json",
     "dataset/coco/val2017/": "data/shapes/val/",
     "dataset/coco": "data/shapes",
     "data/imagenet": "data/shapes_cls",
+    "datasets/my_yolo": "data/shapes_yolo",
     "epochs=300": "epochs=1",
     "epochs=72": "epochs=1",
 }
@@ -84,10 +86,11 @@ def runnable(language: str) -> list[Example]:
 
 
 def make_workspace(root: Path) -> None:
-    """What the examples read: configs, tiny shapes datasets, images/ and traffic.mp4."""
+    """What the examples read: configs, tiny shapes datasets (COCO, YOLO, ImageFolder), images/, traffic.mp4."""
     (root / "configs").symlink_to(REPO_ROOT / "configs", target_is_directory=True)
     # 8 training images = one batch of the shapes detector config (drop_last), 4 to validate.
     make_detection_dataset(root / "data" / "shapes", train=8, val=4, size=128, seed=0)
+    make_yolo_dataset(root / "data" / "shapes_yolo", train=8, val=4, size=128, seed=1)
     # 32 = one batch of the shapes classifier config; every class needs an image in both splits.
     make_classification_dataset(root / "data" / "shapes_cls", train=32, val=8, size=64, seed=0)
     frames = [Image.open(path).convert("RGB") for path in sorted((root / "data" / "shapes" / "val").glob("*.jpg"))]
