@@ -11,7 +11,7 @@ import torch
 
 from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config, model_info_from_config
 from rtdetr_spartan.deploy.metadata import ModelInfo
-from rtdetr_spartan.deploy.predictor import Outputs, Predictor
+from rtdetr_spartan.deploy.predictor import GRAPH_INPUTS, Outputs, Predictor
 
 __all__ = ["TorchPredictor"]
 
@@ -24,7 +24,7 @@ class TorchPredictor(Predictor):
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.info = info
-        self.bind_graph(("images", "orig_target_sizes"), fixed_batch=None, sizes_are_float=False)
+        self.bind_graph(GRAPH_INPUTS, fixed_batch=None, sizes_are_float=False)
 
     @classmethod
     def from_config(

@@ -159,3 +159,29 @@ def test_predict_reports_boxes_in_the_displayed_orientation(exported) -> None:
     assert got == predictor.predict([displayed], threshold=0.0)[0]  # the same pixels in the same session
     boxes = np.array([d.box for d in got])
     assert boxes[:, [0, 2]].max() <= 96 and boxes[:, [1, 3]].max() <= 160 and boxes[:, [1, 3]].max() > 96
+
+
+def test_one_session_factory_applies_the_options_to_files_and_serialized_models(tmp_path) -> None:
+    import onnx
+
+    from rtdetr_spartan.deploy.runtime import onnxruntime_session
+
+    path = tmp_path / "conv.onnx"
+    conv = torch.nn.Conv2d(3, 2, 1)
+    torch.onnx.export(conv, (torch.rand(1, 3, 4, 4),), str(path), input_names=["x"], dynamo=False)
+    x = np.random.default_rng(0).random((1, 3, 4, 4), dtype=np.float32)
+    expected = conv(torch.from_numpy(x)).detach().numpy()
+    for model in (path, onnx.load(str(path)).SerializeToString()):
+        session = onnxruntime_session(model, threads=1, optimization="basic")
+        options = session.get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+        assert str(options.graph_optimization_level) == "GraphOptimizationLevel.ORT_ENABLE_BASIC"
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelFileError, match="the serialized model is not an ONNX model onnxruntime can load"):
+        onnxruntime_session(b"not a model")
+    with pytest.raises(
+        ValueError, match=r"graph optimization must be one of \('disable', 'basic', 'extended', 'all'\)"
+    ):
+        onnxruntime_session(path, optimization="most")
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        onnxruntime_session(path, threads=0)
