@@ -241,7 +241,10 @@ def _parse_line(file: Path, number: int, line: str, num_classes: int) -> tuple[i
     class_id = int(values[0])
     if not 0 <= class_id < num_classes:
         raise _line_error(
-            file, number, line, f"class id {class_id} is not in 0..{num_classes - 1} (data.yaml names {num_classes})"
+            file,
+            number,
+            line,
+            f"class id {class_id} is not in 0..{num_classes - 1} (data.yaml lists {num_classes} names)",
         )
     if len(values) == 5:
         cx, cy, w, h = values[1:]

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from rtdetr_spartan.core import YAMLConfig
-from rtdetr_spartan.data.coco import CocoDetection
+from rtdetr_spartan.data.coco import CocoDetection, ImageReadError
 from rtdetr_spartan.data.coco_eval import CocoEvaluator
 from rtdetr_spartan.data.layouts import detect_layout, detection_overrides
 from rtdetr_spartan.data.shapes import make_yolo_dataset
@@ -217,3 +217,17 @@ def test_training_epoch_and_evaluation_on_a_yolo_dataset(tmp_path: Path) -> None
     assert len(summary["stats"]) == 12 and summary["num_images"] == 3
     named = {row["category_id"]: row["name"] for row in summary["per_class"]}
     assert named == {0: "square", 1: "circle", 2: "triangle", 3: "star"}
+
+
+def test_split_given_as_an_image_list_file(yolo_root: Path, tmp_path: Path) -> None:
+    images = sorted((yolo_root / "images" / "val").glob("*.jpg"))[:3]
+    listing = tmp_path / "val.txt"
+    listing.write_text("".join(f"{p}\n" for p in images))
+    from_list = YOLODetection(listing, yolo_root / "data.yaml")
+    from_folder = YOLODetection(yolo_root / "images" / "val", yolo_root / "data.yaml")
+    assert len(from_list) == 3
+    for index in range(3):
+        assert torch.equal(from_list.load_item(index)[1]["boxes"], from_folder.load_item(index)[1]["boxes"])
+    listing.write_text(f"{images[0]}\n{tmp_path / 'gone.jpg'}\n")
+    with pytest.raises(ImageReadError, match="gone.jpg does not exist"):
+        YOLODetection(listing, yolo_root / "data.yaml")
