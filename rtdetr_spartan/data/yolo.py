@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,10 +43,12 @@ __all__ = [
     "YOLODataConfig",
     "YOLODetection",
     "YOLOFormatError",
+    "coco_dict",
     "image_size",
     "label_path",
     "read_data_yaml",
     "read_label_file",
+    "split_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -270,9 +274,13 @@ def read_label_file(file: str | Path, num_classes: int) -> list[tuple[int, float
     """The objects of one label file as ``(class, cx, cy, w, h)`` normalized; a malformed line
     raises :class:`YOLOFormatError` naming the file and line."""
     file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark, as some Windows tools write, is not data
+    except UnicodeDecodeError as err:
+        raise YOLOFormatError(f"{file} is not a UTF-8 text label file: {err}") from None
     return [
         _parse_line(file, number, line, num_classes)
-        for number, line in enumerate(file.read_text().splitlines(), start=1)
+        for number, line in enumerate(text.splitlines(), start=1)
         if line.strip()
     ]
 
@@ -299,8 +307,10 @@ def coco_dict(images: Sequence[Path], names: Sequence[str], folder: Path) -> dic
     coco_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     unlabelled: list[Path] = []
-    for image_id, image in enumerate(images, start=1):
-        w, h = image_size(image)
+    # Header reads are I/O bound: threads overlap them (results keep the order of ``images``).
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        sizes = list(pool.map(image_size, images))
+    for image_id, (image, (w, h)) in enumerate(zip(images, sizes), start=1):
         try:
             file_name = str(image.relative_to(folder))
         except ValueError:

@@ -231,3 +231,12 @@ def test_split_given_as_an_image_list_file(yolo_root: Path, tmp_path: Path) -> N
     listing.write_text(f"{images[0]}\n{tmp_path / 'gone.jpg'}\n")
     with pytest.raises(ImageReadError, match="gone.jpg does not exist"):
         YOLODetection(listing, yolo_root / "data.yaml")
+
+
+def test_label_file_with_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    file = tmp_path / "a.txt"
+    file.write_bytes("\ufeff1 0.5 0.5 0.2 0.2\r\n0 0.25 0.25 0.5 0.5\r\n".encode())
+    assert [obj[0] for obj in read_label_file(file, num_classes=2)] == [1, 0]
+    file.write_bytes(b"0 0.5 0.5 0.2 0.2\n\xff\xfe\n")
+    with pytest.raises(YOLOFormatError, match="a.txt is not a UTF-8 text label file"):
+        read_label_file(file, num_classes=2)
