@@ -82,3 +82,14 @@ def test_deprecated_epoches_alias(tmp_path, caplog):
         cfg = YAMLConfig(cfg_file)
     assert cfg.epochs == 3 and "epoches" not in cfg.yaml_cfg
     assert any("deprecated" in r.message for r in caplog.records)
+
+
+def test_a_moved_key_names_its_replacement(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'cam_logging' is no longer read: .*hooks: \[CamLoggingHook\]"):
+        YAMLConfig(R18, output_dir=str(tmp_path), cam_logging={"every_n_epochs": 2})
+
+
+def test_a_classifier_config_declares_no_postprocessor() -> None:
+    """Nothing runs a classifier's postprocessor: the solver evaluates top-k from the logits."""
+    cfg = YAMLConfig(CONFIGS / "spartan" / "spartan_t_shapes_cls.yml")
+    assert cfg.task == "classification" and cfg.get("postprocessor") is None

@@ -27,11 +27,6 @@ def test_cam_hook_is_built_from_the_hooks_key(tmp_path: Path) -> None:
         )
 
 
-def test_the_old_cam_logging_key_names_its_replacement(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"'cam_logging' is no longer read: .*hooks: \[CamLoggingHook\]"):
-        YAMLConfig(SHAPES_CLS_CONFIG, output_dir=str(tmp_path), cam_logging={"every_n_epochs": 2})
-
-
 @pytest.mark.slow
 def test_pretraining_logs_cams_through_the_hook(tmp_path: Path) -> None:
     """The run's TensorBoard events hold one CAM image per logged image at the due epochs only."""
