@@ -26,7 +26,7 @@ What the conversion does, once (all exact up to float rounding):
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 import torch
@@ -76,23 +76,18 @@ def _holding(build: Callable[[], M], **tensors: torch.Tensor) -> M:
     return module
 
 
-def _excite(
-    squeeze: torch.Tensor, squeeze_bias: torch.Tensor, expand: torch.Tensor, expand_bias: torch.Tensor
-) -> SqueezeExcite:
-    """A ``SqueezeExcite`` with weights squeeze [S, E], expand [E, S] and their biases."""
+def _excite(parts: Sequence[SqueezeExcite], order: torch.Tensor | None = None) -> SqueezeExcite:
+    """The squeeze-excites ``parts`` (of consecutive channel groups) as one, block-diagonal, with
+    the channels in ``order`` (None: as they are)."""
+    w1 = torch.block_diag(*(se.squeeze.weight.flatten(1) for se in parts))
+    w2 = torch.block_diag(*(se.expand.weight.flatten(1) for se in parts))
+    b1, b2 = (torch.cat([_conv_bias(getattr(se, name)) for se in parts]) for name in ("squeeze", "expand"))
+    if order is not None:
+        w1, w2, b2 = w1[:, order], w2[order], b2[order]
     return _holding(
-        lambda: SqueezeExcite(expand.shape[0], squeeze.shape[0]),
-        **{"squeeze.weight": squeeze[:, :, None, None], "squeeze.bias": squeeze_bias},
-        **{"expand.weight": expand[:, :, None, None], "expand.bias": expand_bias},
-    )
-
-
-def _excite_tensors(se: SqueezeExcite) -> tuple[torch.Tensor, ...]:
-    return (
-        se.squeeze.weight.flatten(1),
-        cast(torch.Tensor, se.squeeze.bias),
-        se.expand.weight.flatten(1),
-        cast(torch.Tensor, se.expand.bias),
+        lambda: SqueezeExcite(*w1.shape[::-1]),
+        **{"squeeze.weight": w1[:, :, None, None], "squeeze.bias": b1},
+        **{"expand.weight": w2[:, :, None, None], "expand.bias": b2},
     )
 
 
@@ -156,9 +151,7 @@ class InferenceSMixer(nn.Module):
         self.register_buffer("gamma", source.gamma.detach().view(-1).clone())
         self.h_conv = FusedConvAct.of(source.h_conv)
         self.l_conv = nn.Sequential(*(FusedConvAct.of(cast(ConvNormAct, m)) for m in source.l_conv))
-        hi, lo = _excite_tensors(source.h_attn), _excite_tensors(source.l_attn)
-        merged = (torch.block_diag(hi[0], lo[0]), torch.cat((hi[1], lo[1])), torch.block_diag(hi[2], lo[2]))
-        self.gate = _excite(*merged, torch.cat((hi[3], lo[3])))
+        self.gate = _excite((source.h_attn, source.l_attn))
         self.proj_out = _projection(source.proj_out, out_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,9 +243,8 @@ class InferenceCMixer(nn.Module):
             "crossed": crossed,
         }.items():
             self.register_buffer(name, None if tensor is None else tensor.detach().clone())
-        squeeze, squeeze_bias, expand, expand_bias = _excite_tensors(source.attn)
         self.act = source.conv.act
-        self.gate = _excite(squeeze[:, order], squeeze_bias, expand[order], expand_bias[order])
+        self.gate = _excite((source.attn,), order)
         self.proj_out = _projection(source.proj_out, out_scale, order)
 
     def rotate(self, t: torch.Tensor) -> torch.Tensor:
