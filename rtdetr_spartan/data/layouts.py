@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ class DatasetLayout:
     train: DatasetSplit
     val: DatasetSplit
     test: DatasetSplit | None = None
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def num_classes(self) -> int:

@@ -127,6 +127,22 @@ def _split_sources(value: Any, root: Path, path: Path, key: str) -> tuple[Path, 
     return sources
 
 
+def _dataset_root(value: Any, path: Path) -> Path:
+    """The folder split entries are relative to: ``path:`` (relative to the data.yaml's folder,
+    else to the working directory), or the data.yaml's folder. A ``path`` that exists nowhere
+    (Ultralytics resolves relative ones against its own datasets folder, so copied data.yaml files
+    often carry one) falls back to the data.yaml's folder, with a warning."""
+    if not value:
+        return path.parent
+    given = Path(str(value)).expanduser()
+    candidates = [given] if given.is_absolute() else [path.parent / given, given]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    logger.warning("%s: path '%s' does not exist; split entries are read relative to %s", path, value, path.parent)
+    return path.parent
+
+
 def read_data_yaml(path: str | Path, required: Sequence[str] = ("train", "val", "names")) -> YOLODataConfig:
     """Parse a YOLO ``data.yaml``; a key of ``required`` that is missing, unreadable names, or a
     split path that does not exist raise :class:`YOLOFormatError` naming the file and key."""
@@ -148,10 +164,7 @@ def read_data_yaml(path: str | Path, required: Sequence[str] = ("train", "val", 
     names = _parse_names(data["names"], path) if "names" in data else ()
     if "nc" in data and names and int(data["nc"]) != len(names):
         raise YOLOFormatError(f"{path}: nc is {data['nc']} but 'names' lists {len(names)} classes")
-    root = path.parent
-    if data.get("path"):
-        given = Path(str(data["path"])).expanduser()
-        root = given if given.is_absolute() else path.parent / given
+    root = _dataset_root(data.get("path"), path)
     splits = {
         key: _split_sources(data[key], root, path, key)
         for key in ("train", "val", "test")

@@ -240,3 +240,13 @@ def test_label_file_with_byte_order_mark_and_crlf(tmp_path: Path) -> None:
     file.write_bytes(b"0 0.5 0.5 0.2 0.2\n\xff\xfe\n")
     with pytest.raises(YOLOFormatError, match="a.txt is not a UTF-8 text label file"):
         read_label_file(file, num_classes=2)
+
+
+def test_dataset_root_that_exists_nowhere_falls_back_to_the_data_yaml_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_dataset(tmp_path, {"a": ""}, data_yaml="path: ../datasets/coco8\ntrain: images\nval: images\nnames: [a]\n")
+    with caplog.at_level(logging.WARNING, logger="rtdetr_spartan.data.yolo"):
+        config = read_data_yaml(tmp_path / "data.yaml")
+    assert config.root == tmp_path and config.splits["train"] == (tmp_path / "images",)
+    assert "path '../datasets/coco8' does not exist" in caplog.text
