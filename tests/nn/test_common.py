@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.nn.common import (
     ConvNormLayer,
     FrozenBatchNorm2d,
+    fold_batch_norm,
     freeze_batch_norm,
     get_activation,
 )
@@ -93,3 +95,27 @@ def test_frozen_batch_norm_matches_reference_conventions() -> None:
     state = nn.BatchNorm2d(3).state_dict()  # includes num_batches_tracked
     assert list(frozen.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
     frozen.load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["eval_batch_norm", "frozen_batch_norm"])
+def test_fold_batch_norm_equals_conv_then_norm(frozen: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    norm = nn.BatchNorm2d(6, eps=1e-3)
+    with torch.no_grad():
+        for tensor in (norm.weight, norm.bias, norm.running_mean):
+            tensor.copy_(torch.randn(6, generator=gen))
+        norm.running_var.copy_(torch.rand(6, generator=gen) + 0.5)
+    norm = freeze_batch_norm(norm) if frozen else norm.eval()
+    x = torch.randn(2, 4, 7, 5, generator=gen)
+    weight, bias = fold_batch_norm(norm, conv.weight, conv.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(F.conv2d(x, weight, bias, padding=1), norm(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_batch_norm_refuses_batch_statistics_and_other_norms() -> None:
+    weight = torch.ones(3, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): it normalizes with batch statistics"):
+        fold_batch_norm(nn.BatchNorm2d(3).train(), weight)
+    with pytest.raises(TypeError, match="cannot fold a GroupNorm"):
+        fold_batch_norm(nn.GroupNorm(1, 3), weight)

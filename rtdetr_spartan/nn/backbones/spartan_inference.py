@@ -207,7 +207,8 @@ class InferenceCMixer(nn.Module):
     The E channels between the 1x1 convs are in planar order. ``mix`` is theta and proj as one
     linear layer; ``rotation`` the planar rotation factors (depthwise plan; None: the rotation
     is in the taps); ``conv_weight`` the 3x3 conv (norm folded in), with groups of
-    ``group_size`` channels, and ``crossed`` its taps from the other half map (grouped plan).
+    ``group_size`` = conv_weight.shape[1] channels, and ``crossed`` its taps from the other
+    half map (grouped plan).
     """
 
     mix: torch.Tensor  # [2E, C]: theta rows, then proj rows, each planar
