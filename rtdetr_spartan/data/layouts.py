@@ -23,11 +23,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from rtdetr_spartan.data.yolo import read_data_yaml
+from rtdetr_spartan.data.coco import CocoDetection
+from rtdetr_spartan.data.yolo import YOLODetection, read_data_yaml
 
 __all__ = [
     "DatasetLayout",
@@ -35,6 +36,7 @@ __all__ = [
     "DatasetSplit",
     "classification_overrides",
     "detect_layout",
+    "detection_dataset",
     "detection_overrides",
 ]
 
@@ -191,6 +193,23 @@ def detect_layout(path: str | Path) -> DatasetLayout:
         f"valid/{ROBOFLOW_FILE}), YOLO ({' or '.join(YOLO_FILES)} with train, val and names). "
         f"Found: {', '.join(sorted(p.name for p in root.iterdir())[:10]) or 'nothing'}"
     )
+
+
+def detection_dataset(
+    img_folder: str | Path | list[str],
+    ann_file: str | Path,
+    transforms: Callable[..., Any] | None = None,
+    remap_mscoco_category: bool = False,
+    num_classes: int | None = None,
+) -> CocoDetection:
+    """The dataset of a config's ``img_folder`` / ``ann_file`` pair, for code that reads a dataset
+    section without building it from the config (calibration, evaluation of exported models):
+    :class:`YOLODetection` when ``ann_file`` is a YOLO ``data.yaml``, else :class:`CocoDetection`."""
+    if Path(ann_file).suffix.lower() in (".yaml", ".yml"):
+        return YOLODetection(img_folder, ann_file, transforms, False, remap_mscoco_category, num_classes)
+    if isinstance(img_folder, list):
+        raise ValueError(f"{ann_file}: a COCO dataset reads one image folder, got the list {img_folder}")
+    return CocoDetection(img_folder, ann_file, transforms, False, remap_mscoco_category, num_classes)
 
 
 # ----------------------------------------------------------------------------- overrides

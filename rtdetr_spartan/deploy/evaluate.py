@@ -24,6 +24,7 @@ from tqdm import tqdm
 from rtdetr_spartan.data.coco import CocoDetection
 from rtdetr_spartan.data.coco_eval import CocoEvaluator, to_category_ids
 from rtdetr_spartan.data.dataloader import default_collate_fn
+from rtdetr_spartan.data.layouts import detection_dataset
 from rtdetr_spartan.data.transforms import Compose
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.predictor import Predictor
@@ -46,7 +47,8 @@ def validation_dataset(
         {"type": "ToImage"},
         {"type": "ToDtype", "scale": True},
     ]
-    return CocoDetection(img_folder, ann_file, transforms=Compose(ops), remap_mscoco_category=remap_mscoco_category)
+    # CocoDetection, or YOLODetection for a YOLO data.yaml
+    return detection_dataset(img_folder, ann_file, transforms=Compose(ops), remap_mscoco_category=remap_mscoco_category)
 
 
 def _carries_category_ids(info: ModelInfo, annotated: set[int]) -> bool:

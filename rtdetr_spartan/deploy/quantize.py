@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from rtdetr_spartan.data.coco import CocoDetection
 from rtdetr_spartan.data.image_io import read_rgb
+from rtdetr_spartan.data.layouts import detection_dataset
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.openvino_runtime import read_openvino_model, stored_model_info, write_ir
 from rtdetr_spartan.deploy.predictor import preprocess
@@ -155,7 +155,7 @@ def calibration_from_config(
         )
     key, section = _dataset_section(cfg)
     try:
-        dataset = CocoDetection(
+        dataset = detection_dataset(  # CocoDetection, or YOLODetection for a data.yaml
             section["img_folder"],
             section["ann_file"],
             remap_mscoco_category=bool(cfg.get("remap_mscoco_category", False)),

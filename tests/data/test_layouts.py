@@ -15,10 +15,14 @@ from rtdetr_spartan.data.layouts import (
     DatasetLayoutError,
     classification_overrides,
     detect_layout,
+    detection_dataset,
     detection_overrides,
 )
 from rtdetr_spartan.data.shapes import make_classification_dataset
 from rtdetr_spartan.data.yolo import YOLODetection, YOLOFormatError
+from rtdetr_spartan.deploy.evaluate import validation_dataset
+from rtdetr_spartan.deploy.metadata import ModelInfo
+from rtdetr_spartan.deploy.quantize import calibration_from_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHAPES_CONFIG = REPO_ROOT / "configs" / "rtdetr" / "rtdetr_spartan_t_shapes.yml"
@@ -147,3 +151,25 @@ def test_classification_split_class_folders_must_match(tmp_path: Path, classific
         classification_overrides(tmp_path / "ds")
     with pytest.raises(DatasetLayoutError, match="looked for train/<class>/"):
         classification_overrides(tmp_path / "ds" / "train")
+
+
+def test_detection_dataset_reads_either_annotation_kind(shapes_root: Path, yolo_root: Path) -> None:
+    yolo = detection_dataset(yolo_root / "images" / "val", yolo_root / "data.yaml", num_classes=4)
+    coco = detection_dataset(shapes_root / "val", shapes_root / "annotations" / "instances_val.json")
+    assert type(yolo) is YOLODetection and type(coco) is CocoDetection
+    assert len(yolo) == len(coco) == 8
+    with pytest.raises(ValueError, match="a COCO dataset reads one image folder"):
+        detection_dataset([str(shapes_root / "val")], shapes_root / "annotations" / "instances_val.json")
+
+
+def test_calibration_and_exported_model_evaluation_read_a_yolo_config(yolo_root: Path) -> None:
+    """INT8 calibration and tools/eval_onnx.py read the dataset section of a config trained on
+    YOLO data (ann_file: data.yaml) rather than building it from the config."""
+    cfg = YAMLConfig(SHAPES_CONFIG, **detection_overrides(detect_layout(yolo_root))).yaml_cfg
+    names = dict(enumerate(SHAPE_NAMES))
+    info = ModelInfo((160, 160), 4, {i: i for i in range(4)}, names)
+    files = calibration_from_config(cfg, info, subset=100)
+    assert sorted(files) == sorted((yolo_root / "images" / "val").glob("*.jpg"))
+    section = cfg["val_dataloader"]["dataset"]
+    dataset = validation_dataset(section["ann_file"], section["img_folder"], (160, 160))
+    assert isinstance(dataset, YOLODetection) and dataset[0][0].shape == (3, 160, 160)
