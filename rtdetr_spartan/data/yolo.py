@@ -155,6 +155,8 @@ def read_data_yaml(path: str | Path, required: Sequence[str] = ("train", "val", 
         raise YOLOFormatError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise YOLOFormatError(f"{path} must hold a mapping with keys train, val and names")
+    if "validation" in data and "val" not in data:  # Ultralytics accepts this spelling too
+        data["val"] = data.pop("validation")
     missing = [key for key in required if data.get(key) in (None, "", [])]
     if missing:
         raise YOLOFormatError(

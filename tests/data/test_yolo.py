@@ -179,6 +179,9 @@ def test_names_dict_and_dataset_root_path(tmp_path: Path) -> None:
     (tmp_path / "data.yaml").write_text("path: ds\ntrain: images\nval: images\nnames: {1: dog, 0: cat}\n")
     config = read_data_yaml(tmp_path / "data.yaml")
     assert config.names == ("cat", "dog") and config.splits["val"] == (tmp_path / "ds" / "images",)
+    (tmp_path / "data.yaml").write_text("path: ds\ntrain: images\nvalidation: images\nnames: {'0': cat, '1': dog}\n")
+    config = read_data_yaml(tmp_path / "data.yaml")
+    assert config.names == ("cat", "dog") and config.splits["val"] == (tmp_path / "ds" / "images",)
 
 
 def test_options_a_yolo_dataset_cannot_take(tmp_path: Path) -> None:
