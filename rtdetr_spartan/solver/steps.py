@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULT_ENV",
+    "FAULT_EXIT_CODE",
     "LOSS_TAG",
     "LR_TAG",
     "autocast",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from rtdetr_spartan.solver.steps import FAULT_ENV, _fault_target, backward_and_step, check_finite_loss
+from rtdetr_spartan.solver.steps import FAULT_ENV, FAULT_EXIT_CODE, backward_and_step, check_finite_loss
 
 
 def _model() -> nn.Linear:
@@ -68,19 +71,26 @@ def test_loss_scaling_skips_a_step_with_infinite_gradients() -> None:
     assert scaler.get_scale() == 2.0**9  # backed off
 
 
-def test_fault_point_only_on_the_first_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fault_target.cache_clear()
-    monkeypatch.setenv(FAULT_ENV, "1:2:3")
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    assert _fault_target() == (1, 2, 3)
-    _fault_target.cache_clear()
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert _fault_target() is None
-    _fault_target.cache_clear()
-    monkeypatch.delenv(FAULT_ENV)
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
-    assert _fault_target() is None
-    _fault_target.cache_clear()
+_FAULT_SCRIPT = """
+from rtdetr_spartan.solver.steps import fault_point
+fault_point(2, 2)
+print("passed 2:2", flush=True)
+fault_point(2, 3)
+print("passed 2:3", flush=True)
+"""
+
+
+@pytest.mark.slow  # two fresh Python processes
+@pytest.mark.parametrize(("restart", "exits"), [("0", True), ("1", False)])
+def test_fault_point_exits_at_its_iteration_on_the_first_attempt_only(restart: str, exits: bool) -> None:
+    env = {**os.environ, FAULT_ENV: "0:2:3", "TORCHELASTIC_RESTART_COUNT": restart, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _FAULT_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert "passed 2:2" in done.stdout
+    if exits:
+        assert done.returncode == FAULT_EXIT_CODE and "passed 2:3" not in done.stdout
+        assert f"{FAULT_ENV}: rank 0 exits at epoch 2, iteration 3" in done.stderr
+    else:
+        assert done.returncode == 0 and "passed 2:3" in done.stdout, done.stderr
 
 
 def test_finite_loss_returns_the_total() -> None:
