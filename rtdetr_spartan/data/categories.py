@@ -140,6 +140,6 @@ def file_categories(ann_file: str | Path) -> dict[int, str]:
     if ann_file.suffix.lower() in (".yaml", ".yml"):
         from rtdetr_spartan.data.yolo import read_data_yaml  # yolo imports coco, which imports this module
 
-        return dict(enumerate(read_data_yaml(ann_file, required=("names",)).names))
+        return dict(enumerate(read_data_yaml(ann_file, required=("names",), resolve_splits=False).names))
     categories = json.loads(ann_file.read_text()).get("categories", [])
     return {int(c["id"]): str(c.get("name", c["id"])) for c in categories}

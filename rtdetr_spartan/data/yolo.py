@@ -143,9 +143,13 @@ def _dataset_root(value: Any, path: Path) -> Path:
     return path.parent
 
 
-def read_data_yaml(path: str | Path, required: Sequence[str] = ("train", "val", "names")) -> YOLODataConfig:
-    """Parse a YOLO ``data.yaml``; a key of ``required`` that is missing, unreadable names, or a
-    split path that does not exist raise :class:`YOLOFormatError` naming the file and key."""
+def read_data_yaml(
+    path: str | Path, required: Sequence[str] = ("train", "val", "names"), resolve_splits: bool = True
+) -> YOLODataConfig:
+    """Parse a YOLO ``data.yaml``; a key of ``required`` that is missing, unreadable names, or
+    (with ``resolve_splits``) a split path that does not exist raise :class:`YOLOFormatError`
+    naming the file and key. Without ``resolve_splits`` only the names are read (``splits`` is
+    empty): what a model's class names need, where the images may be absent."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -166,6 +170,8 @@ def read_data_yaml(path: str | Path, required: Sequence[str] = ("train", "val", 
     names = _parse_names(data["names"], path) if "names" in data else ()
     if "nc" in data and names and int(data["nc"]) != len(names):
         raise YOLOFormatError(f"{path}: nc is {data['nc']} but 'names' lists {len(names)} classes")
+    if not resolve_splits:
+        return YOLODataConfig(path=path, root=path.parent, names=names, splits={})
     root = _dataset_root(data.get("path"), path)
     splits = {
         key: _split_sources(data[key], root, path, key)
@@ -390,7 +396,7 @@ class YOLODetection(CocoDetection):
                 "class ids are its own, so set remap_mscoco_category: False"
             )
         sources = _sources(img_folder)
-        config = read_data_yaml(self.ann_file, required=("names",))
+        config = read_data_yaml(self.ann_file, required=("names",), resolve_splits=False)
         images = split_images(sources)
         if not images:
             raise YOLOFormatError(

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from rtdetr_spartan.core import YAMLConfig
+from rtdetr_spartan.data.categories import file_categories
 from rtdetr_spartan.data.coco import CocoDetection, ImageReadError
 from rtdetr_spartan.data.coco_eval import CocoEvaluator
 from rtdetr_spartan.data.layouts import detect_layout, detection_overrides
@@ -253,3 +254,11 @@ def test_dataset_root_that_exists_nowhere_falls_back_to_the_data_yaml_folder(
         config = read_data_yaml(tmp_path / "data.yaml")
     assert config.root == tmp_path and config.splits["train"] == (tmp_path / "images",)
     assert "path '../datasets/coco8' does not exist" in caplog.text
+
+
+def test_class_names_need_only_the_data_yaml(tmp_path: Path) -> None:
+    """A model's names come from its config's data.yaml, also where its images are gone."""
+    (tmp_path / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [cat, dog]\n")
+    assert file_categories(tmp_path / "data.yaml") == {0: "cat", 1: "dog"}
+    with pytest.raises(YOLOFormatError, match="'train' points to"):
+        read_data_yaml(tmp_path / "data.yaml")
