@@ -1,18 +1,21 @@
 """Command-line arguments and the run shared by the training tools (tools/train.py,
-tools/pretrain.py): ``solver_args_parser`` and ``run_tool``."""
+tools/pretrain.py) and the Python API: ``solver_args_parser``, ``run_tool`` and ``run_config``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rtdetr_spartan.core import ConfigError, YAMLConfig, add_overrides_argument, merge_dict, parse_overrides
+from rtdetr_spartan.core.yaml_utils import load_yaml
+from rtdetr_spartan.data.layouts import classification_overrides, detect_layout, detection_overrides
 from rtdetr_spartan.misc import dist
 from rtdetr_spartan.misc.logger import close_logging, setup_logging
 from rtdetr_spartan.solver import build_solver
 from rtdetr_spartan.solver.resume import describe_removed, remove_previous_run, summary_dir
+from rtdetr_spartan.solver.state import SolverHook
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,12 @@ def solver_args_parser(description: str, config_help: str, outputs_help: str) ->
     )
     parser.add_argument("--seed", type=int, help="random seed (each rank adds its rank)")
     parser.add_argument("--output-dir", help=outputs_help)
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="dataset directory, its layout detected: COCO, Roboflow COCO or YOLO for detection, an ImageFolder "
+        "root (train/, val/) for classification; sets the dataloaders' datasets and num_classes (-u wins)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     add_overrides_argument(parser, "epochs=12 train_dataloader.batch_size=4")
     return parser
@@ -67,13 +76,31 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def run_solver(cfg: Any, test_only: bool) -> dict[str, Any] | None:
-    """Build the config's solver and evaluate (``test_only``) or train; returns ``fit``'s
-    result (``{"final": metrics, "best": record}``) when training."""
+def dataset_overrides(task: str, data: str | Path) -> dict[str, Any]:
+    """The overrides that point a ``task`` config at the dataset directory ``data`` (its layout
+    detected by :mod:`rtdetr_spartan.data.layouts`)."""
+    if task == "classification":
+        return classification_overrides(data)
+    return detection_overrides(detect_layout(data))
+
+
+def load_tool_config(args: argparse.Namespace) -> YAMLConfig:
+    """The config of ``args``: ``--data``'s dataset overrides, then ``-u`` and the named flags."""
+    overrides = config_overrides(args)
+    if getattr(args, "data", None):
+        task = str(overrides.get("task") or load_yaml(Path(args.config)).get("task", "detection"))
+        overrides = merge_dict(dataset_overrides(task, args.data), overrides)
+    return YAMLConfig(args.config, **overrides)
+
+
+def run_solver(cfg: Any, test_only: bool, hooks: Sequence[SolverHook] = ()) -> dict[str, Any]:
+    """Build the config's solver (with ``hooks``) and evaluate (``test_only``: the metrics) or
+    train (``fit``'s result, ``{"final": metrics, "best": record}``)."""
     solver = build_solver(cfg)
+    for hook in hooks:
+        solver.register_hook(hook)
     if test_only:
-        solver.val()
-        return None
+        return solver.val()
     return solver.fit()
 
 
@@ -88,28 +115,22 @@ def clear_for_overwrite(cfg: YAMLConfig, test_only: bool) -> list[Path] | None:
     return removed
 
 
-def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str = "") -> dict[str, Any] | None:
-    """What a solver tool's ``main`` does with its parsed ``args``: load the config with the
-    command-line overrides (``task``: the one it must declare, else ``other_tool`` is suggested),
-    start torch.distributed for the config's device (NCCL for CUDA, gloo for the CPU), log to its
-    output directory, then train or evaluate (``run_solver``) and log the best epoch. Logging and
-    the process group are closed however the run ends."""
-    setup_logging()  # console only until the config names the output directory
+def run_config(cfg: YAMLConfig, test_only: bool = False, hooks: Sequence[SolverHook] = ()) -> dict[str, Any]:
+    """Run a loaded config as the training tools do: start torch.distributed for the config's
+    device (NCCL for CUDA, gloo for the CPU; nothing outside torchrun), log to its output
+    directory, then train or evaluate (``run_solver``). Logging and the process group are closed
+    however the run ends. Every rank calls it."""
+    setup_logging()  # console only until the output directory exists
     try:
-        cfg = YAMLConfig(args.config, **config_overrides(args))
-        if task is not None and cfg.task != task:
-            raise ConfigError(
-                f"{args.config}: task is '{cfg.task}', this tool needs task: {task} (use {other_tool} for other tasks)"
-            )
         dist.init_distributed(device=cfg.get("device"))
-        removed = clear_for_overwrite(cfg, args.test_only)
+        removed = clear_for_overwrite(cfg, test_only)
         setup_logging(cfg.output_dir)
         if removed:
             logger.warning("overwrite: removed the earlier run's %s", describe_removed(removed, cfg.output_dir))
-        logger.info("config %s, task %s, world size %d", args.config, cfg.task, dist.get_world_size())
-        result = run_solver(cfg, args.test_only)
-        if result is not None:
-            best = result["best"]
+        logger.info("config %s, task %s, world size %d", cfg.path, cfg.task, dist.get_world_size())
+        result = run_solver(cfg, test_only, hooks)
+        if not test_only:
+            best = result.get("best", result)
             logger.info(
                 "best %s %s at epoch %s; checkpoints in %s",
                 best.get("metric"),
@@ -121,3 +142,20 @@ def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str 
     finally:
         close_logging()
         dist.cleanup()
+
+
+def run_tool(args: argparse.Namespace, task: str | None = None, other_tool: str = "") -> dict[str, Any]:
+    """What a solver tool's ``main`` does with its parsed ``args``: load the config with the
+    dataset of ``--data`` and the command-line overrides (``task``: the one it must declare, else
+    ``other_tool`` is suggested), then :func:`run_config`."""
+    setup_logging()
+    try:
+        cfg = load_tool_config(args)
+        if task is not None and cfg.task != task:
+            raise ConfigError(
+                f"{args.config}: task is '{cfg.task}', this tool needs task: {task} (use {other_tool} for other tasks)"
+            )
+    except BaseException:
+        close_logging()
+        raise
+    return run_config(cfg, args.test_only)
