@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from rtdetr_spartan.api.config import ModelConfig
 from rtdetr_spartan.api.model import TaskModel
 from rtdetr_spartan.api.results import Classification
 from rtdetr_spartan.api.sources import ImageSource, is_video, iter_images
@@ -40,7 +41,7 @@ class Classifier(TaskModel):
 
     task = "classification"
 
-    def __init__(self, config: str | Path, *override_strings: str, **overrides: Any) -> None:
+    def __init__(self, config: str | Path | ModelConfig, *override_strings: str, **overrides: Any) -> None:
         super().__init__(config, *override_strings, **overrides)
         self._model: tuple[tuple[Any, ...], torch.nn.Module, Any, list[str]] | None = None
 

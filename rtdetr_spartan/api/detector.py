@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rtdetr_spartan.api.config import ModelConfig
 from rtdetr_spartan.api.model import TaskModel
 from rtdetr_spartan.api.results import Detections
 from rtdetr_spartan.api.sources import ImageSource, SourceImage, is_video, iter_images, iter_video_frames
@@ -57,7 +58,7 @@ class Detector(TaskModel):
 
     def __init__(
         self,
-        config: str | Path,
+        config: str | Path | ModelConfig,
         *override_strings: str,
         backbone_weights: str | Path | None = None,
         **overrides: Any,
@@ -69,6 +70,12 @@ class Detector(TaskModel):
                 raise ValueError(f"{config}: RTDETR.backbone names no registered backbone to load weights into")
             self.config.update({backbone: {"pretrained": str(backbone_weights)}})
         self._predictor: tuple[tuple[Any, ...], Predictor] | None = None
+
+    def _val_metrics(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The 12 COCO statistics by name, ``num_images`` and ``per_class`` {class name: AP}."""
+        if not isinstance(stats.get("per_class"), list):
+            return stats
+        return {**stats, "per_class": {str(row["name"]): float(row["ap"]) for row in stats["per_class"]}}
 
     # ------------------------------------------------------------------------- prediction
     def predictor(self, device: str = "cpu") -> Predictor:

@@ -41,8 +41,12 @@ class TaskModel:
 
     task: str = "detection"
 
-    def __init__(self, config: str | Path, *override_strings: str, **overrides: Any) -> None:
-        self.config = ModelConfig(config, ModelConfig.merged(*override_strings, **overrides))
+    def __init__(self, config: str | Path | ModelConfig, *override_strings: str, **overrides: Any) -> None:
+        if isinstance(config, ModelConfig):
+            config.update(ModelConfig.merged(*override_strings, **overrides))
+            self.config = config
+        else:
+            self.config = ModelConfig(config, ModelConfig.merged(*override_strings, **overrides))
         self.checkpoint: Path | None = None
         self._check_task(self.config.resolve())
 
@@ -59,20 +63,19 @@ class TaskModel:
         (``config``: a YAML file to use instead, e.g. for published weights that store none)."""
         path = Path(checkpoint)
         stored = load_checkpoint(path, expect_task=cls.task, purpose=f"{cls.__name__}.load").get("config")
-        model = cls.__new__(cls)
         if config is not None:
-            model.config = ModelConfig(config, ModelConfig.merged(**overrides))
+            model_config = ModelConfig(config)
         elif isinstance(stored, dict):
             # A resumed run's settings are no part of the model: drop them from the stored config.
             kept = {k: v for k, v in stored.items() if k not in ("resume", "tuning", "overwrite")}
-            model.config = ModelConfig(None, ModelConfig.merged(**overrides), stored=kept, name=f"{path.stem}.yml")
+            model_config = ModelConfig(None, stored=kept, name=f"{path.stem}.yml")
         else:
             raise CheckpointError(
                 f"checkpoint {path} stores no config (not written by this project's training); "
                 f"give the model's YAML config: {cls.__name__}.load({str(path)!r}, config='configs/...yml')"
             )
+        model = cls(model_config, **overrides)
         model.checkpoint = path
-        model._check_task(model.config.resolve())
         return model
 
     # ------------------------------------------------------------------------- training
@@ -121,7 +124,10 @@ class TaskModel:
         best_path = cfg.output_dir / "best.pth"
         self.checkpoint = best_path if best_path.is_file() else cfg.output_dir / "last.pth"
         # The solver's "best" is a record (metric, value, epoch): the API gives that epoch's metrics too.
-        return {"final": recorder.final or dict(result["final"]), "best": recorder.best or dict(result["best"])}
+        return {
+            "final": self._val_metrics(recorder.final or dict(result["final"])),
+            "best": self._val_metrics(recorder.best or dict(result["best"])),
+        }
 
     def val(
         self, data: str | Path | None = None, batch_size: int | None = None, device: str | None = None
@@ -134,4 +140,9 @@ class TaskModel:
         extra.update(resume=str(self.checkpoint) if self.checkpoint else None, tuning=None, overwrite=False)
         if self.checkpoint is None:
             logger.warning("%s has no checkpoint: evaluating the config's initial weights", type(self).__name__)
-        return run_config(self.config.resolve(extra), test_only=True)
+        stats = run_config(self.config.resolve(extra), test_only=True)
+        return self._val_metrics(stats)
+
+    def _val_metrics(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The solver's evaluation as the API returns it."""
+        return stats
