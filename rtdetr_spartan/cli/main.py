@@ -54,17 +54,25 @@ top-1/top-5 for a classifier. The options of `rtdetr-spartan train` (= tools/tra
 """
 
 
+def _subcommand_table() -> str:
+    width = max(map(len, SUBCOMMANDS)) + 2
+    rows = [f"  {name:<{width}}{command.help}" for name, command in SUBCOMMANDS.items()]
+    return "subcommands:\n" + "\n".join(rows)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
+        usage="%(prog)s [-h] [--version] SUBCOMMAND [OPTIONS]",
         description=__doc__,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
-        epilog=f"`{PROG} SUBCOMMAND --help` lists a subcommand's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # The table is written here: argparse wraps a subcommand's help under names longer than its column.
+        epilog=f"{_subcommand_table()}\n\n`{PROG} SUBCOMMAND --help` lists a subcommand's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", title="subcommands")
-    for name, command in SUBCOMMANDS.items():
-        commands.add_parser(name, help=command.help, add_help=False)
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", help=argparse.SUPPRESS)
+    for name in SUBCOMMANDS:
+        commands.add_parser(name, add_help=False)
     return parser
 
 
