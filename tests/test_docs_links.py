@@ -19,6 +19,9 @@ FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.MULTILINE)
+# Repository files named in text or code ("python tools/train.py", `benchmarks/gpu_check.sh`).
+REPO_PATH = re.compile(r"(?<![\w./-])((?:tools|benchmarks|configs|rtdetr_spartan|tests)/[\w./-]+\.(?:py|sh|yml))\b")
+PLACEHOLDERS = {"configs/rtdetr/my_dataset.yml"}  # the reader's own config, in an example
 WEB = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:, ...
 
 
@@ -58,6 +61,22 @@ def broken_links(document: Path) -> list[str]:
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO_ROOT)))
 def test_relative_links_point_at_existing_files(document: Path) -> None:
     assert broken_links(document) == []
+
+
+def missing_repository_files(document: Path) -> list[str]:
+    """Each repository path ``document`` names (tools, benchmarks, configs, package, tests) that does not exist."""
+    named = set(REPO_PATH.findall(document.read_text(encoding="utf-8"))) - PLACEHOLDERS
+    return sorted(path for path in named if not (REPO_ROOT / path).exists())
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_named_repository_files_exist(document: Path) -> None:
+    assert missing_repository_files(document) == []
+
+
+def test_repository_paths_are_found_in_text_and_code() -> None:
+    text = "run `python tools/train.py` or bash benchmarks/none.sh; not docs/x.py nor a/tools/y.py"
+    assert REPO_PATH.findall(text) == ["tools/train.py", "benchmarks/none.sh"]
 
 
 def test_the_check_finds_broken_links_and_ignores_code(tmp_path: Path) -> None:
