@@ -1,6 +1,6 @@
 """Parameters, GFLOPs, latency and throughput of a config's detector (PyTorch, onnxruntime or OpenVINO).
 
-The code is in ``rtdetr_spartan/cli/benchmark.py``.
+The code is in ``rtdetr_spartan/cli/benchmark.py``; the same tool is ``rtdetr-spartan benchmark``.
 """
 
 from rtdetr_spartan.cli.benchmark import get_args_parser, main

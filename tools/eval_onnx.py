@@ -1,6 +1,6 @@
 """COCO box mAP of an exported model through onnxruntime or OpenVINO.
 
-The code is in ``rtdetr_spartan/cli/eval_onnx.py``.
+The code is in ``rtdetr_spartan/cli/eval_onnx.py``; the same tool is ``rtdetr-spartan val --onnx``.
 """
 
 from rtdetr_spartan.cli.eval_onnx import get_args_parser, main

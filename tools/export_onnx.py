@@ -1,6 +1,6 @@
 """Export a config's detector (with its postprocessor) to ONNX, then check and verify it.
 
-The code is in ``rtdetr_spartan/cli/export_onnx.py``.
+The code is in ``rtdetr_spartan/cli/export_onnx.py``; the same tool is ``rtdetr-spartan export``.
 """
 
 from rtdetr_spartan.cli.export_onnx import get_args_parser, main

@@ -1,6 +1,6 @@
 """Detect objects in an image, a video or a folder of them; write annotated pictures, videos and JSON.
 
-The code is in ``rtdetr_spartan/cli/infer.py``.
+The code is in ``rtdetr_spartan/cli/infer.py``; the same tool is ``rtdetr-spartan predict``.
 """
 
 from rtdetr_spartan.cli.infer import get_args_parser, main

@@ -1,6 +1,6 @@
 """Write a generated shapes dataset: COCO detection (default) or ImageFolder classification.
 
-The code is in ``rtdetr_spartan/cli/make_shapes.py``.
+The code is in ``rtdetr_spartan/cli/make_shapes.py``; the same tool is ``rtdetr-spartan make-shapes``.
 """
 
 from rtdetr_spartan.cli.make_shapes import get_args_parser, main

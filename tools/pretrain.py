@@ -1,6 +1,6 @@
 """Pretrain a backbone as an image classifier (ImageNet layout) from a YAML config.
 
-The code is in ``rtdetr_spartan/cli/pretrain.py``.
+The code is in ``rtdetr_spartan/cli/pretrain.py``; the same tool is ``rtdetr-spartan pretrain``.
 """
 
 from rtdetr_spartan.cli.pretrain import get_args_parser, main

@@ -1,6 +1,6 @@
 """INT8 post-training quantization of an exported detector (NNCF, for OpenVINO on the CPU).
 
-The code is in ``rtdetr_spartan/cli/quantize.py``.
+The code is in ``rtdetr_spartan/cli/quantize.py``; the same tool is ``rtdetr-spartan quantize``.
 """
 
 from rtdetr_spartan.cli.quantize import get_args_parser, main

@@ -1,6 +1,6 @@
 """The whole pipeline on generated data, on a laptop CPU: one command.
 
-The code is in ``rtdetr_spartan/cli/quickstart.py``.
+The code is in ``rtdetr_spartan/cli/quickstart.py``; the same tool is ``rtdetr-spartan quickstart``.
 """
 
 from rtdetr_spartan.cli.quickstart import get_args_parser, main

@@ -1,6 +1,6 @@
 """Train or evaluate a model from a YAML config.
 
-The code is in ``rtdetr_spartan/cli/train.py``.
+The code is in ``rtdetr_spartan/cli/train.py``; the same tool is ``rtdetr-spartan train``.
 """
 
 from rtdetr_spartan.cli.train import get_args_parser, main

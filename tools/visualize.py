@@ -1,6 +1,6 @@
 """Grad-CAM and feature maps of a classifier or detector on images: PNG figures (and TensorBoard).
 
-The code is in ``rtdetr_spartan/cli/visualize.py``.
+The code is in ``rtdetr_spartan/cli/visualize.py``; the same tool is ``rtdetr-spartan visualize``.
 """
 
 from rtdetr_spartan.cli.visualize import get_args_parser, main

@@ -7,11 +7,13 @@
     python tools/train.py -c CFG -r output/x/last.pth -u epochs=120  # extend a run (lr schedule rebuilt)
     python tools/train.py -c CFG --overwrite                        # fresh run over an earlier one
     python tools/train.py -c CFG -t weights.pth                     # fine-tune from matching weights
-    python tools/train.py -c CFG -r output/x/best.pth --test-only   # evaluate only
+    python tools/train.py -c CFG -r output/x/best.pth --test-only   # evaluate only (= rtdetr-spartan val)
+    python tools/train.py -c CFG --data datasets/my_yolo            # a dataset directory: COCO, Roboflow or YOLO
     torchrun --nproc-per-node=2 tools/train.py -c CFG               # DDP (NCCL on GPU, gloo on CPU)
     torchrun --max-restarts=3 --nproc-per-node=2 tools/train.py -c CFG -r auto   # elastic restarts
 
 ``batch_size`` in the config is per process: the total batch is batch_size x world size.
+The same tool is ``rtdetr-spartan train`` (``torchrun --nproc-per-node=2 -m rtdetr_spartan train -c CFG``).
 """
 
 from __future__ import annotations
