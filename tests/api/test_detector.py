@@ -5,6 +5,9 @@ YOLO dataset made by the tests (slow)."""
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +235,44 @@ def test_train_val_predict_export_on_a_yolo_dataset(tmp_path: Path) -> None:
     ir = det.export(tmp_path / "ir", format="openvino")
     assert ir == tmp_path / "ir" / "model.xml" and (tmp_path / "ir" / "model.onnx").is_file()
     assert load_predictor(ir, "openvino").info.class_names == dict(enumerate(SHAPE_NAMES))
+
+
+@pytest.mark.slow
+def test_export_int8_openvino_calibrated_on_a_folder(
+    trained_coco: tuple[Detector, dict, Path], coco_data: Path, tmp_path: Path
+) -> None:
+    det, _, _ = trained_coco
+    path = det.export(tmp_path / "int8", format="openvino", int8=True, calibration=coco_data / "val")
+    assert path == tmp_path / "int8" / "model_int8.xml" and (tmp_path / "int8" / "model.xml").is_file()
+    image = Image.open(_image(coco_data)).convert("RGB")
+    assert len(load_predictor(path, "openvino").predict([image], threshold=0.0)[0]) == 10
+
+
+TRAIN_SCRIPT = """
+import sys
+from rtdetr_spartan import Detector
+
+config, data, out = sys.argv[1:]
+det = Detector(config, "print_freq=1", device="cpu")
+metrics = det.train(data=data, epochs=1, batch_size=2, output_dir=out)
+print("trained", metrics["best"]["epoch"], sorted(metrics["best"]["per_class"]), det.checkpoint.name)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_train_under_torchrun_every_rank_calls_it(coco_data: Path, tmp_path: Path) -> None:
+    script = tmp_path / "train_api.py"
+    script.write_text(TRAIN_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    result = subprocess.run(
+        [*command, str(TINY_CONFIG), str(coco_data), str(tmp_path / "out")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    expected = f"trained 0 {sorted(SHAPE_NAMES)} best.pth"
+    assert result.stdout.count(expected) == 2  # both ranks, the same result
+    assert "world size 2" in result.stderr
