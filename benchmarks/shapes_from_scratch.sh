@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # RT-DETR-SpaRTAN-T trained from scratch on the generated shapes set, on the CPU: the training
-# benchmark quoted in README.md ("Measured by this project"). Wall time and the AP / AP50 of
+# benchmark quoted in docs/results.md ("Training on generated shapes data"). Wall time and the AP / AP50 of
 # every epoch go to OUT/benchmark.txt; the per-epoch log is OUT/log.txt and the curve
 # OUT/curve.png.
 #

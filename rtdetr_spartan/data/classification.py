@@ -57,7 +57,7 @@ def _interpolation(name: str, owner: str) -> T.InterpolationMode:
 def _layout_hint(root: Path) -> str:
     return (
         f"expected the ImageFolder layout {root}/<class>/<image> (e.g. {root}/n01440764/"
-        "xxx.JPEG); the README's pretraining section shows how to sort the ImageNet val split "
+        "xxx.JPEG); docs/pretraining.md shows how to sort the ImageNet val split "
         "into class folders"
     )
 

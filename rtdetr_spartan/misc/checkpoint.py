@@ -181,7 +181,7 @@ def load_checkpoint(path: str | Path, expect_task: str | None = None, purpose: s
         )
         raise CheckpointError(
             f"checkpoint {path} refused: {what} ({reason}). Checkpoints load with torch.load(weights_only=True) "
-            "only; save the tensors of a file you trust as a plain state dict (see the README's troubleshooting)"
+            "only; save the tensors of a file you trust as a plain state dict (see docs/troubleshooting.md)"
         ) from None
     except Exception as err:  # torch raises many types for corrupt or truncated files
         raise CheckpointError(
