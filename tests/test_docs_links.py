@@ -96,3 +96,16 @@ def test_the_check_finds_broken_links_and_ignores_code(tmp_path: Path) -> None:
 def test_heading_anchors_follow_github() -> None:
     markdown = "# rtdetr-spartan\n## Train\n## Train\n### SpaRTAN-T / R18, 640 x 640 (`--static`)\n```\n# no\n```\n"
     assert heading_anchors(markdown) == {"rtdetr-spartan", "train", "train-1", "spartan-t--r18-640-x-640---static"}
+
+
+DOCS_PAGE = re.compile(r"(?<![\w./-])docs/[\w-]+\.md\b")
+
+
+def test_docs_pages_named_by_code_exist() -> None:
+    # Error messages and docstrings send users to docs pages; a moved page must not leave them stranded.
+    sources = [*(REPO_ROOT / "rtdetr_spartan").rglob("*.py"), *(REPO_ROOT / "benchmarks").glob("*.*")]
+    named = {
+        (source.name, page) for source in sources for page in DOCS_PAGE.findall(source.read_text(encoding="utf-8"))
+    }
+    assert len(named) >= 3  # docs/troubleshooting.md, docs/pretraining.md, docs/results.md at least
+    assert sorted((name, page) for name, page in named if not (REPO_ROOT / page).exists()) == []
