@@ -146,6 +146,20 @@ def test_bad_sources_are_named(untrained: Detector, tmp_path: Path) -> None:
         untrained.predict(np.zeros((8, 8, 3), np.uint8), threshold=1.5)
 
 
+def test_benchmark_measures_this_model_at_the_configs_size(untrained: Detector) -> None:
+    result = untrained.benchmark(runs=2, warmup=1, flops=False)
+    params = sum(p.numel() for p in untrained.config.resolve().build("model").parameters())
+    assert (result["size"], result["batch"], result["backend"]) == (64, 1, "torch")
+    assert result["params"] == params and result["gflops"] is None and result["runs"] == 2
+
+
+def test_visualize_writes_cam_and_feature_figures(untrained: Detector, coco_data: Path, tmp_path: Path) -> None:
+    image = _image(coco_data)
+    written = untrained.visualize(image, output_dir=tmp_path / "cam", top_k=2)
+    assert written == [tmp_path / "cam" / f"{image.stem}_cam.png", tmp_path / "cam" / f"{image.stem}_features.png"]
+    assert all(Image.open(p).size[0] > 64 for p in written)
+
+
 # ----------------------------------------------------------------------------- slow: train once per layout
 def _tiny_detector() -> Detector:
     return Detector(TINY_CONFIG, "print_freq=1", device="cpu")
