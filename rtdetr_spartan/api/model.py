@@ -113,12 +113,19 @@ class TaskModel:
         the best epoch, each with ``epoch``, ``metric`` and ``value``. Later ``val`` /
         ``predict`` / ``export`` calls use ``best.pth`` and this dataset.
         """
+        # overwrite, resume and device hold for this run only; the dataset and settings stay for val/predict.
+        overwrite = overrides.pop("overwrite", None)
         kept = merge_dict(self._data_overrides(data), ModelConfig.merged(epochs=epochs, **overrides))
         kept = merge_dict(kept, self._run_settings(batch_size, output_dir, None))
-        self.config.update(kept)
         # A model with weights (Detector.load, an earlier train) fine-tunes from them unless resuming.
         tuning = str(self.checkpoint) if self.checkpoint is not None and resume is None else None
-        cfg = self.config.resolve(ModelConfig.merged(resume=resume and str(resume), tuning=tuning, device=device))
+        run = ModelConfig.merged(resume=resume and str(resume), tuning=tuning, device=device, overwrite=overwrite)
+        cfg = self.config.resolve(merge_dict(kept, run))
+        if overwrite and tuning and Path(tuning).absolute().parent == cfg.output_dir.absolute():
+            raise ValueError(
+                f"overwrite=True would delete {tuning}, the weights this run starts from; train into another output_dir"
+            )
+        self.config.update(kept)
         recorder = _EpochRecorder()
         result = run_config(cfg, test_only=False, hooks=[recorder])
         best_path = cfg.output_dir / "best.pth"

@@ -202,6 +202,16 @@ def test_val_and_load_give_the_trained_models_metrics_and_detections(
 
 
 @pytest.mark.slow
+def test_overwrite_refuses_to_delete_the_weights_it_starts_from(
+    trained_coco: tuple[Detector, dict, Path], coco_data: Path
+) -> None:
+    det, _, out = trained_coco
+    with pytest.raises(ValueError, match=r"overwrite=True would delete .*best\.pth"):
+        det.train(data=coco_data, output_dir=out, overwrite=True)
+    assert (out / "best.pth").is_file() and "overwrite" not in det.config.overrides
+
+
+@pytest.mark.slow
 def test_resume_auto_extends_the_run(coco_data: Path, tmp_path: Path) -> None:
     det = _tiny_detector()
     det.train(data=coco_data, epochs=1, batch_size=2, output_dir=tmp_path / "out")
