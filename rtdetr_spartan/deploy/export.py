@@ -19,7 +19,7 @@ with torch 2.14 / onnxscript 0.7, it is the one that gives a clean, portable gra
     tensor shapes while tracing, so one ``--dynamic-size`` graph serves any input size;
   - it is ~4x faster (about 20 s vs 80 s for RT-DETR-R18 on a 2-core CPU).
 ``DeployModel`` holds SpaRTAN's eager inference form (what ``model.deploy()`` makes); the export
-traces its ONNX form (``convert_for_export``, plain NCHW ops; with fixed shapes when the graph
+traces its ONNX form (``reparameterize_model(..., export=ExportForm(...))``, plain NCHW ops; with fixed shapes when the graph
 has no dynamic axes), which onnxruntime runs in about 0.6x the time of a trace of the eager code.
 Its raw graph has more Constant/Identity/Shape nodes than the dynamo one; onnxruntime folds them
 at session start, and ``simplify`` removes them from the file. The TorchScript exporter is
@@ -77,7 +77,7 @@ class DeployModel(nn.Module):
     """``model.deploy()`` followed by ``postprocessor.deploy()``: the exported computation.
 
     Both parts are switched to deploy form in place and held as they are: eval mode, RepVGG
-    branches fused, SpaRTAN's layers in their inference form (``SpaRTAN.convert_to_deploy``).
+    branches fused, SpaRTAN's layers in their inference form (``nn.reparameterize.reparameterize_model``).
     """
 
     def __init__(self, model: nn.Module, postprocessor: nn.Module) -> None:

@@ -1,5 +1,5 @@
-"""Network building blocks and backbones; the classification criterion and postprocessor."""
+"""Network building blocks and backbones; the classification criterion."""
 
-from rtdetr_spartan.nn import backbones, criterion, postprocessor
+from rtdetr_spartan.nn import backbones, criterion
 
-__all__ = ["backbones", "criterion", "postprocessor"]
+__all__ = ["backbones", "criterion"]

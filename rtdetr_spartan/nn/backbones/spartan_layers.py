@@ -19,7 +19,7 @@ Two choices keep the reference's math but not its ops (both exact up to float ro
     and each mixer's squeeze-excite gate, the block's layer scale and its drop path are folded
     into its output projection: passes over the activations fewer.
 
-Training cost drove the rest (``benchmarks/train_speed.py``; README, "SpaRTAN: conversions,
+Training cost drove the rest (``benchmarks/train_speed.py``; docs/results.md, "SpaRTAN: conversions,
 training speed, compilation"): the CMixer's per-pixel part is one autograd function
 (``peak_mix``) with a hand-written backward, spatial means are sums whose backward broadcasts
 a view, and the projection gates whichever of weights and activations is smaller.
