@@ -62,7 +62,7 @@ def _conv_sum(
 
 
 def _frozen(tensor: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor.detach().clone(), requires_grad=False)
+    return nn.Parameter(tensor.detach().clone(memory_format=torch.contiguous_format), requires_grad=False)
 
 
 class _ConvGate(nn.Module):

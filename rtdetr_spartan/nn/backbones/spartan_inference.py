@@ -72,7 +72,11 @@ def _holding(build: Callable[[], M], **tensors: torch.Tensor) -> M:
         module = build()
     for name, tensor in tensors.items():
         owner, _, attr = name.rpartition(".")
-        setattr(module.get_submodule(owner), attr, nn.Parameter(tensor.detach().clone(), requires_grad=False))
+        setattr(
+            module.get_submodule(owner),
+            attr,
+            nn.Parameter(tensor.detach().clone(memory_format=torch.contiguous_format), requires_grad=False),
+        )
     return module
 
 
@@ -243,7 +247,9 @@ class InferenceCMixer(nn.Module):
             "conv_bias": bias[order],
             "crossed": crossed,
         }.items():
-            self.register_buffer(name, None if tensor is None else tensor.detach().clone())
+            self.register_buffer(
+                name, None if tensor is None else tensor.detach().clone(memory_format=torch.contiguous_format)
+            )
         self.act = source.conv.act
         self.gate = _excite((source.attn,), order)
         self.proj_out = _projection(source.proj_out, out_scale, order)
