@@ -12,7 +12,8 @@ from torch import nn
 
 from rtdetr_spartan.core import lookup
 from rtdetr_spartan.zoo.rtdetr.hybrid_encoder import HybridEncoder, RepVggBlock, build_2d_sincos_position_embedding
-from tests.nn.test_presnet import (
+from tests.parity_utils import state_dict_spec, summary_problems
+from tests.rtdetr_reference_utils import (
     ENCODER_COMMON,
     PARITY_MODELS,
     REFERENCE_CONFIGS,
@@ -21,7 +22,6 @@ from tests.nn.test_presnet import (
     sub_spec,
     sub_weights,
 )
-from tests.parity_utils import state_dict_spec, summary_problems
 
 
 def build_encoder(name: str, **overrides: Any) -> HybridEncoder:
