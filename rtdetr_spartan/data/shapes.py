@@ -200,7 +200,10 @@ def _save(image: Image.Image, path: Path, image_format: str) -> None:
         image.save(path, format="PNG", compress_level=1)  # noisy images barely compress
 
 
-def _check_args(size: int, image_format: str, counts: dict[str, int]) -> None:
+def _check_args(size: int, image_format: str, counts: dict[str, int], max_objects: int | None = None) -> None:
+    """The generators' shared argument checks; ``max_objects`` only for the detection layouts."""
+    if max_objects is not None and max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
     if size < 32:
         raise ValueError(f"size must be >= 32 pixels, got {size}")
     if image_format not in IMAGE_FORMATS:
@@ -270,9 +273,7 @@ def make_detection_dataset(
 ) -> dict[str, Path]:
     """Write the detection dataset; returns ``{split: annotation file}``."""
     counts = {"train": train, "val": val}
-    _check_args(size, image_format, counts)
-    if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    _check_args(size, image_format, counts, max_objects)
     out = Path(out)
     return {
         split: _write_detection_split(out, split, n, size, seed, image_format, max_objects)
@@ -301,9 +302,7 @@ def make_yolo_dataset(
     cy w h`` normalized; class = index in ``SHAPE_CATEGORIES``; empty files for images without
     objects) and ``out/data.yaml``; returns the data.yaml path."""
     counts = {"train": train, "val": val}
-    _check_args(size, image_format, counts)
-    if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    _check_args(size, image_format, counts, max_objects)
     out = Path(out)
     for split, count in counts.items():
         labels = out / "labels" / split
