@@ -86,11 +86,6 @@ class ModelConfig:
         assert self.stored is not None
         return YAMLConfig(self._write(self.stored, "stored_" + self.name), **overrides)
 
-    def file(self, extra: Mapping[str, Any] | None = None) -> Path:
-        """A YAML file holding the resolved config (:meth:`resolve`), for the functions that
-        read a config file; it lives as long as this object."""
-        return self._write(self.resolve(extra).yaml_cfg, self.name)
-
     def _write(self, config: Mapping[str, Any], name: str) -> Path:
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix="rtdetr-spartan-config-"))

@@ -85,7 +85,7 @@ class Detector(TaskModel):
         if self._predictor is None or self._predictor[0] != key:
             if self.checkpoint is None:
                 logger.warning("Detector has no checkpoint: detections come from untrained weights")
-            self._predictor = (key, TorchPredictor.from_config(self.config.file(), self.checkpoint, device=device))
+            self._predictor = (key, TorchPredictor.from_config(self.config.resolve(), self.checkpoint, device=device))
         return self._predictor[1]
 
     def predict(
@@ -137,7 +137,7 @@ class Detector(TaskModel):
         path = Path(path)
         onnx_path = path if format == "onnx" else path / "model.onnx"
         result = export_from_config(
-            self.config.file(),
+            self.config.resolve(),
             onnx_path,
             checkpoint=self.checkpoint,
             input_size=size,
@@ -174,9 +174,9 @@ class Detector(TaskModel):
         """Latency (ms per batch), throughput, parameters and GFLOPs of this model on random
         ``size`` x ``size`` images (default: the config's evaluation size), as
         ``rtdetr-spartan benchmark`` measures them; ``backend``: torch, onnxruntime or openvino."""
-        config = self.config.file()
+        config = self.config.resolve()
         if size is None:
-            size = _eval_size(self.config.resolve().yaml_cfg)
+            size = _eval_size(config.yaml_cfg)
         result = benchmark(
             config,
             size=size,

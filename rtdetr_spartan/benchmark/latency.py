@@ -37,6 +37,7 @@ from rtdetr_spartan.benchmark.flops import count_flops
 from rtdetr_spartan.benchmark.profiling import Profile
 from rtdetr_spartan.benchmark.run_profilers import OnnxRuntimeRunProfiler, OpenVinoRunProfiler, TorchRunProfiler
 from rtdetr_spartan.benchmark.torch_backend import BACKENDS, resolve_device, torch_call
+from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.deploy.export import DeployModel, export_onnx, sample_inputs
 from rtdetr_spartan.deploy.from_config import load_config, model_info_from_config
 from rtdetr_spartan.deploy.metadata import ModelInfo
@@ -191,7 +192,12 @@ class _ConfigModel:
 
 
 def _config_model(
-    config: str | Path, overrides: Sequence[str], checkpoint: str | Path | None, size: int, batch: int, flops: bool
+    config: str | Path | YAMLConfig,
+    overrides: Sequence[str],
+    checkpoint: str | Path | None,
+    size: int,
+    batch: int,
+    flops: bool,
 ) -> _ConfigModel:
     cfg = load_config(config, overrides)
     model = cfg.build("model")
@@ -249,8 +255,13 @@ def _prepare(
     return _onnxruntime_backend(onnx, batch, threads, optimization, work_dir, profile)
 
 
+def _config_name(config: str | Path | YAMLConfig) -> str:
+    """The config's file name, for the result table."""
+    return (config.path if isinstance(config, YAMLConfig) else Path(config)).name
+
+
 def benchmark(
-    config: str | Path | None,
+    config: str | Path | YAMLConfig | None,
     size: int = 640,
     batch: int = 1,
     backend: str = "torch",
@@ -327,7 +338,7 @@ def benchmark(
     median = statistics.median(times)
     ort_version, ov_version = _versions(backend)
     result = BenchmarkResult(
-        config=Path(config).name if config is not None else Path(str(onnx)).name,
+        config=_config_name(config) if config is not None else Path(str(onnx)).name,
         backend=backend,
         size=runner.info.input_size[0],
         batch=batch,

@@ -18,8 +18,13 @@ __all__ = ["build_deploy_model", "export_from_config", "load_config", "model_inf
 logger = logging.getLogger(__name__)
 
 
-def load_config(config: str | Path, overrides: Sequence[str] = ()) -> YAMLConfig:
-    """The config file with ``key.sub=value`` overrides (``-u`` on the command line) merged in."""
+def load_config(config: str | Path | YAMLConfig, overrides: Sequence[str] = ()) -> YAMLConfig:
+    """The config file with ``key.sub=value`` overrides (``-u`` on the command line) merged in;
+    a loaded ``YAMLConfig`` is used as it is (its overrides were merged when it was loaded)."""
+    if isinstance(config, YAMLConfig):
+        if overrides:
+            raise ValueError(f"overrides {list(overrides)} given with a loaded config: merge them when loading it")
+        return config
     return YAMLConfig(config, **parse_overrides(overrides))
 
 
@@ -55,7 +60,7 @@ def model_info_from_config(
 
 
 def export_from_config(
-    config: str | Path,
+    config: str | Path | YAMLConfig,
     output: str | Path,
     checkpoint: str | Path | None = None,
     overrides: Sequence[str] = (),

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from rtdetr_spartan.core import YAMLConfig
 from rtdetr_spartan.deploy.from_config import build_deploy_model, load_config, model_info_from_config
 from rtdetr_spartan.deploy.metadata import ModelInfo
 from rtdetr_spartan.deploy.predictor import GRAPH_INPUTS, Outputs, Predictor
@@ -29,7 +30,7 @@ class TorchPredictor(Predictor):
     @classmethod
     def from_config(
         cls,
-        config: str | Path,
+        config: str | Path | YAMLConfig,
         checkpoint: str | Path | None = None,
         overrides: Sequence[str] = (),
         device: str | torch.device = "cpu",

@@ -190,3 +190,10 @@ def test_export_tool_names_the_size_argument(capsys, tmp_path) -> None:
     with pytest.raises(SystemExit):
         main(["-c", str(R18_CONFIG), "-u", *sizes, "-o", str(tmp_path / "m.onnx")])
     assert f"{R18_CONFIG}: eval_spatial_size 100 100: " in capsys.readouterr().err
+
+
+def test_load_config_takes_a_loaded_config_as_it_is() -> None:
+    cfg = load_config(R18_CONFIG, ["epochs=3"])
+    assert load_config(cfg) is cfg and cfg.epochs == 3
+    with pytest.raises(ValueError, match=r"overrides \['epochs=4'\] given with a loaded config"):
+        load_config(cfg, ["epochs=4"])
