@@ -4,8 +4,8 @@
 A block that has one defines ``reparameterize(export: ExportForm | None = None) -> nn.Module``:
 it returns the module to use in its place, its inference form (eval mode, norms folded,
 weights precomputed), or with ``export`` its ONNX export form. A block that fuses in place
-(the encoder's ``RepVggBlock``) returns itself; a form that has nothing left to convert returns
-itself too, so converting twice changes nothing. :func:`reparameterize_model` is the one
+(the encoder's ``RepVggBlock``) returns itself; forms with nothing left to convert have no
+``reparameterize`` or return themselves, so converting twice changes nothing. :func:`reparameterize_model` is the one
 walker that applies them: ``RTDETR.deploy()``, the ONNX export and the benchmarks use it.
 """
 

@@ -17,7 +17,7 @@ format (its outputs are channels_last tensors).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,23 +52,17 @@ class SpaRTANVariant:
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        where = "SpaRTAN.variant"
-        lengths = {name: len(getattr(self, name)) for name in ("depths", "widths", "expand_ratios")}
+        lengths = {name: len(getattr(self, name)) for name in _STAGE_RULES}
         if len(set(lengths.values())) != 1 or not self.depths:
             raise ConfigError(
-                f"{where}: depths, widths and expand_ratios need one entry per stage, got lengths {lengths}"
+                f"SpaRTAN.variant: depths, widths and expand_ratios need one entry per stage, got lengths {lengths}"
             )
-        checks = (
-            ("depths", lambda v: v >= 1, "an integer >= 1"),
-            ("widths", lambda v: v > 0 and v % 8 == 0, "a positive integer divisible by 8"),
-            ("expand_ratios", lambda v: v >= 2, "an integer > 1"),
-        )
-        for name, ok, expected in checks:
+        for name, (ok, expected) in _STAGE_RULES.items():
             for index, value in enumerate(getattr(self, name)):
                 if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
-                    raise ConfigError(f"{where}.{name}[{index}]={value!r}: expected {expected}")
+                    raise ConfigError(f"SpaRTAN.variant.{name}[{index}]={value!r}: expected {expected}")
         if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"{where}.drop_path_rate={self.drop_path_rate!r}: expected a rate in [0, 1)")
+            raise ConfigError(f"SpaRTAN.variant.drop_path_rate={self.drop_path_rate!r}: expected a rate in [0, 1)")
 
     @classmethod
     def from_config(cls, variant: str | Mapping[str, Any] | SpaRTANVariant) -> SpaRTANVariant:
@@ -76,32 +70,30 @@ class SpaRTANVariant:
         (YAML or Python), or a variant."""
         if isinstance(variant, SpaRTANVariant):
             return variant
-        if isinstance(variant, str):
-            if variant not in VARIANTS:
-                raise ConfigError(
-                    f"SpaRTAN.variant={variant!r} is unknown; expected one of {sorted(VARIANTS)} "
-                    "or a mapping {depths, widths, expand_ratios}"
-                )
+        if isinstance(variant, str) and variant in VARIANTS:
             return VARIANTS[variant]
+        expected = f"expected one of {sorted(VARIANTS)} or a mapping {{depths, widths, expand_ratios}}"
         if not isinstance(variant, Mapping):
-            raise ConfigError(
-                f"SpaRTAN.variant={variant!r}: expected a name or a mapping {{depths, widths, expand_ratios}}"
-            )
-        fields = {"depths", "widths", "expand_ratios", "drop_path_rate"}
-        unknown, missing = set(variant) - fields, {"depths", "widths", "expand_ratios"} - set(variant)
+            raise ConfigError(f"SpaRTAN.variant={variant!r} is unknown; {expected}")
+        unknown, missing = set(variant) - {*_STAGE_RULES, "drop_path_rate"}, set(_STAGE_RULES) - set(variant)
         if unknown or missing:
             raise ConfigError(
-                f"SpaRTAN.variant: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
-                f"expected {sorted(fields)} (drop_path_rate optional)"
+                f"SpaRTAN.variant: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; {expected}"
+                " (drop_path_rate optional)"
             )
-        lists = {}
-        for name in ("depths", "widths", "expand_ratios"):
-            value = variant[name]
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-                raise ConfigError(f"SpaRTAN.variant.{name}={value!r}: expected a list with one entry per stage")
-            lists[name] = tuple(value)
-        return cls(**lists, drop_path_rate=float(variant.get("drop_path_rate", 0.0)))
+        for name in _STAGE_RULES:
+            if isinstance(variant[name], (str, bytes)) or not isinstance(variant[name], Sequence):
+                raise ConfigError(f"SpaRTAN.variant.{name}={variant[name]!r}: expected a list with one entry per stage")
+        stages = {name: tuple(variant[name]) for name in _STAGE_RULES}
+        return cls(**stages, drop_path_rate=float(variant.get("drop_path_rate", 0.0)))
 
+
+# per-stage fields: (valid, what a valid entry is)
+_STAGE_RULES: dict[str, tuple[Callable[[int], bool], str]] = {
+    "depths": (lambda v: v >= 1, "an integer >= 1"),
+    "widths": (lambda v: v > 0 and v % 8 == 0, "a positive integer divisible by 8"),
+    "expand_ratios": (lambda v: v >= 2, "an integer > 1"),
+}
 
 VARIANTS: dict[str, SpaRTANVariant] = {
     # The paper's SpaRTAN-T (reference config spartan.yaml): 3.82 M parameters as classifier.
@@ -151,17 +143,6 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
     return loaded
 
 
-def _resolve_pretrained(pretrained: bool | str | Path | None) -> Path | None:
-    if pretrained is None or pretrained is False:
-        return None
-    if pretrained is True or not isinstance(pretrained, (str, Path)) or "://" in str(pretrained):
-        raise ValueError(
-            f"SpaRTAN.pretrained={pretrained!r}: expected None/False or the local "
-            "path of a SpaRTAN classifier checkpoint (weights are never downloaded)"
-        )
-    return Path(pretrained)
-
-
 @register()
 class SpaRTAN(nn.Module):
     """SpaRTAN trunk; as a detection backbone returns the stage outputs in ``return_idx``.
@@ -191,7 +172,11 @@ class SpaRTAN(nn.Module):
         num_stages = len(spec.depths)
         if not return_idx or any(not 0 <= i < num_stages for i in return_idx):
             raise ValueError(f"SpaRTAN.return_idx={list(return_idx)}; expected indices in 0..{num_stages - 1}")
-        checkpoint = _resolve_pretrained(pretrained)
+        if pretrained is True or not isinstance(pretrained, (str, Path, type(None), bool)) or "://" in str(pretrained):
+            raise ValueError(
+                f"SpaRTAN.pretrained={pretrained!r}: expected None/False or the local "
+                "path of a SpaRTAN classifier checkpoint (weights are never downloaded)"
+            )
         rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
         stem = spec.widths[0]
         self.conv = nn.Sequential(
@@ -211,8 +196,8 @@ class SpaRTAN(nn.Module):
                 module.requires_grad_(False)
         if freeze_norm:
             freeze_batch_norm(self)
-        if checkpoint is not None:
-            load_pretrained(self, checkpoint)
+        if pretrained is not None and pretrained is not False:
+            load_pretrained(self, pretrained)
 
     def _stage_modules(self, num: int) -> list[nn.Module]:
         """The stem and the layers of the first ``num`` stages."""

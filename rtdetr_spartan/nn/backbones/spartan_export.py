@@ -26,16 +26,13 @@ a trace of the eager code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_spartan.nn.backbones.spartan_layers import GatedProjection, SqueezeExcite
-
-if TYPE_CHECKING:
-    from rtdetr_spartan.nn.reparameterize import ExportForm
 
 __all__ = ["ExportBlock", "ExportCMixer", "ExportSMixer"]
 
@@ -142,17 +139,6 @@ class ExportSMixer(nn.Module):
         return _conv_sum(gated, list(self.proj_out), self.proj_out_bias, residual)
 
 
-class _Span(nn.Module):
-    """One channel span of one half map: its 1x1 rows and 3x3 taps (see ``ExportCMixer``)."""
-
-    def __init__(self, **tensors: torch.Tensor) -> None:
-        super().__init__()
-        self.theta, self.theta_b = _frozen(tensors["theta"]), _frozen(tensors["theta_b"])
-        self.proj, self.proj_b = _frozen(tensors["proj"]), _frozen(tensors["proj_b"])
-        self.direct, self.crossed = _frozen(tensors["direct"]), _frozen(tensors["crossed"])
-        self.spread, self.bias = _frozen(tensors["spread"]), _frozen(tensors["bias"])
-
-
 class ExportCMixer(nn.Module):
     """The CMixer with its layer scale, in export form.
 
@@ -188,24 +174,14 @@ class ExportCMixer(nn.Module):
         first = min(n, -(-((c + 1) // 2) // per_group) * per_group)  # pairs holding channels < C
         self.spans = [(lo, hi) for lo, hi in ((0, first), (first, n)) if hi > lo]
         spread = direct.sum(1, keepdim=True) + crossed.sum(1, keepdim=True)  # the peak, equal on all channels
-        theta, proj = theta[:, :, None, None], proj[:, :, None, None]
-        names = []
-        for j in (0, 1):  # real, imaginary
-            for lo, hi in self.spans:
-                rows = slice(j * n + lo, j * n + hi)
-                names.append(
-                    {
-                        "theta": theta[rows],
-                        "theta_b": theta_bias[rows],
-                        "proj": proj[rows],
-                        "proj_b": proj_bias[rows],
-                        "direct": direct[rows],
-                        "crossed": crossed[rows],
-                        "spread": spread[rows],
-                        "bias": conv_bias[rows],
-                    }
-                )
-        self.parts = nn.ModuleList(_Span(**tensors) for tensors in names)
+        full = {"theta": theta[:, :, None, None], "theta_b": theta_bias, "proj": proj[:, :, None, None]}
+        full.update(proj_b=proj_bias, direct=direct, crossed=crossed, spread=spread, bias=conv_bias)
+        # one span of one half map: its 1x1 rows and 3x3 taps; real half first
+        self.parts = nn.ModuleList(
+            nn.ParameterDict({name: _frozen(t[j * n + lo : j * n + hi]) for name, t in full.items()})
+            for j in (0, 1)
+            for lo, hi in self.spans
+        )
         sizes = [hi - lo for _ in (0, 1) for lo, hi in self.spans]
         self.gate = _ConvGate(gate, sizes, fixed_shapes)
         self.proj_out = nn.ParameterList(_frozen(w) for w in proj_out.weight.split(sizes, 1))
@@ -213,10 +189,10 @@ class ExportCMixer(nn.Module):
 
     def _halves(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, firsts = [], []
-        parts = cast(list[_Span], list(self.parts))
+        parts = cast(list[nn.ParameterDict], list(self.parts))
         for k, part in enumerate(parts):
-            t = F.conv2d(x, part.theta, part.theta_b)
-            w = F.conv2d(x, part.proj, part.proj_b)
+            t = F.conv2d(x, part["theta"], part["theta_b"])
+            w = F.conv2d(x, part["proj"], part["proj_b"])
             feats.append(F.gelu(t) * w)
             if k % len(self.spans) == 0:
                 firsts.append((t, w))
@@ -227,11 +203,11 @@ class ExportCMixer(nn.Module):
         spans, outs = len(self.spans), []
         for k, part in enumerate(parts):
             other = feats[(k + spans) % (2 * spans)]  # the same span of the other half
-            groups = part.direct.shape[0] // part.direct.shape[1]
+            groups = part["direct"].shape[0] // part["direct"].shape[1]
             out = (
-                F.conv2d(feats[k], part.direct, part.bias, padding=1, groups=groups)
-                + F.conv2d(other, part.crossed, None, padding=1, groups=groups)
-                + F.conv2d(peak, part.spread, None, padding=1)
+                F.conv2d(feats[k], part["direct"], part["bias"], padding=1, groups=groups)
+                + F.conv2d(other, part["crossed"], None, padding=1, groups=groups)
+                + F.conv2d(peak, part["spread"], None, padding=1)
             )
             outs.append(F.gelu(out))
         return outs
@@ -268,7 +244,3 @@ class ExportBlock(nn.Module):
         x = self.smixer(_normalize(x, self.eps_1), residual=x)
         normed = _normalize(x, self.eps_2) * self.norm_2_weight + self.norm_2_bias
         return self.cmixer(normed, residual=x)
-
-    def reparameterize(self, export: ExportForm | None = None) -> nn.Module:
-        """Already in its last form (``nn.reparameterize``)."""
-        return self

@@ -35,7 +35,6 @@ from torch import nn
 
 from rtdetr_spartan.nn.backbones.spartan_export import ExportBlock, ExportCMixer, ExportSMixer
 from rtdetr_spartan.nn.backbones.spartan_layers import (
-    Activation,
     Block,
     CMixer,
     ConvNormAct,
@@ -115,28 +114,20 @@ def _conv_bias(conv: nn.Conv2d) -> torch.Tensor:
 class FusedConvAct(nn.Module):
     """A ``ConvNormAct`` with its norm folded into the conv: act(conv(x)), the conv with a bias."""
 
-    def __init__(self, conv: nn.Conv2d, act: Activation | None) -> None:
+    def __init__(self, module: ConvNormAct) -> None:
+        """``module`` with its norm folded in (frozen, eval mode); ``module`` stays as it is."""
         super().__init__()
-        self.conv = conv
-        self.act = act
-
-    @classmethod
-    def of(cls, module: ConvNormAct) -> FusedConvAct:
-        """``module`` with its norm folded in (frozen)."""
         src, w = module.conv, module.conv.weight
         w, b = (w, w.new_zeros(w.shape[0])) if isinstance(module.norm, nn.Identity) else fold_batch_norm(module.norm, w)
         shape = (src.in_channels, src.out_channels, src.kernel_size, src.stride, src.padding, src.dilation, src.groups)
-        conv = _holding(lambda: nn.Conv2d(*shape), weight=w, bias=b)  # type: ignore[arg-type]  # src's own tuples
-        return cls(conv, module.act).eval()
+        self.conv = _holding(lambda: nn.Conv2d(*shape), weight=w, bias=b)  # type: ignore[arg-type]  # src's own tuples
+        self.act = module.act
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in, H, W] -> [B, out, H', W']."""
         x = self.conv(x)
         return x if self.act is None else self.act(x)
-
-    def reparameterize(self, export: ExportForm | None = None) -> nn.Module:
-        """Already in its last form (``nn.reparameterize``); the export form uses it as it is."""
-        return self
 
 
 class InferenceSMixer(nn.Module):
@@ -153,8 +144,8 @@ class InferenceSMixer(nn.Module):
         self.register_buffer("proj_in", source.proj_in.weight.detach().flatten(1).clone())
         self.register_buffer("proj_in_bias", _conv_bias(source.proj_in).detach().clone())
         self.register_buffer("gamma", source.gamma.detach().view(-1).clone())
-        self.h_conv = FusedConvAct.of(source.h_conv)
-        self.l_conv = nn.Sequential(*(FusedConvAct.of(cast(ConvNormAct, m)) for m in source.l_conv))
+        self.h_conv = FusedConvAct(source.h_conv)
+        self.l_conv = nn.Sequential(*(FusedConvAct(cast(ConvNormAct, m)) for m in source.l_conv))
         self.gate = _excite((source.h_attn, source.l_attn))
         self.proj_out = _projection(source.proj_out, out_scale)
 
@@ -239,14 +230,9 @@ class InferenceCMixer(nn.Module):
         mix = torch.cat((source.theta.weight.flatten(1), source.proj.weight.flatten(1)))[both]
         mix_bias = torch.cat((_conv_bias(source.theta), _conv_bias(source.proj)))[both]
         position = torch.empty_like(order).scatter_(0, order, torch.arange(e, device=order.device))[:c]
-        tensors = {"mix": mix, "mix_bias": mix_bias, "peak_index": torch.stack((position, position + e), dim=1)}
-        for name, tensor in {
-            **tensors,
-            "rotation": factors,
-            "conv_weight": weight,
-            "conv_bias": bias[order],
-            "crossed": crossed,
-        }.items():
+        tensors: dict[str, torch.Tensor | None] = {"mix": mix, "mix_bias": mix_bias, "conv_bias": bias[order]}
+        tensors.update(peak_index=torch.stack((position, position + e), dim=1), rotation=factors)
+        for name, tensor in {**tensors, "conv_weight": weight, "crossed": crossed}.items():
             self.register_buffer(
                 name, None if tensor is None else tensor.detach().clone(memory_format=torch.contiguous_format)
             )
@@ -330,19 +316,13 @@ class InferenceBlock(nn.Module):
 
     compile_unit: ClassVar[bool] = True  # rtdetr_spartan.nn.compile: the repeated unit
 
-    def __init__(
-        self, norm_1: nn.GroupNorm, norm_2: nn.GroupNorm, smixer: InferenceSMixer, cmixer: InferenceCMixer
-    ) -> None:
+    def __init__(self, source: Block) -> None:
+        """``source``'s inference form (frozen, eval mode); ``source`` stays as it is."""
         super().__init__()
-        self.norm_1, self.norm_2, self.smixer, self.cmixer = norm_1, norm_2, smixer, cmixer
-
-    @classmethod
-    def of(cls, source: Block) -> InferenceBlock:
-        """``source``'s inference form (frozen, eval mode); ``source`` is left as it is."""
-        norm_1, norm_2 = copy.deepcopy(source.norm_1), copy.deepcopy(source.norm_2)
-        smixer = InferenceSMixer(source.smixer, source.scale_1)
-        cmixer = InferenceCMixer(source.cmixer, source.scale_2)
-        return cls(norm_1, norm_2, smixer, cmixer).eval().requires_grad_(False)
+        self.norm_1, self.norm_2 = copy.deepcopy(source.norm_1), copy.deepcopy(source.norm_2)
+        self.smixer = InferenceSMixer(source.smixer, source.scale_1)
+        self.cmixer = InferenceCMixer(source.cmixer, source.scale_2)
+        self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] channels_last -> [B, C, H, W] channels_last."""

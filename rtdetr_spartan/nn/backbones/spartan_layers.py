@@ -175,13 +175,10 @@ def gated_projection(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return maps(out.unflatten(1, (h, w)))
 
 
-class GatedProjection(nn.Conv2d):
+class GatedProjection(PointwiseConv):
     """A mixer's output 1x1 conv (weight [C, E, 1, 1], bias [C]) applied to gated tokens:
     sample_scale * layer_scale * proj(t * gate), folded into one ``gated_projection``: the
     layer scale into the weights, the per-sample drop-path factors into the gate."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, 1)
 
     def forward(  # type: ignore[override]
         self,
@@ -310,7 +307,7 @@ class ConvNormAct(nn.Module):
         """The inference form (``nn.reparameterize``): the norm folded into the conv."""
         from rtdetr_spartan.nn.backbones.spartan_inference import FusedConvAct
 
-        return FusedConvAct.of(self)
+        return FusedConvAct(self)
 
 
 class SMixer(nn.Module):
@@ -439,4 +436,4 @@ class Block(nn.Module):
         eval-mode norms folded, layer scales and squeeze-excites in the projections."""
         from rtdetr_spartan.nn.backbones.spartan_inference import InferenceBlock
 
-        return InferenceBlock.of(self).reparameterize(export)
+        return InferenceBlock(self).reparameterize(export)
