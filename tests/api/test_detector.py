@@ -279,7 +279,9 @@ from rtdetr_spartan import Detector
 config, data, out = sys.argv[1:]
 det = Detector(config, "print_freq=1", device="cpu")
 metrics = det.train(data=data, epochs=1, batch_size=2, output_dir=out)
-print("trained", metrics["best"]["epoch"], sorted(metrics["best"]["per_class"]), det.checkpoint.name)
+line = f"trained {metrics['best']['epoch']} {sorted(metrics['best']['per_class'])} {det.checkpoint.name}\\n"
+sys.stdout.write(line)  # one write: the two ranks share the pipe, and print() writes each part apart
+sys.stdout.flush()
 """
 
 
