@@ -105,9 +105,9 @@ def test_installed_console_script_and_module_list_the_subcommands() -> None:
         result = _run([*command, "--help"], timeout=60)
         assert result.returncode == 0, result.stderr
         assert all(name in result.stdout for name in cli.SUBCOMMANDS)
-    for name in cli.SUBCOMMANDS:
-        result = _run([script, name, "--help"], timeout=60)
-        assert result.returncode == 0 and f"usage: rtdetr-spartan {name}" in result.stdout, result.stderr
+    # one subcommand through the installed script (each is checked in-process above; a process costs ~4 s)
+    result = _run([script, "train", "--help"], timeout=60)
+    assert result.returncode == 0 and "usage: rtdetr-spartan train" in result.stdout, result.stderr
 
 
 @pytest.mark.slow
