@@ -12,6 +12,7 @@ import pytest
 
 from rtdetr_spartan.data.shapes import make_detection_dataset
 from rtdetr_spartan.deploy.quantize import CalibrationError, fake_quantize_consumers, float_node_names, read_model_info
+from rtdetr_spartan.nn.backbones.spartan import VARIANTS
 from tests.deploy.deploy_utils import CONFIGS, export_config
 from tools.benchmark import main as benchmark_main
 from tools.eval_onnx import main as eval_onnx_main
@@ -24,8 +25,10 @@ SIZE = 160
 CONFIG = CONFIGS / "rtdetr_spartan_t_shapes.yml"
 CALIBRATION = 12
 FLOAT_PREFIXES = ("/model/decoder/", "/postprocessor/")
-SMALL = (
-    "SpaRTAN.variant={depths: [1, 1, 1, 1], widths: [32, 64, 128, 256], expand_ratios: [4, 4, 2, 2]}",
+_T = VARIANTS["T"]
+SMALL = (  # T's widths and expand ratios, one block per stage
+    f"SpaRTAN.variant={{depths: {[1] * len(_T.depths)}, widths: {list(_T.widths)}, "
+    f"expand_ratios: {list(_T.expand_ratios)}}}",
     "RTDETRTransformer.num_decoder_layers=1",
 )
 
